@@ -1,0 +1,48 @@
+# Two commands do all the set-up on a fresh machine: `make demo` (the main job) and `make test`.
+# They create .venv, install torch (torch==2.13.0 when none is installed; an existing one is kept),
+# triton, the package with its dev extra, and build the C++ extension.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+TRITON_VERSION ?= 3.7.1
+STAMP := $(VENV)/.mfdr-installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install test test-quick demo bench lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# torch first, pinned when absent: an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard csrc/*.cpp)
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "torch==$(TORCH_VERSION)"
+	@$(BIN)/python -c "import triton" 2>/dev/null || $(BIN)/pip install -q "triton==$(TRITON_VERSION)"
+	$(BIN)/pip install -q setuptools wheel ninja
+	$(BIN)/pip install -q --no-build-isolation -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# espeak-ng (Debian) synthesizes the demo corpus; installed when missing and possible.
+espeak:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null) || echo "could not install espeak-ng"; \
+	  else echo "espeak-ng is missing: sudo apt-get install espeak-ng (tests that need it are skipped)"; fi; }
+
+test: install espeak
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider --benchmark-disable
+
+demo: install espeak
+	$(BIN)/python -m mfdr demo --out runs/demo
+
+bench: install
+	$(BIN)/python -m pytest benchmarks --benchmark-only -q
+	$(BIN)/python benchmarks/report.py
+
+lint: install
+	$(BIN)/ruff check mfdr mfdr_kernels tests benchmarks
+
+clean:
+	rm -rf build *.egg-info mfdr_kernels/_C*.so .pytest_cache

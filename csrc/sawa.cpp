@@ -1,0 +1,348 @@
+// Sliding adaptive window attention (SAWA): CPU forward and backward (SPEC §1).
+//
+// Each query i reads the keys/values of its span [s_i - w, s_i + 2w) by index from the window
+// start: first the base window S0, then, only if the decision asks for it, the neighbour
+// half-windows S1 and S2 (the paper's "expansion by index slicing"). Nothing of size L x T and no
+// re-windowed copy of K is built; per query the scratch is 3w scores.
+//
+// Forward  grid: at::parallel_for over B*H*L rows.
+// Backward pass 1 (B*H*L rows): recompute the row's weights w_j for the saved level, dq, and the
+//          per-slot weights P = w_j and score gradients DS = scale * dL/dx_j into (B,H,L,3w) buffers.
+// Backward pass 2 (B*H*key blocks): dk_j = sum_i DS_ij q_i, dv_j = sum_i P_ij do_i over the queries
+//          whose span holds frame j. Window starts are non-decreasing over the valid queries (the
+//          op validates it), so those queries form a contiguous range found by binary search: no
+//          atomics, no races, deterministic.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace mfdr {
+namespace {
+
+template <typename T, typename A>
+inline A dot(const T* a, const T* b, int64_t n) {
+  A acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t t = 0; t < n; ++t) acc += static_cast<A>(a[t]) * static_cast<A>(b[t]);
+  return acc;
+}
+
+template <typename T, typename A>
+inline void axpy(A alpha, const T* x, A* y, int64_t n) {
+#pragma omp simd
+  for (int64_t t = 0; t < n; ++t) y[t] += alpha * static_cast<A>(x[t]);
+}
+
+// Ring of an offset o = j - s from the window start: 0 for S0, 1 for S1, 2 for S2.
+inline int ring_of(int64_t o, int64_t w) {
+  const int64_t half = w / 2;
+  if (o >= 0 && o < w) return 0;
+  if (o >= -half && o < w + half) return 1;
+  return 2;
+}
+
+// One query row: the frames it attends to, their scores and weights.
+template <typename A>
+struct Row {
+  std::vector<int64_t> frame;  // absolute frame index
+  std::vector<int> ring;
+  std::vector<A> x;  // scaled score
+  std::vector<A> w;  // weight
+  int64_t count[3] = {0, 0, 0};
+  explicit Row(int64_t window) {
+    frame.reserve(3 * window);
+    ring.reserve(3 * window);
+    x.reserve(3 * window);
+    w.reserve(3 * window);
+  }
+  void clear() {
+    frame.clear();
+    ring.clear();
+    x.clear();
+    w.clear();
+    count[0] = count[1] = count[2] = 0;
+  }
+};
+
+template <typename T, typename A>
+inline void add_range(Row<A>& row, int r, int64_t lo, int64_t hi, int64_t k_len, const T* q, const T* K, int64_t d,
+                      A scale) {
+  lo = std::max<int64_t>(lo, 0);
+  hi = std::min<int64_t>(hi, k_len);
+  for (int64_t j = lo; j < hi; ++j) {
+    row.frame.push_back(j);
+    row.ring.push_back(r);
+    row.x.push_back(scale * dot<T, A>(q, K + j * d, d));
+    row.w.push_back(0);
+    row.count[r]++;
+  }
+}
+
+// Softmax over the entries whose ring is in [r_lo, r_hi], written into row.w.
+template <typename A>
+inline void softmax_rings(Row<A>& row, int r_lo, int r_hi) {
+  A mx = -std::numeric_limits<A>::infinity();
+  const size_t n = row.x.size();
+  for (size_t t = 0; t < n; ++t)
+    if (row.ring[t] >= r_lo && row.ring[t] <= r_hi) mx = std::max(mx, row.x[t]);
+  A sum = 0;
+  for (size_t t = 0; t < n; ++t)
+    if (row.ring[t] >= r_lo && row.ring[t] <= r_hi) {
+      row.w[t] = std::exp(row.x[t] - mx);
+      sum += row.w[t];
+    }
+  if (sum > 0)
+    for (size_t t = 0; t < n; ++t)
+      if (row.ring[t] >= r_lo && row.ring[t] <= r_hi) row.w[t] /= sum;
+}
+
+// Final weights of the active rings (<= level): one softmax per ring, or one joint softmax.
+template <typename A>
+inline void final_weights(Row<A>& row, int level, bool joint) {
+  if (joint) {
+    softmax_rings(row, 0, level);
+  } else {
+    for (int r = 0; r <= level; ++r) softmax_rings(row, r, r);
+  }
+}
+
+// Builds the row for query (q, s). Decides the level (SPEC §1 "Decisions") unless forced >= 0.
+// Returns the level, or -1 when S0 is empty (zero output).
+template <typename T, typename A>
+int build_row(Row<A>& row, const T* q, const T* K, int64_t d, int64_t s, int64_t k_len, int64_t w, int levels,
+              bool joint, A scale, int forced) {
+  row.clear();
+  const int64_t half = w / 2;
+  add_range<T, A>(row, 0, s, s + w, k_len, q, K, d, scale);
+  if (row.count[0] == 0) return -1;
+  // number of existing frames of S1 / S2, known from the ranges alone
+  auto exists = [&](int64_t lo, int64_t hi) {
+    return std::max<int64_t>(0, std::min<int64_t>(hi, k_len) - std::max<int64_t>(lo, 0));
+  };
+  const int64_t n1 = exists(s - half, s) + exists(s + w, s + w + half);
+  const int64_t n2 = exists(s - w, s - half) + exists(s + w + half, s + 2 * w);
+  auto add_ring = [&](int r) {
+    const int64_t a = (r == 1) ? half : w;
+    const int64_t b = (r == 1) ? 0 : half;
+    add_range<T, A>(row, r, s - a, s - b, k_len, q, K, d, scale);
+    add_range<T, A>(row, r, s + w + b, s + w + a, k_len, q, K, d, scale);
+  };
+
+  int level = 0;
+  if (forced < 0 && levels >= 1) {
+    softmax_rings(row, 0, 0);  // base-window weights: Alg. 1 lines 2-4
+    const A thr = A(1) / static_cast<A>(row.count[0]);
+    int64_t c0 = 0;
+    for (size_t t = 0; t < row.w.size(); ++t) c0 += row.w[t] > thr;
+    if (c0 >= half && n1 > 0) {
+      level = 1;
+      add_ring(1);
+      if (levels >= 2) {
+        if (joint) softmax_rings(row, 0, 1); else softmax_rings(row, 1, 1);
+        A sum = 0;
+        for (A v : row.w) sum += v;
+        const A mean = sum / static_cast<A>(row.w.size());
+        int64_t c1 = 0;
+        for (A v : row.w) c1 += v > mean;
+        if (c1 >= w && n2 > 0) {
+          level = 2;
+          add_ring(2);
+        }
+      }
+    }
+  } else if (forced > 0) {
+    level = forced;
+    for (int r = 1; r <= forced; ++r) add_ring(r);
+  }
+  final_weights(row, level, joint);
+  return level;
+}
+
+template <typename T>
+void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& q_lens,
+                    const at::Tensor& k_lens, const at::Tensor& starts, const at::Tensor& force, int64_t w,
+                    int64_t levels, bool joint, double scale, at::Tensor& out, at::Tensor& lvl) {
+  using A = at::opmath_type<T>;
+  const int64_t B = q.size(0), H = q.size(1), L = q.size(2), d = q.size(3), Tk = k.size(2), dv = v.size(3);
+  const T *qp = q.data_ptr<T>(), *kp = k.data_ptr<T>(), *vp = v.data_ptr<T>();
+  const int64_t *ql = q_lens.data_ptr<int64_t>(), *kl = k_lens.data_ptr<int64_t>(), *sp = starts.data_ptr<int64_t>();
+  const int8_t* fp = force.defined() ? force.data_ptr<int8_t>() : nullptr;
+  T* op = out.data_ptr<T>();
+  int8_t* lp = lvl.data_ptr<int8_t>();
+  at::parallel_for(0, B * H * L, 16, [&](int64_t begin, int64_t end) {
+    Row<A> row(w);
+    std::vector<A> acc(dv);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / (H * L), bh = r / L, i = r % L;
+      T* o = op + r * dv;
+      lp[r] = 0;
+      std::fill(o, o + dv, T(0));
+      if (i >= ql[b]) continue;
+      const int lev = build_row<T, A>(row, qp + r * d, kp + bh * Tk * d, d, sp[b * L + i], kl[b], w, (int)levels,
+                                      joint, static_cast<A>(scale), fp ? (int)fp[r] : -1);
+      if (lev < 0) continue;
+      lp[r] = (int8_t)lev;
+      std::fill(acc.begin(), acc.end(), A(0));
+      for (size_t t = 0; t < row.frame.size(); ++t)
+        if (row.ring[t] <= lev) axpy<T, A>(row.w[t], vp + (bh * Tk + row.frame[t]) * dv, acc.data(), dv);
+      for (int64_t e = 0; e < dv; ++e) o[e] = static_cast<T>(acc[e]);
+    }
+  });
+}
+
+template <typename T>
+void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const at::Tensor& q_lens, const at::Tensor& k_lens, const at::Tensor& starts,
+                     const at::Tensor& level, int64_t w, bool joint, double scale, at::Tensor& dq, at::Tensor& dk,
+                     at::Tensor& dv_t) {
+  using A = at::opmath_type<T>;
+  const int64_t B = q.size(0), H = q.size(1), L = q.size(2), d = q.size(3), Tk = k.size(2), dv = v.size(3);
+  const int64_t S = 3 * w;  // slots per row: offsets [-w, 2w)
+  const T *qp = q.data_ptr<T>(), *kp = k.data_ptr<T>(), *vp = v.data_ptr<T>(), *gp = go.data_ptr<T>();
+  const int64_t *ql = q_lens.data_ptr<int64_t>(), *kl = k_lens.data_ptr<int64_t>(), *sp = starts.data_ptr<int64_t>();
+  const int8_t* lvp = level.data_ptr<int8_t>();
+  std::vector<A> P(B * H * L * S, A(0)), DS(B * H * L * S, A(0));
+  T* dqp = dq.data_ptr<T>();
+
+  // Pass 1: per query row.
+  at::parallel_for(0, B * H * L, 16, [&](int64_t begin, int64_t end) {
+    Row<A> row(w);
+    std::vector<A> dot_v(S), acc(d);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / (H * L), bh = r / L, i = r % L;
+      T* dqr = dqp + r * d;
+      std::fill(dqr, dqr + d, T(0));
+      if (i >= ql[b]) continue;
+      const int64_t s = sp[b * L + i];
+      const int lev = build_row<T, A>(row, qp + r * d, kp + bh * Tk * d, d, s, kl[b], w, 2, joint,
+                                      static_cast<A>(scale), (int)lvp[r]);
+      if (lev < 0) continue;
+      const T* g = gp + r * dv;
+      const size_t n = row.frame.size();
+      A gsum[3] = {0, 0, 0};
+      for (size_t t = 0; t < n; ++t) {
+        dot_v[t] = dot<T, A>(g, vp + (bh * Tk + row.frame[t]) * dv, dv);
+        gsum[joint ? 0 : row.ring[t]] += row.w[t] * dot_v[t];
+      }
+      std::fill(acc.begin(), acc.end(), A(0));
+      A* Pr = P.data() + r * S;
+      A* Dr = DS.data() + r * S;
+      for (size_t t = 0; t < n; ++t) {
+        const A ds = row.w[t] * (dot_v[t] - gsum[joint ? 0 : row.ring[t]]) * static_cast<A>(scale);
+        axpy<T, A>(ds, kp + (bh * Tk + row.frame[t]) * d, acc.data(), d);
+        const int64_t slot = row.frame[t] - s + w;
+        Pr[slot] = row.w[t];
+        Dr[slot] = ds;
+      }
+      for (int64_t e = 0; e < d; ++e) dqr[e] = static_cast<T>(acc[e]);
+    }
+  });
+
+  // Pass 2: per key block; the queries touching frame j satisfy j - 2w < s_i <= j + w.
+  const int64_t KB = 32;
+  const int64_t nkb = (Tk + KB - 1) / KB;
+  T *dkp = dk.data_ptr<T>(), *dvp = dv_t.data_ptr<T>();
+  at::parallel_for(0, B * H * nkb, 1, [&](int64_t begin, int64_t end) {
+    std::vector<A> ak(KB * d), av(KB * dv);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t bh = r / nkb, b = bh / H, j0 = (r % nkb) * KB, j1 = std::min(j0 + KB, Tk);
+      std::fill(ak.begin(), ak.end(), A(0));
+      std::fill(av.begin(), av.end(), A(0));
+      const int64_t n_q = std::min<int64_t>(ql[b], L);
+      const int64_t* st = sp + b * L;
+      const int64_t i0 = std::upper_bound(st, st + n_q, j0 - 2 * w) - st;
+      const int64_t i1 = std::upper_bound(st, st + n_q, j1 - 1 + w) - st;
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t row_id = bh * L + i, s = st[i];
+        const A* Pr = P.data() + row_id * S;
+        const A* Dr = DS.data() + row_id * S;
+        const T* qi = qp + row_id * d;
+        const T* gi = gp + row_id * dv;
+        const int64_t lo = std::max(j0, s - w), hi = std::min(j1, s + 2 * w);
+        for (int64_t j = lo; j < hi; ++j) {
+          const int64_t slot = j - s + w;
+          if (Dr[slot] != A(0)) axpy<T, A>(Dr[slot], qi, ak.data() + (j - j0) * d, d);
+          if (Pr[slot] != A(0)) axpy<T, A>(Pr[slot], gi, av.data() + (j - j0) * dv, dv);
+        }
+      }
+      for (int64_t j = j0; j < j1; ++j) {
+        T* dkj = dkp + (bh * Tk + j) * d;
+        T* dvj = dvp + (bh * Tk + j) * dv;
+        for (int64_t e = 0; e < d; ++e) dkj[e] = static_cast<T>(ak[(j - j0) * d + e]);
+        for (int64_t e = 0; e < dv; ++e) dvj[e] = static_cast<T>(av[(j - j0) * dv + e]);
+      }
+    }
+  });
+}
+
+void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& q_lens,
+                  const at::Tensor& k_lens, const at::Tensor& starts) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "mfdr_C::sawa: q, k, v must be 4-D");
+  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), "mfdr_C::sawa: q, k, v must be contiguous");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(),
+              "mfdr_C::sawa: q, k, v must share a dtype");
+  TORCH_CHECK(q_lens.scalar_type() == at::kLong && k_lens.scalar_type() == at::kLong &&
+                  starts.scalar_type() == at::kLong && q_lens.is_contiguous() && k_lens.is_contiguous() &&
+                  starts.is_contiguous(),
+              "mfdr_C::sawa: lengths and starts must be contiguous int64");
+  TORCH_CHECK(q_lens.numel() == q.size(0) && k_lens.numel() == q.size(0) && starts.numel() == q.size(0) * q.size(2),
+              "mfdr_C::sawa: lengths (B,) and starts (B, L) do not match q");
+}
+
+std::tuple<at::Tensor, at::Tensor> sawa_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                const at::Tensor& q_lens, const at::Tensor& k_lens,
+                                                const at::Tensor& starts, const std::optional<at::Tensor>& force_level,
+                                                int64_t window, int64_t levels, bool joint, double scale) {
+  check_inputs(q, k, v, q_lens, k_lens, starts);
+  auto out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
+  auto lvl = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kChar));
+  at::Tensor force = force_level.has_value() ? force_level->contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "mfdr_sawa_forward", [&] {
+    forward_kernel<scalar_t>(q, k, v, q_lens, k_lens, starts, force, window, levels, joint, scale, out, lvl);
+  });
+  return {out, lvl};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sawa_backward(const at::Tensor& grad_out, const at::Tensor& q,
+                                                             const at::Tensor& k, const at::Tensor& v,
+                                                             const at::Tensor& q_lens, const at::Tensor& k_lens,
+                                                             const at::Tensor& starts, const at::Tensor& level,
+                                                             int64_t window, bool joint, double scale) {
+  check_inputs(q, k, v, q_lens, k_lens, starts);
+  TORCH_CHECK(grad_out.is_contiguous() && grad_out.sizes() == at::IntArrayRef({q.size(0), q.size(1), q.size(2), v.size(3)}),
+              "mfdr_C::sawa_backward: grad_out must be contiguous (B, H, L, dv)");
+  auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  const at::Tensor lvl = level.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "mfdr_sawa_backward", [&] {
+    backward_kernel<scalar_t>(grad_out, q, k, v, q_lens, k_lens, starts, lvl, window, joint, scale, dq, dk, dv);
+  });
+  return {dq, dk, dv};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(mfdr_C, m) {
+  m.def(
+      "sawa_forward(Tensor q, Tensor k, Tensor v, Tensor q_lens, Tensor k_lens, Tensor starts, Tensor? force_level, "
+      "int window, int levels, bool joint, float scale) -> (Tensor, Tensor)");
+  m.def(
+      "sawa_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor q_lens, Tensor k_lens, Tensor starts, "
+      "Tensor level, int window, bool joint, float scale) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(mfdr_C, CPU, m) {
+  m.impl("sawa_forward", &sawa_forward);
+  m.impl("sawa_backward", &sawa_backward);
+}
+
+}  // namespace mfdr

@@ -1,0 +1,226 @@
+"""Utterance records and the generic manifest (CSV or JSONL) for users' own recordings (SPEC §6).
+
+A manifest lists one utterance per row with the columns ``id, wav, text, label, speaker``, and
+optionally ``session`` and ``split``; any other column is kept in ``Record.extra``. Relative
+``wav`` paths are resolved against the manifest's folder.
+
+    id,wav,text,label,speaker
+    u0001,wavs/u0001.wav,I can't believe you did that.,angry,spk1
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("mfdr.data")
+
+EMOTIONS = ("neutral", "happy", "angry", "sad")
+"""The four emotion classes, in the order of their integer labels."""
+
+REQUIRED_COLUMNS = ("id", "wav", "text", "label", "speaker")
+OPTIONAL_COLUMNS = ("session", "split")
+ON_ERROR = ("raise", "skip")
+
+
+class DataError(ValueError):
+    """A data file is missing or malformed; the message names the file (and line where known)."""
+
+
+@dataclass
+class Record:
+    """One utterance: where its audio is, what was said, and who said it with which label.
+
+    ``label`` is a class name (``"happy"``) or, for regression corpora, a number.
+    ``session`` is an int for IEMOCAP (1–5) or whatever the manifest gives (``None`` if absent).
+    """
+
+    id: str
+    wav: Path
+    text: str
+    label: Any
+    speaker: str
+    session: Any = None
+    split: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """A JSON-friendly dict (``wav`` as a string; ``extra`` columns flattened in)."""
+        d = {"id": self.id, "wav": str(self.wav), "text": self.text, "label": self.label,
+             "speaker": self.speaker}
+        if self.session is not None:
+            d["session"] = self.session
+        if self.split is not None:
+            d["split"] = self.split
+        d.update(self.extra)
+        return d
+
+
+class Records(list):
+    """A list of ``Record`` that also carries what the reader found.
+
+    Attributes: ``counts`` (label -> number kept), ``skipped`` (list of ``(where, why)`` pairs
+    for entries dropped because of ``on_error="skip"``), ``dropped`` (label -> number of
+    utterances whose label is not used, e.g. IEMOCAP's ``fru``).
+    """
+
+    def __init__(self, items=(), *, skipped=None, dropped=None):
+        super().__init__(items)
+        self.skipped: list[tuple[str, str]] = list(skipped or [])
+        self.dropped: Counter = Counter(dropped or {})
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(str(r.label) for r in self)
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
+        text = f"{len(self)} utterances ({counts})"
+        if self.dropped:
+            text += f"; dropped by label: {sum(self.dropped.values())}"
+        if self.skipped:
+            text += f"; skipped as bad: {len(self.skipped)}"
+        return text
+
+
+def check_on_error(on_error: str) -> None:
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+
+
+def bad_entry(message: str, on_error: str, skipped: list | None = None, where: str = "") -> None:
+    """Raise ``DataError(message)``, or, with ``on_error="skip"``, warn and note it in ``skipped``."""
+    if on_error == "raise":
+        raise DataError(message)
+    warnings.warn(message + " (skipped)", stacklevel=3)
+    log.warning("%s (skipped)", message)
+    if skipped is not None:
+        skipped.append((where, message))
+
+
+def _rows(path: Path):
+    """Yield ``(line_number, row dict)`` from a CSV or JSONL manifest."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"manifest {path}: missing columns {missing}; expected at least "
+                                f"{list(REQUIRED_COLUMNS)}, found {reader.fieldnames}")
+            for row in reader:
+                yield reader.line_num, row
+    elif suffix in (".jsonl", ".json"):
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"manifest {path}, line {n}: not valid JSON ({e})") from e
+                if not isinstance(row, dict):
+                    raise DataError(f"manifest {path}, line {n}: expected a JSON object, got "
+                                    f"{type(row).__name__}")
+                yield n, row
+    else:
+        raise DataError(f"manifest {path}: expected a .csv or .jsonl file, got suffix {suffix!r}")
+
+
+def _record_from_row(row: dict, where: str, base: Path, labels, check_wavs: bool) -> Record:
+    """Validate one manifest row; raise ``DataError`` naming ``where`` if it is bad."""
+    missing = [c for c in REQUIRED_COLUMNS if row.get(c) in (None, "") and c != "text"]
+    if missing:
+        raise DataError(f"{where}: empty or missing {missing}")
+    text = row.get("text")
+    if text is None or not str(text).strip():
+        raise DataError(f"{where}: empty transcript for id {row['id']!r}")
+    label = row["label"]
+    if labels is not None and label not in labels:
+        raise DataError(f"{where}: unknown label {label!r} for id {row['id']!r}; expected one of "
+                        f"{list(labels)}")
+    wav = Path(row["wav"]).expanduser()
+    wav = wav if wav.is_absolute() else base / wav
+    if check_wavs and not wav.is_file():
+        raise DataError(f"{where}: wav file {wav} does not exist (id {row['id']!r})")
+    extra = {k: v for k, v in row.items() if k not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS}
+    session = row.get("session")
+    return Record(id=str(row["id"]), wav=wav, text=str(text).strip(), label=label,
+                  speaker=str(row["speaker"]), session=None if session == "" else session,
+                  split=row.get("split") or None, extra=extra)
+
+
+def read_manifest(path, *, labels=None, check_wavs: bool = True, on_error: str = "raise") -> Records:
+    """Read a CSV or JSONL manifest with columns ``id, wav, text, label, speaker`` (+ optional
+    ``session``, ``split``, anything else goes to ``Record.extra``).
+
+    Args:
+        path: the ``.csv`` or ``.jsonl`` file; relative wav paths are taken from its folder.
+        labels: if given, the allowed labels (e.g. ``EMOTIONS``); any other label is an error.
+        check_wavs: check that every wav file exists.
+        on_error: ``"raise"`` (default) stops at the first bad row with an error naming the file
+            and line; ``"skip"`` warns, drops the row and lists it in ``Records.skipped``.
+    Returns:
+        ``Records`` (a list of ``Record``) in file order.
+    """
+    check_on_error(on_error)
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"manifest {path} does not exist")
+    records, skipped, seen = [], [], {}
+    for line, row in _rows(path):
+        where = f"manifest {path}, line {line}"
+        try:
+            rec = _record_from_row(row, where, path.parent, labels, check_wavs)
+        except DataError as e:
+            bad_entry(str(e), on_error, skipped, where)
+            continue
+        if rec.id in seen:
+            raise DataError(f"{where}: duplicate id {rec.id!r} (first on line {seen[rec.id]})")
+        seen[rec.id] = line
+        records.append(rec)
+    out = Records(records, skipped=skipped)
+    log.info("read_manifest(%s): %s", path, out.summary())
+    return out
+
+
+def write_manifest(records, path) -> Path:
+    """Write records (``Record`` or dicts) as CSV or JSONL, chosen by ``path``'s suffix.
+
+    Wav paths inside the manifest's folder are written relative to it, so the folder can move.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for r in records:
+        d = r.to_dict() if isinstance(r, Record) else dict(r)
+        wav = Path(d["wav"])
+        if wav.is_absolute():
+            try:
+                wav = wav.resolve().relative_to(path.parent.resolve())
+            except ValueError:
+                pass
+        d["wav"] = wav.as_posix()
+        rows.append(d)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        columns = list(REQUIRED_COLUMNS)
+        for d in rows:
+            columns += [k for k in d if k not in columns]
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    elif suffix in (".jsonl", ".json"):
+        with open(path, "w", encoding="utf-8") as f:
+            for d in rows:
+                f.write(json.dumps(d, ensure_ascii=False) + "\n")
+    else:
+        raise ValueError(f"write_manifest: path must end in .csv or .jsonl, got {path}")
+    return path

@@ -1,0 +1,85 @@
+"""Backend choice, shared by every op. Reads like prose (after NATTEN):
+
+    explicit ``backend=`` > ``MFDR_KERNELS_BACKEND`` > the fastest that can run
+    (CUDA: triton, then torch; CPU: cpp, then torch). ``reference`` is never chosen automatically.
+
+Each op folder provides ``can_run_<backend>(*tensors) -> str | None`` functions that return None when
+the backend can run on these tensors and else the reason it cannot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+
+from . import _env, _ext
+
+CanRun = Callable[..., "str | None"]
+
+
+def triton_available() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # noqa: BLE001
+        return f"triton cannot be imported ({type(exc).__name__}: {exc}); `pip install triton`"
+    return None
+
+
+def can_run_triton(*tensors: torch.Tensor) -> str | None:
+    why = triton_available()
+    if why:
+        return why
+    if all(t.is_cuda for t in tensors):
+        return None
+    if _env.triton_interpret() and all(t.device.type == "cpu" for t in tensors):
+        return None
+    return "the triton backend needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1)"
+
+
+def can_run_cpp(*tensors: torch.Tensor) -> str | None:
+    if not all(t.device.type == "cpu" for t in tensors):
+        return "the cpp backend runs on CPU tensors only"
+    ok, why = _ext.status()
+    return None if ok else why
+
+
+def can_run_torch(*tensors: torch.Tensor) -> str | None:
+    return None
+
+
+def choose(
+    op: str,
+    requested: str | None,
+    checks: Mapping[str, CanRun],
+    tensors: tuple[torch.Tensor, ...],
+) -> str:
+    """Pick the backend for ``op``; an explicit choice that cannot run raises, saying why."""
+    if requested is None:
+        requested = _env.forced_backend()
+        source = "MFDR_KERNELS_BACKEND"
+    else:
+        source = "backend="
+    if requested is not None:
+        requested = requested.lower()
+        if requested not in checks:
+            raise ValueError(f"{op}: {source} must be one of {tuple(checks)}, got {requested!r}")
+        why = checks[requested](*tensors)
+        if why:
+            raise RuntimeError(f"{op}: backend {requested!r} ({source}) cannot run: {why}")
+        return requested
+    order = ("triton", "torch") if tensors[0].is_cuda else ("cpp", "torch")
+    for name in order:
+        if name in checks and checks[name](*tensors) is None:
+            if name == "torch" and tensors[0].device.type == "cpu" and "cpp" in checks:
+                _ext.warn_once(
+                    "cpp-fallback",
+                    f"mfdr_kernels: falling back to the slower `torch` backend on the CPU: {can_run_cpp(*tensors)}",
+                )
+            return name
+    return "torch"
+
+
+def report(checks_by_op: Mapping[str, Mapping[str, CanRun]], *tensors: torch.Tensor) -> dict:
+    """{op: {backend: None | reason}} for the given example tensors."""
+    return {op: {name: fn(*tensors) for name, fn in checks.items()} for op, checks in checks_by_op.items()}

@@ -1,0 +1,81 @@
+"""Argument checks shared by the ops. Every error names the argument, the expected and the received value."""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+
+import torch
+
+
+def tensor(name: str, x, ndim: int | Sequence[int], *, floating: bool = True) -> torch.Tensor:
+    """``x`` must be a tensor of rank ``ndim`` (one of them) and, when ``floating``, of a floating dtype."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    ranks = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    if x.dim() not in ranks:
+        want = " or ".join(f"{r}-D" for r in ranks)
+        raise ValueError(f"{name} must be {want}, got shape {tuple(x.shape)}")
+    if floating and not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {x.dtype}")
+    return x
+
+
+def same_dtype_device(**tensors: torch.Tensor) -> None:
+    items = [(n, t) for n, t in tensors.items() if t is not None]
+    name0, t0 = items[0]
+    for name, t in items[1:]:
+        if t.dtype != t0.dtype:
+            raise TypeError(f"{name} must have the dtype of {name0} ({t0.dtype}), got {t.dtype}")
+        if t.device != t0.device:
+            raise ValueError(f"{name} must be on the device of {name0} ({t0.device}), got {t.device}")
+
+
+def positive_int(name: str, value, *, minimum: int = 1) -> int:
+    if isinstance(value, (bool, torch.Tensor)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def finite_float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
+def choice(name: str, value, options: Sequence[str]) -> str:
+    if value not in options:
+        raise ValueError(f"{name} must be one of {tuple(options)}, got {value!r}")
+    return value
+
+
+def int_tensor(name: str, x, shape: tuple[int, ...], device) -> torch.Tensor:
+    """An integer tensor (or sequence of ints) of ``shape``, returned as contiguous int64 on ``device``."""
+    if not isinstance(x, torch.Tensor):
+        try:
+            x = torch.as_tensor(x)
+        except Exception as exc:  # noqa: BLE001
+            raise TypeError(f"{name} must be an integer tensor of shape {shape}, got {type(x).__name__}") from exc
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{name} must have an integer dtype, got {x.dtype}")
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(x.shape)}")
+    return x.to(device=device, dtype=torch.int64).contiguous()
+
+
+def in_range(name: str, x: torch.Tensor, lo: int, hi: int) -> None:
+    """Values of ``x`` in [lo, hi] (a data-dependent check: call it outside traced code)."""
+    if x.numel() == 0:
+        return
+    mn, mx = int(x.min()), int(x.max())
+    if mn < lo or mx > hi:
+        raise ValueError(f"{name} must lie in [{lo}, {hi}], got values in [{mn}, {mx}]")

@@ -1,0 +1,59 @@
+"""Every environment flag of the package, read in one place.
+
+| variable | meaning | default |
+|---|---|---|
+| ``MFDR_KERNELS_BACKEND`` | force a backend for every op (``triton``, ``cpp``, ``torch``, ``reference``) | unset: fastest that can run |
+| ``MFDR_KERNELS_NO_JIT`` | ``1``: never build the C++ extension on first use; fall back to ``torch`` | ``0`` |
+| ``MFDR_KERNELS_BUILD_DIR`` | where the on-first-use build of the extension goes | ``~/.cache/mfdr_kernels`` |
+| ``MFDR_KERNELS_VERBOSE_BUILD`` | ``1``: show the compiler output of the on-first-use build | ``0`` |
+| ``TRITON_INTERPRET`` | ``1``: run Triton kernels on the CPU (tests); read, never set, here | ``0`` |
+| ``MFDR_HYPOTHESIS_PROFILE`` | ``ci`` (bounded examples) or ``thorough`` for the property tests | ``ci`` |
+| ``MAX_JOBS`` | parallel compile jobs for ``setup.py`` / the on-first-use build (torch's own flag) | torch's choice |
+
+Values are read when asked for (functions, not constants), so tests can monkeypatch ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BACKENDS = ("triton", "cpp", "torch", "reference")
+
+
+def _flag(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def forced_backend() -> str | None:
+    """The backend named by ``MFDR_KERNELS_BACKEND``, or None. An unknown name raises ValueError."""
+    value = os.environ.get("MFDR_KERNELS_BACKEND", "").strip().lower()
+    if not value or value in ("auto", "none"):
+        return None
+    if value not in BACKENDS:
+        raise ValueError(f"MFDR_KERNELS_BACKEND must be one of {BACKENDS} or unset, got {value!r}")
+    return value
+
+
+def jit_build_allowed() -> bool:
+    return not _flag("MFDR_KERNELS_NO_JIT")
+
+
+def build_dir() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mfdr_kernels"
+    return Path(os.environ.get("MFDR_KERNELS_BUILD_DIR", default))
+
+
+def verbose_build() -> bool:
+    return _flag("MFDR_KERNELS_VERBOSE_BUILD")
+
+
+def triton_interpret() -> bool:
+    return _flag("TRITON_INTERPRET")
+
+
+def hypothesis_profile() -> str:
+    return os.environ.get("MFDR_HYPOTHESIS_PROFILE", "ci").strip() or "ci"

@@ -1,0 +1,224 @@
+"""The public SAWA op: argument checks, backend choice, ``torch.library`` custom ops and autograd.
+
+Ladder (after Liger): kernels (``csrc/sawa.cpp``, ``triton_impl``) -> launchers (``*_impl.sawa_forward`` /
+``sawa_backward``) -> custom ops ``mfdr_kernels::sawa_forward`` / ``sawa_backward`` with fake kernels
+and registered autograd -> :func:`sliding_adaptive_window_attention` -> ``mfdr.model.SAWALayer``.
+
+Shape, dtype and device checks happen once, in Python, before the op (they trace under
+``torch.compile``). Value checks (lengths, window starts) need the data, so they run inside the
+custom op's body, which ``torch.compile`` treats as opaque: no input reaches a kernel unchecked.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import _backends, _checks
+from . import reference
+
+NORMALIZE = ("segment", "joint")
+
+
+def _can_run_cpp(q, *rest):
+    if q.dtype not in (torch.float32, torch.float64):
+        return f"the cpp backend takes float32 or float64, got {q.dtype}"
+    return _backends.can_run_cpp(q, *rest)
+
+
+def _can_run_triton(q, *rest):
+    why = _backends.can_run_triton(q, *rest)
+    if why:
+        return why
+    ok = (torch.float16, torch.bfloat16, torch.float32) if q.is_cuda else (torch.float32, torch.float64)
+    if q.dtype not in ok:
+        return f"the triton backend on {q.device.type} takes {ok}, got {q.dtype}"
+    return None
+
+
+CHECKS = {
+    "triton": _can_run_triton,
+    "cpp": _can_run_cpp,
+    "torch": _backends.can_run_torch,
+    "reference": _backends.can_run_torch,
+}
+
+
+def _impl(backend: str):
+    if backend == "triton":
+        from . import triton_impl as impl
+    elif backend == "cpp":
+        from . import cpp_impl as impl
+    else:
+        from . import torch_impl as impl
+    return impl
+
+
+def _checked_values(q_lens, k_lens, starts, force_level, L, T, levels):
+    """Data-dependent checks; returns starts with padded queries' entries set to T and all clipped to T."""
+    _checks.in_range("q_lens", q_lens, 0, L)
+    _checks.in_range("k_lens", k_lens, 0, T)
+    valid = torch.arange(L, device=starts.device)[None, :] < q_lens[:, None]
+    if bool((starts.lt(0) & valid).any()):
+        raise ValueError(f"window_starts must be >= 0 for valid queries, got minimum {int(starts[valid].min())}")
+    if L > 1 and bool(((starts[:, 1:] < starts[:, :-1]) & valid[:, 1:]).any()):
+        raise ValueError("window_starts must be non-decreasing over the valid queries (i < q_len) of each sample")
+    if force_level is not None:
+        _checks.in_range("force_level", force_level, 0, levels)
+    return torch.where(valid, starts.clamp_max(T), T).contiguous()
+
+
+@torch.library.custom_op("mfdr_kernels::sawa_forward", mutates_args=())
+def sawa_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_lens: torch.Tensor, k_lens: torch.Tensor,
+    starts: torch.Tensor, force_level: torch.Tensor | None, window: int, levels: int, joint: bool,
+    scale: float, backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    B, H, L, _ = q.shape
+    T = k.shape[2]
+    starts = _checked_values(q_lens, k_lens, starts, force_level, L, T, levels)
+    if q.numel() == 0 or k.numel() == 0:
+        return q.new_zeros(B, H, L, v.shape[-1]), torch.zeros(B, H, L, dtype=torch.int8, device=q.device)
+    if force_level is not None:
+        force_level = force_level.to(torch.int8).contiguous()
+    return _impl(backend).sawa_forward(q, k, v, q_lens, k_lens, starts, force_level, window, levels, joint, scale)
+
+
+@sawa_forward.register_fake
+def _(q, k, v, q_lens, k_lens, starts, force_level, window, levels, joint, scale, backend):
+    B, H, L, _ = q.shape
+    return q.new_empty(B, H, L, v.shape[-1]), q.new_empty(B, H, L, dtype=torch.int8)
+
+
+@torch.library.custom_op("mfdr_kernels::sawa_backward", mutates_args=())
+def sawa_backward(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_lens: torch.Tensor,
+    k_lens: torch.Tensor, starts: torch.Tensor, level: torch.Tensor, window: int, joint: bool, scale: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    L, T = q.shape[2], k.shape[2]
+    starts = _checked_values(q_lens, k_lens, starts, None, L, T, 2)
+    if q.numel() == 0 or k.numel() == 0:
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    return _impl(backend).sawa_backward(
+        grad_out.contiguous(), q, k, v, q_lens, k_lens, starts, level.contiguous(), window, joint, scale
+    )
+
+
+@sawa_backward.register_fake
+def _(grad_out, q, k, v, q_lens, k_lens, starts, level, window, joint, scale, backend):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, q_lens, k_lens, starts, _force, window, _levels, joint, scale, backend = inputs
+    ctx.save_for_backward(q, k, v, q_lens, k_lens, starts, output[1])
+    ctx.args = (window, joint, scale, backend)
+
+
+def _backward(ctx, grad_out, _grad_level):
+    q, k, v, q_lens, k_lens, starts, level = ctx.saved_tensors
+    window, joint, scale, backend = ctx.args
+    dq, dk, dv = sawa_backward(grad_out.contiguous(), q, k, v, q_lens, k_lens, starts, level, window, joint, scale,
+                               backend)
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+
+
+sawa_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _prepare(q, k, v, window, hop, levels, normalize, scale, q_lens, k_lens, window_starts, force_level):
+    """Checks shapes, dtypes, devices and options; returns the normalized arguments."""
+    _checks.tensor("q", q, 4)
+    _checks.tensor("k", k, 4)
+    if v is not None:
+        _checks.tensor("v", v, 4)
+    _checks.same_dtype_device(q=q, k=k, v=v)
+    B, H, L, d = q.shape
+    T = k.shape[2]
+    if tuple(k.shape[:2]) != (B, H):
+        raise ValueError(f"k must have batch and heads {(B, H)} like q, got shape {tuple(k.shape)}")
+    if k.shape[3] != d:
+        raise ValueError(f"k must have head dim {d} like q, got shape {tuple(k.shape)}")
+    if v is not None and tuple(v.shape[:3]) != (B, H, T):
+        raise ValueError(f"v must have shape (B, H, T, dv) = {(B, H, T)} + (dv,), got {tuple(v.shape)}")
+    if d == 0 or (v is not None and v.shape[3] == 0):
+        raise ValueError(f"head dims must be >= 1, got q {tuple(q.shape)}, v {None if v is None else tuple(v.shape)}")
+    window = _checks.positive_int("window", window)
+    levels = _checks.positive_int("levels", levels, minimum=0)
+    if levels > 2:
+        raise ValueError(f"levels must be 0, 1 or 2, got {levels}")
+    if levels > 0 and window % 2:
+        raise ValueError(f"window must be even when levels > 0 (half windows are sliced), got {window}")
+    hop = max(1, window // 2) if hop is None else _checks.positive_int("hop", hop)
+    joint = _checks.choice("normalize", normalize, NORMALIZE) == "joint"
+    scale = 1.0 / math.sqrt(d) if scale is None else _checks.finite_float("scale", scale)
+    dev = q.device
+    q_lens = torch.full((B,), L, dtype=torch.int64, device=dev) if q_lens is None else _checks.int_tensor(
+        "q_lens", q_lens, (B,), dev)
+    k_lens = torch.full((B,), T, dtype=torch.int64, device=dev) if k_lens is None else _checks.int_tensor(
+        "k_lens", k_lens, (B,), dev)
+    if window_starts is None:
+        starts = (torch.arange(L, device=dev, dtype=torch.int64) * hop).expand(B, L).contiguous()
+    else:
+        starts = _checks.int_tensor("window_starts", window_starts, (B, L), dev)
+    if force_level is not None:
+        force_level = _checks.int_tensor("force_level", force_level, (B, H, L), dev)
+    return window, levels, joint, scale, q_lens, k_lens, starts, force_level
+
+
+def sliding_adaptive_window_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int = 10, hop: int | None = None,
+    levels: int = 2, normalize: str = "segment", scale: float | None = None, q_lens=None, k_lens=None,
+    window_starts=None, backend: str | None = None, return_level: bool = False, force_level=None,
+):
+    """Sliding adaptive window attention (SPEC §1; the paper's SAWA with Algorithm 1).
+
+    Query ``i`` (a word) attends to the audio frames of its window ``[s_i, s_i + window)``, with
+    ``s_i = i * hop`` or ``window_starts[b, i]``; when enough of the window's weights are above
+    their mean, the window widens by the neighbour half-windows (level 1), and again (level 2), up
+    to three times its width.
+
+    Args:
+        q: ``(B, H, L, d)`` queries (text tokens); k: ``(B, H, T, d)``; v: ``(B, H, T, dv)`` (audio frames).
+        window: ω ≥ 1 (even when ``levels > 0``). hop: default ``max(1, ω // 2)``.
+        levels: 0 (fixed window), 1 or 2 expansion levels.
+        normalize: ``"segment"`` (paper: one softmax per segment) or ``"joint"`` (one per row).
+        scale: default ``1 / sqrt(d)``. q_lens, k_lens: ``(B,)`` valid counts (default: all).
+        window_starts: ``(B, L)`` start frames, non-decreasing over the valid queries.
+        backend: ``"triton"``, ``"cpp"``, ``"torch"``, ``"reference"`` or None (fastest that runs;
+            ``MFDR_KERNELS_BACKEND`` overrides None).
+        return_level: also return the ``(B, H, L)`` int8 levels.
+        force_level: ``(B, H, L)`` levels to take instead of deciding (tests and analysis).
+
+    Returns:
+        ``out (B, H, L, dv)``, or ``(out, level)``. Padded queries and empty windows give 0.
+    """
+    window, levels, joint, scale, q_lens, k_lens, starts, force_level = _prepare(
+        q, k, v, window, hop, levels, normalize, scale, q_lens, k_lens, window_starts, force_level)
+    name = _backends.choose("sliding_adaptive_window_attention", backend, CHECKS, (q, k, v))
+    if name == "reference":
+        L, T = q.shape[2], k.shape[2]
+        starts = _checked_values(q_lens, k_lens, starts, force_level, L, T, levels)
+        out, level = reference.sawa_reference(q, k, v, window=window, levels=levels, joint=joint, scale=scale,
+                                              q_lens=q_lens, k_lens=k_lens, starts=starts, force_level=force_level)
+    else:
+        out, level = sawa_forward(q.contiguous(), k.contiguous(), v.contiguous(), q_lens, k_lens, starts,
+                                  force_level, window, levels, joint, scale, name)
+    return (out, level) if return_level else out
+
+
+def sawa_attention_map(
+    q: torch.Tensor, k: torch.Tensor, *, window: int = 10, hop: int | None = None, levels: int = 2,
+    normalize: str = "segment", scale: float | None = None, q_lens=None, k_lens=None, window_starts=None,
+    return_level: bool = False, force_level=None,
+):
+    """Dense ``(B, H, L, T)`` SAWA weights: the paper's ``diag_att`` (reference loop; for plots and tests)."""
+    window, levels, joint, scale, q_lens, k_lens, starts, force_level = _prepare(
+        q, k, None, window, hop, levels, normalize, scale, q_lens, k_lens, window_starts, force_level)
+    starts = _checked_values(q_lens, k_lens, starts, force_level, q.shape[2], k.shape[2], levels)
+    att, level = reference.sawa_attention_map_reference(
+        q, k, window=window, levels=levels, joint=joint, scale=scale, q_lens=q_lens, k_lens=k_lens,
+        starts=starts, force_level=force_level)
+    return (att, level) if return_level else att
