@@ -71,11 +71,9 @@ def choose(
     order = ("triton", "torch") if tensors[0].is_cuda else ("cpp", "torch")
     for name in order:
         if name in checks and checks[name](*tensors) is None:
-            if name == "torch" and tensors[0].device.type == "cpu" and "cpp" in checks:
-                _ext.warn_once(
-                    "cpp-fallback",
-                    f"mfdr_kernels: falling back to the slower `torch` backend on the CPU: {can_run_cpp(*tensors)}",
-                )
+            ext_missing = can_run_cpp(*tensors) if name == "torch" and not tensors[0].is_cuda else None
+            if ext_missing and "cpp" in checks:
+                _ext.warn_once("cpp-fallback", f"mfdr_kernels: falling back to the slower `torch` backend: {ext_missing}")
             return name
     return "torch"
 

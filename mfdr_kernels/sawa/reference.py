@@ -106,3 +106,29 @@ def sawa_attention_map_reference(
     """Dense ``(B, H, L, T)`` attention weights (the paper's ``diag_att``) and the levels."""
     return _loop(q, k, None, window=window, levels=levels, joint=joint, scale=scale, q_lens=q_lens,
                  k_lens=k_lens, starts=starts, force_level=force_level, dense=True)
+
+
+def decision_margins(q, k, *, window, levels, joint, scale, q_lens, k_lens, starts) -> torch.Tensor:
+    """Per row, the smallest distance of a weight to the threshold it was compared with.
+
+    ``(B, H, L)`` float64; ``inf`` where no comparison decided the row (padded rows, empty windows,
+    ``levels=0``). Rows whose margin exceeds a dtype's rounding error must get the same level in
+    every backend and precision (SPEC §1 "Ties").
+    """
+    B, H, L, _ = q.shape
+    q, k = q.double(), k.double()
+    out = torch.full((B, H, L), float("inf"), dtype=torch.float64)
+    for b in range(B):
+        for h in range(H):
+            for i in range(min(int(q_lens[b]), L)):
+                s0, s1, _ = segments(int(starts[b, i]), window, int(k_lens[b]))
+                if not s0 or levels == 0:
+                    continue
+                x = lambda frames: scale * (k[b, h, frames] @ q[b, h, i])  # noqa: E731
+                a0 = torch.softmax(x(s0), 0)
+                margin = float((a0 - 1.0 / len(s0)).abs().min())
+                if levels >= 2 and s1 and int((a0 > 1.0 / len(s0)).sum()) >= window // 2:
+                    w1 = torch.softmax(x(s0 + s1), 0) if joint else torch.cat([a0, torch.softmax(x(s1), 0)])
+                    margin = min(margin, float((w1 - w1.mean()).abs().min()))
+                out[b, h, i] = margin
+    return out

