@@ -6,19 +6,29 @@
 """
 
 import glob
+import importlib.util
 import os
 
 from setuptools import setup
 
+
+def _env():
+    """mfdr_kernels/_env.py, loaded by path (the package itself is not importable before the build)."""
+    spec = importlib.util.spec_from_file_location("_mfdr_env", os.path.join("mfdr_kernels", "_env.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 ext_modules, cmdclass = [], {}
-if os.environ.get("MFDR_SKIP_BUILD", "0") != "1":
+if not _env().skip_build():
     from torch.utils.cpp_extension import BuildExtension, CppExtension
 
     ext_modules = [
         CppExtension(
             name="mfdr_kernels._C",
             sources=sorted(glob.glob("csrc/*.cpp")),
-            extra_compile_args=["-O3", "-fopenmp", "-std=c++17"],
+            extra_compile_args=_env().cxx_flags(),
             extra_link_args=["-fopenmp"],
         )
     ]

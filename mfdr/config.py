@@ -124,15 +124,17 @@ class MFDRConfig:
         if self.attention == "sawa" and self.levels > 0 and self.window % 2:
             raise ValueError(f"MFDRConfig.window must be even when levels > 0 (half windows are sliced), "
                              f"got {self.window}")
-        if self.attention == "sawa" and self.align == "paper" and (self.text_len - 1) * self.hop >= self.audio_len:
+        last_start = (self.text_len - 1) * self.hop
+        if self.attention == "sawa" and self.align == "paper" and last_start >= self.audio_len:
             raise ValueError(
-                f"MFDRConfig: with align='paper' word i's window starts at frame i * hop, and the last word's "
-                f"({self.text_len - 1} * {self.hop}) is past audio_len ({self.audio_len}); lower hop, raise "
-                f"audio_len or use align='stretch'")
+                f"MFDRConfig: with align='paper' word i's window starts at frame i * hop, and the last "
+                f"word's ({self.text_len - 1} * {self.hop}) is past audio_len ({self.audio_len}); lower hop, "
+                f"raise audio_len or use align='stretch'")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"MFDRConfig.dropout must lie in [0, 1), got {self.dropout}")
         if not self.dfc_hops or any(h < 1 for h in self.dfc_hops):
-            raise ValueError(f"MFDRConfig.dfc_hops must be a non-empty sequence of ints >= 1, got {self.dfc_hops}")
+            raise ValueError(f"MFDRConfig.dfc_hops must be a non-empty sequence of ints >= 1, "
+                             f"got {self.dfc_hops}")
         if self.pooling != "linear":
             self.pooled_lengths()  # raises when the sequence gets shorter than a frame
 
@@ -160,7 +162,7 @@ class MFDRConfig:
 
     @property
     def flat_dim(self) -> int:
-        """Input size of the output layer: ``N_last * d_model`` (or ``text_len * d_model`` without pooling)."""
+        """Input size of the output layer: ``N_last * d_model`` (``text_len * d_model`` without pooling)."""
         n = self.text_len if self.pooling == "linear" else self.pooled_lengths()[-1]
         return n * self.d_model
 

@@ -354,7 +354,7 @@ def _load_chunk(chunk: list[Record], audio_enc, on_error: str, skipped: list, wo
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for r, x in pool.map(load, chunk):
             if isinstance(x, Exception):
-                bad_entry(str(x), on_error, skipped, str(r.wav))
+                bad_entry(str(x), on_error, skipped, str(r.wav), error=type(x))
             else:
                 out.append((r, x))
     return out

@@ -8,6 +8,8 @@
 | ``MFDR_KERNELS_VERBOSE_BUILD`` | ``1``: show the compiler output of the on-first-use build | ``0`` |
 | ``TRITON_INTERPRET`` | ``1``: run Triton kernels on the CPU (tests); read, never set, here | ``0`` |
 | ``MFDR_HYPOTHESIS_PROFILE`` | ``ci`` (bounded examples) or ``thorough`` for the property tests | ``ci`` |
+| ``MFDR_KERNELS_PORTABLE_BUILD`` | ``1``: compile the C++ kernels without ``-march=native`` (for a binary that moves between machines); read by ``setup.py`` too | ``0`` |
+| ``MFDR_SKIP_BUILD`` | ``1``: ``setup.py`` installs the Python packages only (the extension then builds on first use) | ``0`` |
 | ``MAX_JOBS`` | parallel compile jobs for ``setup.py`` / the on-first-use build (torch's own flag) | torch's choice |
 
 Values are read when asked for (functions, not constants), so tests can monkeypatch ``os.environ``.
@@ -45,6 +47,20 @@ def jit_build_allowed() -> bool:
 def build_dir() -> Path:
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mfdr_kernels"
     return Path(os.environ.get("MFDR_KERNELS_BUILD_DIR", default))
+
+
+def skip_build() -> bool:
+    return _flag("MFDR_SKIP_BUILD")
+
+
+def portable_build() -> bool:
+    return _flag("MFDR_KERNELS_PORTABLE_BUILD")
+
+
+def cxx_flags() -> list[str]:
+    """Compiler flags of the C++ extension (setup.py and the on-first-use build share them)."""
+    flags = ["-O3", "-fopenmp", "-std=c++17"]
+    return flags if portable_build() else [*flags, "-march=native"]
 
 
 def verbose_build() -> bool:

@@ -32,10 +32,6 @@ def _sources() -> list[str]:
     return sorted(str(p) for p in _CSRC.glob("*.cpp"))
 
 
-def _extra_cflags() -> list[str]:
-    return ["-O3", "-fopenmp", "-std=c++17"]
-
-
 def _load_prebuilt() -> str | None:
     for path in sorted(glob.glob(str(_ROOT / "_C*.so")) + glob.glob(str(_ROOT / "_C*.pyd"))):
         torch.ops.load_library(path)
@@ -54,7 +50,7 @@ def _jit_build() -> str:
     load(
         name="mfdr_kernels_C",
         sources=sources,
-        extra_cflags=_extra_cflags(),
+        extra_cflags=_env.cxx_flags(),
         extra_ldflags=["-fopenmp"],
         build_directory=str(build),
         is_python_module=False,

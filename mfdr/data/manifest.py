@@ -94,10 +94,11 @@ def check_on_error(on_error: str) -> None:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
 
 
-def bad_entry(message: str, on_error: str, skipped: list | None = None, where: str = "") -> None:
-    """Raise ``DataError(message)``, or, with ``on_error="skip"``, warn and note it in ``skipped``."""
+def bad_entry(message: str, on_error: str, skipped: list | None = None, where: str = "",
+              error: type[Exception] = DataError) -> None:
+    """Raise ``error(message)``, or, with ``on_error="skip"``, warn and note it in ``skipped``."""
     if on_error == "raise":
-        raise DataError(message)
+        raise error(message)
     warnings.warn(message + " (skipped)", stacklevel=3)
     log.warning("%s (skipped)", message)
     if skipped is not None:

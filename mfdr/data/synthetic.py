@@ -134,8 +134,8 @@ def _plan_one(i: int, label: str, spk_index: int, spk: dict, rng: random.Random)
 def plan_corpus(n_utterances: int = 800, *, speakers: int = 8, seed: int = 0) -> list[dict]:
     """The utterances to synthesize (no audio yet); deterministic given the arguments.
 
-    Utterance ``i`` goes to speaker ``i % speakers`` with label ``EMOTIONS[(i // speakers) % 4]``,
-    so labels are balanced within each speaker.
+    Utterance ``i`` goes to speaker ``s = i % speakers`` with label ``EMOTIONS[(i // speakers + s) % 4]``:
+    labels are balanced within each speaker (every 4 rounds) and across speakers (every round).
     """
     if not 1 <= speakers <= len(VOICES):
         raise ValueError(f"speakers must be in 1..{len(VOICES)} (the voices available), got {speakers}")
@@ -143,8 +143,8 @@ def plan_corpus(n_utterances: int = 800, *, speakers: int = 8, seed: int = 0) ->
         raise ValueError(f"n_utterances must be ≥ 1, got {n_utterances}")
     rng = random.Random(seed)
     spk = _speaker_offsets(rng, speakers)
-    return [_plan_one(i, EMOTIONS[(i // speakers) % len(EMOTIONS)], i % speakers, spk[i % speakers], rng)
-            for i in range(n_utterances)]
+    return [_plan_one(i, EMOTIONS[(i // speakers + i % speakers) % len(EMOTIONS)], i % speakers,
+                      spk[i % speakers], rng) for i in range(n_utterances)]
 
 
 def _synthesize(espeak: str, utt: dict, wav: Path, sample_rate: int) -> None:

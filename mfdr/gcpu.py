@@ -1,0 +1,202 @@
+"""Gated context perception unit (GCPU, paper Sec. 2.2, SPEC §3) and the context units of its ablations.
+
+``GCPU`` reads two streams per step, the fused word ``z_t`` and its global context ``g_t`` (multi-head
+self-attention over z), and updates its state with the decoupled update gate of equations (1)-(6)::
+
+    r_t  = σ(W_hr h_{t-1} + W_zr z_t + W_gr g_t + b_r)                      (1)
+    z̃_t  = tanh(W_zz z_t + W_hz (r_t ⊙ h_{t-1}) + b_z)                      (2)
+    g̃_t  = tanh(W_gg g_t + W_hg (r_t ⊙ h_{t-1}) + b_g)                      (3)
+    h̃_t  = z̃_t + g̃_t                                                        (4)
+    u_t  = σ(W_zu z̃_t + W_gu g̃_t + W_hu (r_t ⊙ h_{t-1}) + b_u)             (5)
+    h_t  = r_t ⊙ h_{t-1} + u_t ⊙ h̃_t                                        (6)
+
+``MGRU`` (Table 3 "MGRU", Fig. 4a) is the same two-stream cell with the GRU's complementary update
+instead: ``u_t = σ(W_zu z_t + W_gu g_t + W_hu h_{t-1} + b_u)`` from the inputs and the previous state,
+as in a GRU, and ``h_t = (1 - u_t) ⊙ h_{t-1} + u_t ⊙ h̃_t``. ``GRUContext`` (Table 3 "GRU") is a plain
+``nn.GRU`` over z, with no g stream. All three take ``(z, lengths)`` and return ``H (B, L, dim)`` with
+padded steps zeroed.
+
+The products of the inputs with their weights for every step are computed before the time loop, in
+one matmul per stream; the loop only does the products with the state.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _valid_steps(lengths: torch.Tensor | None, B: int, L: int, device) -> torch.Tensor | None:
+    """``(B, L)`` bool, True at steps ``t < lengths[b]``; None when every step is valid."""
+    if lengths is None:
+        return None
+    lengths = torch.as_tensor(lengths, device=device)
+    if lengths.shape != (B,):
+        raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
+    return torch.arange(L, device=device)[None, :] < lengths[:, None]
+
+
+class GCPU(nn.Module):
+    """Gated context perception unit: ``forward(z, lengths=None, h0=None) -> H (B, L, dim)``.
+
+    Args:
+        dim: width D of z, g and h (the paper's 256). heads: heads of the context attention.
+        context: False drops the g stream ("w/o Context"): no multi-head attention, no ``W_gr``
+            term in (1), no g̃ (``h̃_t = z̃_t``), no ``W_gu`` term in (5).
+        dropout: attention dropout of the multi-head attention.
+
+    Parameters are named after the equations (bias-free ``nn.Linear(dim, dim)`` modules ``W_hr, W_zr,
+    W_gr``; ``W_zz, W_hz``; ``W_gg, W_hg``; ``W_zu, W_gu, W_hu``; bias vectors ``b_r, b_z, b_g, b_u``),
+    and ``mha`` is the ``nn.MultiheadAttention`` that gives g.
+    """
+
+    def __init__(self, dim: int = 256, heads: int = 4, context: bool = True, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"GCPU: dim ({dim}) must be divisible by heads ({heads})")
+        self.dim, self.heads, self.context = dim, heads, bool(context)
+        lin = lambda: nn.Linear(dim, dim, bias=False)
+        self.W_hr, self.W_zr = lin(), lin()
+        self.W_zz, self.W_hz = lin(), lin()
+        self.W_zu, self.W_hu = lin(), lin()
+        self.b_r, self.b_z, self.b_u = (nn.Parameter(torch.zeros(dim)) for _ in range(3))
+        if self.context:
+            self.W_gr, self.W_gg, self.W_hg, self.W_gu = lin(), lin(), lin(), lin()
+            self.b_g = nn.Parameter(torch.zeros(dim))
+            self.mha = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        else:
+            self.mha = None
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, heads={self.heads}, context={self.context}"
+
+    def global_context(self, z: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """g = MultiheadAttention(z, z, z) with padded keys masked: ``(B, L, dim)``."""
+        valid = _valid_steps(lengths, z.shape[0], z.shape[1], z.device)
+        pad = None if valid is None else ~valid
+        g, _ = self.mha(z, z, z, key_padding_mask=pad, need_weights=False)
+        return g
+
+    def forward(self, z: torch.Tensor, lengths: torch.Tensor | None = None,
+                h0: torch.Tensor | None = None) -> torch.Tensor:
+        """``z (B, L, dim)``, ``lengths (B,)`` valid steps -> ``H (B, L, dim)``, padded steps zero."""
+        if z.dim() != 3 or z.shape[-1] != self.dim:
+            raise ValueError(f"z must have shape (B, L, {self.dim}), got {tuple(z.shape)}")
+        g = self.global_context(z, lengths) if self.context else None
+        return self.recurrence(z, g, lengths, h0)
+
+    # ------------------------------------------------------------------ the recurrence
+    def _input_side(self, z: torch.Tensor, g: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """Products with the inputs for all steps: ``(B, L, D)`` terms of (1), (2), (3)."""
+        D = self.dim
+        xz = F.linear(z, torch.cat([self.W_zr.weight, self.W_zz.weight]), torch.cat([self.b_r, self.b_z]))
+        r_in, zz_in = xz.split(D, dim=-1)  # W_zr z + b_r, W_zz z + b_z
+        if not self.context:
+            return r_in, zz_in, None
+        xg = F.linear(g, torch.cat([self.W_gr.weight, self.W_gg.weight]))
+        gr, gg_in = xg.split(D, dim=-1)
+        return r_in + gr, zz_in, gg_in + self.b_g
+
+    def recurrence(self, z: torch.Tensor, g: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
+                   h0: torch.Tensor | None = None) -> torch.Tensor:
+        """Equations (1)-(6) alone, given the context g (ignored when ``context=False``)."""
+        B, L, D = self._check(z, g, h0)
+        valid = _valid_steps(lengths, B, L, z.device)
+        r_in, zz_in, gg_in = self._input_side(z, g)  # (B, L, D) each
+        W_h = [self.W_hz.weight, self.W_hu.weight] + ([self.W_hg.weight] if self.context else [])
+        W_h = torch.cat(W_h)  # r⊙h -> z̃, u (, g̃): (2|3 D, D)
+        W_u = torch.cat([self.W_zu.weight, self.W_gu.weight], 1) if self.context else self.W_zu.weight
+        h = z.new_zeros(B, D) if h0 is None else h0
+        out = []
+        for t in range(L):
+            r = torch.sigmoid(r_in[:, t] + F.linear(h, self.W_hr.weight))  # (1)
+            rh = r * h
+            hh = F.linear(rh, W_h)  # (B, 2|3 D)
+            zt = torch.tanh(zz_in[:, t] + hh[:, :D])  # (2)
+            if self.context:
+                gt = torch.tanh(gg_in[:, t] + hh[:, 2 * D:])  # (3)
+                u = torch.sigmoid(F.linear(torch.cat([zt, gt], -1), W_u, self.b_u) + hh[:, D:2 * D])  # (5)
+                h_new = rh + u * (zt + gt)  # (4), (6)
+            else:
+                u = torch.sigmoid(F.linear(zt, W_u, self.b_u) + hh[:, D:2 * D])
+                h_new = rh + u * zt
+            h = h_new if valid is None else torch.where(valid[:, t, None], h_new, h)  # padded: carry h
+            out.append(h)
+        H = torch.stack(out, 1)  # (B, L, D)
+        return H if valid is None else H.masked_fill(~valid[..., None], 0.0)
+
+    def _check(self, z, g, h0) -> tuple[int, int, int]:
+        if z.dim() != 3 or z.shape[-1] != self.dim:
+            raise ValueError(f"z must have shape (B, L, {self.dim}), got {tuple(z.shape)}")
+        if self.context and (g is None or g.shape != z.shape):
+            raise ValueError(f"g must have the shape of z {tuple(z.shape)}, got "
+                             f"{None if g is None else tuple(g.shape)}")
+        B, L, D = z.shape
+        if h0 is not None and h0.shape != (B, D):
+            raise ValueError(f"h0 must have shape ({B}, {D}), got {tuple(h0.shape)}")
+        return B, L, D
+
+
+class MGRU(GCPU):
+    """Two-stream GRU with the complementary update (Table 3 "MGRU", the paper's Fig. 4a).
+
+    Same inputs, reset gate (1) and candidates (2)-(4) as :class:`GCPU`; the update gate is a GRU's,
+    computed from the inputs and the previous state, and the update is complementary::
+
+        u_t = σ(W_zu z_t + W_gu g_t + W_hu h_{t-1} + b_u)
+        h_t = (1 - u_t) ⊙ h_{t-1} + u_t ⊙ h̃_t
+
+    ``W_zu``/``W_gu`` therefore read z and g here, not z̃ and g̃. ``context=False`` drops g as in GCPU.
+    """
+
+    def _input_side(self, z, g):
+        D = self.dim
+        xz = F.linear(z, torch.cat([self.W_zr.weight, self.W_zz.weight, self.W_zu.weight]),
+                      torch.cat([self.b_r, self.b_z, self.b_u]))
+        r_in, zz_in, u_in = xz.split(D, dim=-1)
+        if not self.context:
+            return r_in, zz_in, None, u_in
+        xg = F.linear(g, torch.cat([self.W_gr.weight, self.W_gg.weight, self.W_gu.weight]))
+        gr, gg, gu = xg.split(D, dim=-1)
+        return r_in + gr, zz_in, gg + self.b_g, u_in + gu
+
+    def recurrence(self, z, g=None, lengths=None, h0=None):
+        B, L, D = self._check(z, g, h0)
+        valid = _valid_steps(lengths, B, L, z.device)
+        r_in, zz_in, gg_in, u_in = self._input_side(z, g)
+        W_prev = torch.cat([self.W_hr.weight, self.W_hu.weight])  # h -> r, u
+        W_rh = torch.cat([self.W_hz.weight] + ([self.W_hg.weight] if self.context else []))  # r⊙h -> z̃ (, g̃)
+        h = z.new_zeros(B, D) if h0 is None else h0
+        out = []
+        for t in range(L):
+            hr, hu = F.linear(h, W_prev).split(D, dim=-1)
+            r = torch.sigmoid(r_in[:, t] + hr)
+            u = torch.sigmoid(u_in[:, t] + hu)
+            hh = F.linear(r * h, W_rh)
+            cand = torch.tanh(zz_in[:, t] + hh[:, :D])
+            if self.context:
+                cand = cand + torch.tanh(gg_in[:, t] + hh[:, D:])
+            h_new = (1 - u) * h + u * cand
+            h = h_new if valid is None else torch.where(valid[:, t, None], h_new, h)
+            out.append(h)
+        H = torch.stack(out, 1)
+        return H if valid is None else H.masked_fill(~valid[..., None], 0.0)
+
+
+class GRUContext(nn.Module):
+    """A GRU over z alone (Table 3 "GRU"): ``forward(z, lengths=None) -> H (B, L, dim)``, padded steps zero.
+
+    Unidirectional, so a valid step never sees the padding after it.
+    """
+
+    def __init__(self, dim: int = 256):
+        super().__init__()
+        self.dim = dim
+        self.gru = nn.GRU(dim, dim, batch_first=True)
+
+    def forward(self, z: torch.Tensor, lengths: torch.Tensor | None = None,
+                h0: torch.Tensor | None = None) -> torch.Tensor:
+        H, _ = self.gru(z, None if h0 is None else h0[None])
+        valid = _valid_steps(lengths, z.shape[0], z.shape[1], z.device)
+        return H if valid is None else H.masked_fill(~valid[..., None], 0.0)

@@ -1,0 +1,351 @@
+"""The MFDR network (paper Fig. 1, SPEC §4): SAWA fusion -> GCPU context -> DFC refinement -> output layer.
+
+    text  (B, L, text_dim)  -> Linear -> q_in ─┐
+    audio (B, T, audio_dim) -> Linear -> k, v ─┴─ SAWA -> z = LayerNorm(q_in + SAWA(q, k, v))   (B, L, D)
+    z -> GCPU (two streams: z and its multi-head self-attention g) -> H, padded rows zero           (B, L, D)
+    H -> DFC (frame 3, hop 2) -> DFC (frame 3, hop 3)                                              (B, 8, D)
+      -> flatten -> dropout -> Linear -> logits (B, num_classes), or (B,) for regression
+
+Every row of the paper's Table 3 is a config switch (``MFDRConfig.ablation(name)``): ``window``/``levels``
+(fixed windows), ``attention="full"``, ``context`` in {gcpu, none, gru, mgru}, ``pooling`` in
+{dfc, max, avg, linear}. The SAWA and DFC ops run on the backend ``config.backend`` picks (None: the
+C++ kernels on the CPU, Triton on CUDA).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mfdr_kernels
+from mfdr_kernels import _checks
+
+from .config import MFDRConfig
+from .gcpu import GCPU, MGRU, GRUContext
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+# ---------------------------------------------------------------------- fusion: SAWA layer
+class SAWALayer(nn.Module):
+    """Acoustic-word fusion: ``z = LayerNorm(q_in + Attention(q, k, v))`` with q from text, k, v from audio.
+
+    ``attention="sawa"`` calls :func:`mfdr_kernels.sliding_adaptive_window_attention` (word i attends
+    to its window of frames, widened where the weights say so); ``"full"`` is global cross-attention
+    over all valid frames (Table 3 "full-size"). Window starts: ``align="paper"`` (``i * hop``),
+    ``"stretch"`` (spread over each sample's audio) or explicit ``window_starts`` in ``forward``.
+
+    After each forward, ``last_level`` holds the ``(B, H, L)`` levels of the SAWA windows and
+    :meth:`level_fractions` the share of valid windows at each level; :meth:`attention_map` gives
+    the dense banded weights (the paper's Fig. 3).
+    """
+
+    def __init__(self, audio_dim: int, text_dim: int, d_model: int = 256, heads: int = 4, *, window: int = 10,
+                 hop: int = 5, levels: int = 2, normalize: str = "segment", align: str = "paper",
+                 attention: str = "sawa", backend: str | None = None):
+        super().__init__()
+        if d_model % heads:
+            raise ValueError(f"SAWALayer: d_model ({d_model}) must be divisible by heads ({heads})")
+        _checks.choice("attention", attention, ("sawa", "full"))
+        _checks.choice("align", align, ("paper", "stretch"))
+        self.d_model, self.heads = d_model, heads
+        self.window, self.hop, self.levels, self.normalize = window, hop, levels, normalize
+        self.align, self.attention, self.backend = align, attention, backend
+        self.q_proj = nn.Linear(text_dim, d_model)
+        self.k_proj = nn.Linear(audio_dim, d_model)
+        self.v_proj = nn.Linear(audio_dim, d_model)
+        self.norm = nn.LayerNorm(d_model)
+        self.last_level: torch.Tensor | None = None  # (B, H, L) int8 of the last forward (SAWA only)
+        self._last_valid: torch.Tensor | None = None  # (B, L) valid queries of the last forward
+
+    def extra_repr(self) -> str:
+        return (f"heads={self.heads}, attention={self.attention!r}, window={self.window}, hop={self.hop}, "
+                f"levels={self.levels}, normalize={self.normalize!r}, align={self.align!r}, "
+                f"backend={self.backend!r}")
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, H, N, d)
+        B, N, _ = x.shape
+        return x.view(B, N, self.heads, -1).transpose(1, 2)
+
+    def project(self, audio: torch.Tensor, text: torch.Tensor):
+        """``q_in (B, L, D)`` and the heads ``q (B, H, L, d)``, ``k, v (B, H, T, d)``."""
+        q_in = self.q_proj(text)
+        return q_in, self._split(q_in), self._split(self.k_proj(audio)), self._split(self.v_proj(audio))
+
+    def window_starts(self, B: int, L: int, T: int, audio_lengths=None, text_lengths=None, device=None):
+        """``(B, L)`` start frames of the words' windows for ``config.align``; None for ``"paper"``
+        (the op's own ``i * hop``).
+
+        ``"stretch"``: ``s_i = max(0, floor(i (k_len - ω) / max(q_len - 1, 1)))``.
+        """
+        if self.align == "paper":
+            return None
+        k_len = torch.full((B,), T, device=device) if audio_lengths is None else audio_lengths
+        q_len = torch.full((B,), L, device=device) if text_lengths is None else text_lengths
+        num = torch.arange(L, device=k_len.device)[None, :] * (k_len - self.window)[:, None]
+        return torch.div(num, (q_len - 1).clamp_min(1)[:, None], rounding_mode="floor").clamp_min(0)
+
+    def _key_mask(self, T: int, audio_lengths) -> torch.Tensor | None:  # (B, 1, 1, T) True = valid frame
+        return None if audio_lengths is None else self._valid(T, audio_lengths)[:, None, None, :]
+
+    def attend(self, q, k, v, audio_lengths=None, text_lengths=None, window_starts=None) -> torch.Tensor:
+        """The attention alone: ``(B, H, L, d)``; padded queries give 0."""
+        B, _, L, _ = q.shape
+        T = k.shape[2]
+        self._last_valid = None if text_lengths is None else self._valid(L, text_lengths)
+        if self.attention == "full":
+            self.last_level = None
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._key_mask(T, audio_lengths))
+            if text_lengths is not None:
+                out = out.masked_fill(~self._last_valid[:, None, :, None], 0.0)
+            return out
+        if window_starts is None:
+            window_starts = self.window_starts(B, L, T, audio_lengths, text_lengths, q.device)
+        out, level = mfdr_kernels.sliding_adaptive_window_attention(
+            q, k, v, window=self.window, hop=self.hop, levels=self.levels, normalize=self.normalize,
+            q_lens=text_lengths, k_lens=audio_lengths, window_starts=window_starts, backend=self.backend,
+            return_level=True)
+        self.last_level = level.detach()
+        return out
+
+    @staticmethod
+    def _valid(L: int, lengths: torch.Tensor) -> torch.Tensor:
+        return torch.arange(L, device=lengths.device)[None, :] < lengths[:, None]  # (B, L)
+
+    def forward(self, audio: torch.Tensor, text: torch.Tensor, audio_lengths=None, text_lengths=None,
+                window_starts=None) -> torch.Tensor:
+        """``audio (B, T, audio_dim)``, ``text (B, L, text_dim)`` -> ``z (B, L, d_model)``."""
+        q_in, q, k, v = self.project(audio, text)
+        out = self.attend(q, k, v, audio_lengths, text_lengths, window_starts)  # (B, H, L, d)
+        B, _, L, _ = out.shape
+        return self.norm(q_in + out.transpose(1, 2).reshape(B, L, self.d_model))
+
+    def level_fractions(self) -> dict[int, float] | None:
+        """Share of the last forward's valid windows (all heads) at level 0, 1 and 2; None before one,
+        or with full attention."""
+        if self.last_level is None:
+            return None
+        level = self.last_level.long()  # (B, H, L)
+        if self._last_valid is not None:
+            level = level[self._last_valid[:, None, :].expand_as(level)]
+        counts = torch.bincount(level.flatten(), minlength=3).double()
+        return {i: float(c) for i, c in enumerate(counts / counts.sum().clamp_min(1))}
+
+    @torch.no_grad()
+    def attention_map(self, audio, text, audio_lengths=None, text_lengths=None, window_starts=None):
+        """Dense ``(B, H, L, T)`` attention weights; SAWA: the paper's banded ``diag_att`` (reference op)."""
+        _, q, k, _ = self.project(audio, text)
+        B, _, L, _ = q.shape
+        T = k.shape[2]
+        if self.attention == "full":
+            x = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5  # (B, H, L, T)
+            mask = self._key_mask(T, audio_lengths)
+            att = torch.softmax(x if mask is None else x.masked_fill(~mask, float("-inf")), dim=-1)
+            if text_lengths is not None:
+                att = att.masked_fill(~self._valid(L, text_lengths)[:, None, :, None], 0.0)
+            return att
+        if window_starts is None:
+            window_starts = self.window_starts(B, L, T, audio_lengths, text_lengths, q.device)
+        return mfdr_kernels.sawa_attention_map(
+            q, k, window=self.window, hop=self.hop, levels=self.levels, normalize=self.normalize,
+            q_lens=text_lengths, k_lens=audio_lengths, window_starts=window_starts)
+
+
+# ---------------------------------------------------------------------- pooling heads
+class FramePool(nn.Module):
+    """Max or average pooling over frames of ``frame`` rows, one hop per layer: the parameter-free
+    baselines of DFC (Table 3 "max-pooling", "avg-pooling"). ``(B, L, C) -> (B, N, C)``."""
+
+    def __init__(self, kind: str, frame: int = 3, hops: tuple[int, ...] = (2, 3)):
+        super().__init__()
+        self.kind, self.frame, self.hops = _checks.choice("kind", kind, ("max", "avg")), frame, tuple(hops)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, frame={self.frame}, hops={self.hops}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pool = F.max_pool1d if self.kind == "max" else F.avg_pool1d
+        x = x.transpose(1, 2)  # (B, C, L)
+        for hop in self.hops:
+            x = pool(x, self.frame, hop)
+        return x.transpose(1, 2)
+
+
+def _dfc_layers(config: MFDRConfig) -> nn.Sequential:
+    from .dfc import DynamicFrameConv  # lands with the DFC issue; imported on use
+
+    lengths = config.pooled_lengths()
+    return nn.Sequential(*(
+        DynamicFrameConv(n, config.d_model, frame=config.dfc_frame, hop=hop, hidden=config.dfc_hidden)
+        for n, hop in zip(lengths[:-1], config.dfc_hops, strict=True)))
+
+
+def _pooling(config: MFDRConfig) -> nn.Module:
+    if config.pooling == "dfc":
+        return _dfc_layers(config)
+    if config.pooling == "linear":
+        return nn.Identity()  # "w/o DFC": H goes flat into the output layer
+    return FramePool(config.pooling, config.dfc_frame, config.dfc_hops)
+
+
+def _context_unit(config: MFDRConfig) -> nn.Module:
+    if config.context == "gru":
+        return GRUContext(config.d_model)
+    cls = MGRU if config.context == "mgru" else GCPU
+    return cls(config.d_model, config.heads, context=config.context != "none")
+
+
+# ---------------------------------------------------------------------- the model
+class MFDR(nn.Module):
+    """Multiple-stage fusion and dynamically refined network (SPEC §4).
+
+    ``MFDR(config)`` or ``MFDR(**fields)``; ``forward(audio, text, audio_lengths=None, text_lengths=None,
+    window_starts=None)``:
+
+    - ``audio (B, T, audio_dim)``: any number of frames T (padded to the longest, typically
+      ``audio_len``); ``audio_lengths (B,)`` valid frames, default T.
+    - ``text (B, text_len, text_dim)``: exactly ``text_len`` tokens; ``text_lengths (B,)`` valid tokens,
+      default ``text_len``.
+    - ``window_starts (B, text_len)``: explicit start frames of the words' windows (forced alignment),
+      instead of ``config.align``.
+
+    Returns logits ``(B, num_classes)``, or ``(B,)`` scores for ``task="regression"`` (not clamped).
+    Padded frames and tokens have no influence on a sample's output.
+
+    Submodules: ``fusion`` (:class:`SAWALayer`), ``context`` (:class:`~mfdr.GCPU`, ``MGRU`` or
+    ``GRUContext``), ``pool`` (two ``DynamicFrameConv``, ``FramePool`` or identity), ``head``
+    (flatten, dropout, linear).
+    """
+
+    def __init__(self, config: MFDRConfig | None = None, **changes):
+        super().__init__()
+        if config is None:
+            config = MFDRConfig(**changes)
+        elif not isinstance(config, MFDRConfig):
+            raise TypeError(f"config must be an MFDRConfig, got {type(config).__name__}")
+        elif changes:
+            config = config.replace(**changes)
+        self.config = config
+        c = config
+        self.fusion = SAWALayer(c.audio_dim, c.text_dim, c.d_model, c.heads, window=c.window, hop=c.hop,
+                                levels=c.levels, normalize=c.normalize, align=c.align, attention=c.attention,
+                                backend=c.backend)
+        self.context = _context_unit(c)
+        self.pool = _pooling(c)
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(c.dropout), nn.Linear(c.flat_dim, c.out_dim))
+        self.set_backend(c.backend)
+
+    # -------------------------------------------------------------- backend
+    @property
+    def backend(self) -> str | None:
+        return self.config.backend
+
+    def set_backend(self, backend: str | None) -> MFDR:
+        """Kernel backend for the SAWA and DFC ops (``"triton"``, ``"cpp"``, ``"torch"``, ``"reference"``
+        or None for the fastest that runs). Does not touch the weights."""
+        self.config = self.config.replace(backend=backend)
+        self.fusion.backend = backend
+        for m in self.pool.modules():
+            if m is not self.pool and hasattr(m, "backend"):
+                m.backend = backend
+        return self
+
+    # -------------------------------------------------------------- forward
+    def _check_inputs(self, audio, text, audio_lengths, text_lengths):
+        c = self.config
+        _checks.tensor("audio", audio, 3)
+        _checks.tensor("text", text, 3)
+        B, T, A = audio.shape
+        if A != c.audio_dim or T < 1:
+            raise ValueError(f"audio must have shape (B, T >= 1, audio_dim={c.audio_dim}), "
+                             f"got {tuple(audio.shape)}")
+        if tuple(text.shape[1:]) != (c.text_len, c.text_dim):
+            raise ValueError(f"text must have shape (B, text_len={c.text_len}, text_dim={c.text_dim}) "
+                             f"(pad or cut the tokens to text_len), got {tuple(text.shape)}")
+        if text.shape[0] != B:
+            raise ValueError(f"audio and text must have the same batch size, got {B} and {text.shape[0]}")
+        if audio_lengths is not None:
+            audio_lengths = _checks.int_tensor("audio_lengths", audio_lengths, (B,), audio.device)
+            _checks.in_range("audio_lengths", audio_lengths, 1, T)
+        if text_lengths is not None:
+            text_lengths = _checks.int_tensor("text_lengths", text_lengths, (B,), text.device)
+            _checks.in_range("text_lengths", text_lengths, 1, c.text_len)
+        return audio_lengths, text_lengths
+
+    def features(self, audio, text, audio_lengths=None, text_lengths=None, window_starts=None):
+        """The refined representation before the output layer: ``(B, N, d_model)`` (``N = text_len`` for
+        ``pooling="linear"``)."""
+        audio_lengths, text_lengths = self._check_inputs(audio, text, audio_lengths, text_lengths)
+        z = self.fusion(audio, text, audio_lengths, text_lengths, window_starts)  # (B, L, D)
+        H = self.context(z, text_lengths)  # (B, L, D), padded rows 0
+        return self.pool(H)  # (B, N, D)
+
+    def forward(self, audio: torch.Tensor, text: torch.Tensor, audio_lengths=None, text_lengths=None,
+                window_starts=None) -> torch.Tensor:
+        out = self.head(self.features(audio, text, audio_lengths, text_lengths, window_starts))
+        return out.squeeze(-1) if self.config.task == "regression" else out
+
+    # -------------------------------------------------------------- analysis
+    def level_fractions(self) -> dict[int, float] | None:
+        """Share of the last forward's valid SAWA windows at level 0, 1, 2 (None with full attention)."""
+        return self.fusion.level_fractions()
+
+    def attention_map(self, audio, text, audio_lengths=None, text_lengths=None, window_starts=None):
+        """Dense ``(B, heads, text_len, T)`` fusion attention weights (the paper's Fig. 3)."""
+        audio_lengths, text_lengths = self._check_inputs(audio, text, audio_lengths, text_lengths)
+        return self.fusion.attention_map(audio, text, audio_lengths, text_lengths, window_starts)
+
+    # -------------------------------------------------------------- save / load
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` to the directory ``path``."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.config.save(path / CONFIG_NAME)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(path / WEIGHTS_NAME), metadata={"format": "pt", "model": "mfdr"})
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, config: MFDRConfig | None = None, *,
+                        map_location: str | torch.device = "cpu", **runtime) -> MFDR:
+        """Load a model written by :meth:`save_pretrained`, in eval mode.
+
+        ``config``: the config the caller expects; it must match the saved one (fields that do not
+        touch the weights, ``MFDRConfig.RUNTIME_FIELDS``, may differ), else ``ValueError`` lists the
+        differences. ``runtime``: new values for those fields, e.g. ``backend="torch"``.
+        """
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"{path} must hold {CONFIG_NAME} and {WEIGHTS_NAME} "
+                                    f"(written by MFDR.save_pretrained)")
+        saved = MFDRConfig.load(path / CONFIG_NAME)
+        if config is not None:
+            diff = saved.diff(config, ignore=MFDRConfig.RUNTIME_FIELDS)
+            if diff:
+                lines = ", ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in diff.items())
+                raise ValueError(f"config does not match the model saved in {path}: {lines}")
+            saved = config
+        bad = sorted(set(runtime) - set(MFDRConfig.RUNTIME_FIELDS))
+        if bad:
+            raise TypeError(f"from_pretrained: unexpected argument(s) {bad}; runtime fields are "
+                            f"{MFDRConfig.RUNTIME_FIELDS}")
+        model = cls(saved.replace(**runtime))
+        state = load_file(str(path / WEIGHTS_NAME), device=str(map_location))
+        own = model.state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        wrong = [f"{k}: saved {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
+                 for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+        if missing or unexpected or wrong:
+            raise ValueError(f"weights in {path / WEIGHTS_NAME} do not fit the config: missing {missing}, "
+                             f"unexpected {unexpected}, wrong shapes {wrong}")
+        model.load_state_dict(state)
+        return model.to(map_location).eval()
+

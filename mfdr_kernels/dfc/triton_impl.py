@@ -1,0 +1,180 @@
+"""Triton DFC kernels and their launchers (CUDA; on the CPU under ``TRITON_INTERPRET=1`` for tests).
+
+    y[b, n, c] = Σ_{j < FRAME} K[(b,) n, j, c] * x[b, n*HOP + j, c]  (+ bias[c] or bias[n, c])
+
+Three kernels, none of which builds the unfolded ``(B, N, FRAME, C)`` tensor, and none of which
+uses atomics (so results are deterministic and autotuning needs no output reset):
+
+- ``_dfc_forward_kernel``: one program per (sample, block of N, block of C).
+- ``_dfc_backward_dx_kernel``: one program per (sample, block of L, block of C). It *gathers*: row
+  ``l`` of ``dx`` takes ``grad_y[n] * K[n, j]`` from each frame ``n`` with ``n*HOP + j = l``, at
+  most one ``n`` per element ``j`` of the frame. Gathering writes each row once; scattering with
+  atomics would serialize the overlapping frames (hop < frame), lose determinism and, in fp16/bf16,
+  accumulate in the output precision.
+- ``_dfc_backward_dk_kernel``: one program per (block of N, block of C, frame element j), looping
+  over the batch: the shared kernel's gradient is a sum over the batch held in registers, so no two
+  programs write the same element. Programs with ``j == 0`` also write ``dbias (N, C)``.
+
+Accumulation is in float32 (float64 for float64 inputs). Blocks are autotuned on CUDA; under the
+interpreter (~6 ms per program) a single small configuration is used.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import _env
+
+
+@triton.jit(do_not_specialize=["N", "L"])
+def _dfc_forward_kernel(
+    x, k, bias, y, N, L, C,
+    HOP: tl.constexpr, FRAME: tl.constexpr, PER_SAMPLE: tl.constexpr, BIAS_DIM: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Grid: (B, cdiv(N, BLOCK_N), cdiv(C, BLOCK_C)). Each program writes a [BLOCK_N, BLOCK_C] tile of y."""
+    i_b, i_n, i_c = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
+    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)  # [BC]
+    m = (o_n < N)[:, None] & (o_c < C)[None, :]  # [BN, BC]
+    p_x = x + i_b * L * C + (o_n * HOP)[:, None] * C + o_c[None, :]  # [BN, BC]: row n*HOP of each frame
+    p_k = k + (o_n * FRAME)[:, None] * C + o_c[None, :]  # [BN, BC]: K[n, 0]
+    if PER_SAMPLE:
+        p_k += i_b * N * FRAME * C
+    acc = tl.zeros([BLOCK_N, BLOCK_C], dtype=ACC)
+    for j in tl.static_range(FRAME):
+        b_x = tl.load(p_x + j * C, mask=m, other=0.0).to(ACC)  # [BN, BC]: x[b, n*HOP + j]
+        b_k = tl.load(p_k + j * C, mask=m, other=0.0).to(ACC)  # [BN, BC]: K[(b,) n, j]
+        acc += b_k * b_x
+    if BIAS_DIM == 1:
+        acc += tl.load(bias + o_c, mask=o_c < C, other=0.0).to(ACC)[None, :]  # [1, BC]
+    elif BIAS_DIM == 2:
+        acc += tl.load(bias + o_n[:, None] * C + o_c[None, :], mask=m, other=0.0).to(ACC)  # [BN, BC]
+    tl.store(y + i_b * N * C + o_n[:, None] * C + o_c[None, :], acc.to(y.dtype.element_ty), mask=m)
+
+
+@triton.jit(do_not_specialize=["N", "L"])
+def _dfc_backward_dx_kernel(
+    gy, k, dx, N, L, C,
+    HOP: tl.constexpr, FRAME: tl.constexpr, PER_SAMPLE: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Grid: (B, cdiv(L, BLOCK_L), cdiv(C, BLOCK_C)). dx[b, l] = Σ_j gy[b, n] K[(b,) n, j], n*HOP + j = l."""
+    i_b, i_l, i_c = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    o_l = i_l * BLOCK_L + tl.arange(0, BLOCK_L)  # [BL]
+    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)  # [BC]
+    m_c = o_c < C
+    p_k = k
+    if PER_SAMPLE:
+        p_k += i_b * N * FRAME * C
+    acc = tl.zeros([BLOCK_L, BLOCK_C], dtype=ACC)
+    for j in tl.static_range(FRAME):
+        t = o_l - j  # [BL]: n*HOP when row l is element j of frame n
+        n = tl.where(t >= 0, t, 0) // HOP
+        ok = (t >= 0) & (t % HOP == 0) & (n < N) & (o_l < L)  # [BL]: such a frame exists
+        m = ok[:, None] & m_c[None, :]  # [BL, BC]
+        b_g = tl.load(gy + i_b * N * C + n[:, None] * C + o_c[None, :], mask=m, other=0.0).to(ACC)
+        b_k = tl.load(p_k + (n * FRAME + j)[:, None] * C + o_c[None, :], mask=m, other=0.0).to(ACC)
+        acc += b_g * b_k  # [BL, BC]
+    m = (o_l < L)[:, None] & m_c[None, :]
+    tl.store(dx + i_b * L * C + o_l[:, None] * C + o_c[None, :], acc.to(dx.dtype.element_ty), mask=m)
+
+
+@triton.jit(do_not_specialize=["B", "N", "L"])
+def _dfc_backward_dk_kernel(
+    gy, x, dk, dbias, B, N, L, C,
+    HOP: tl.constexpr, FRAME: tl.constexpr, PER_SAMPLE: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Grid: (cdiv(N, BLOCK_N), cdiv(C, BLOCK_C), FRAME). dK[(b,) n, j] = (Σ_b) gy[b, n] x[b, n*HOP + j];
+    the programs of j == 0 also write dbias[n] = Σ_b gy[b, n]."""
+    i_n, i_c, j = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
+    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)  # [BC]
+    m = (o_n < N)[:, None] & (o_c < C)[None, :]  # [BN, BC]
+    o_g = o_n[:, None] * C + o_c[None, :]  # [BN, BC]: offsets in a (N, C) slab
+    o_x = (o_n * HOP + j)[:, None] * C + o_c[None, :]  # [BN, BC]: row n*HOP + j of a (L, C) slab
+    o_k = (o_n * FRAME + j)[:, None] * C + o_c[None, :]  # [BN, BC]: K[n, j] in a (N, FRAME, C) slab
+    p_g, p_x, p_k = gy + o_g, x + o_x, dk + o_k  # sample 0; advanced by one sample per step
+    acc = tl.zeros([BLOCK_N, BLOCK_C], dtype=ACC)
+    acc_b = tl.zeros([BLOCK_N, BLOCK_C], dtype=ACC)
+    for _ in range(B):
+        b_g = tl.load(p_g, mask=m, other=0.0).to(ACC)  # [BN, BC]: gy[b, n]
+        b_x = tl.load(p_x, mask=m, other=0.0).to(ACC)  # [BN, BC]: x[b, n*HOP + j]
+        if PER_SAMPLE:
+            tl.store(p_k, (b_g * b_x).to(dk.dtype.element_ty), mask=m)
+            p_k += N * FRAME * C
+        else:
+            acc += b_g * b_x
+        acc_b += b_g
+        p_g += N * C
+        p_x += L * C
+    if not PER_SAMPLE:
+        tl.store(dk + o_k, acc.to(dk.dtype.element_ty), mask=m)
+    tl.store(dbias + o_g, acc_b.to(dbias.dtype.element_ty), mask=m & (j == 0))
+
+
+# ----------------------------------------------------------------------------------------------- launchers
+
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _cuda_configs(rows: str) -> list:
+    return [
+        triton.Config({rows: br, "BLOCK_C": bc}, num_warps=w)
+        for br, bc, w in [(4, 256, 4), (8, 128, 4), (16, 64, 4), (16, 128, 4), (32, 64, 4), (32, 128, 8)]
+    ]
+
+
+_tuned: dict = {}
+
+
+def _launch(name, kernel, rows_key, grid_fn, n_rows, C, args, consts, device):
+    """Runs ``kernel``: autotuned on CUDA, else (interpreter) with one small block configuration."""
+    if device.type == "cuda" and not _env.triton_interpret():
+        if name not in _tuned:
+            _tuned[name] = triton.autotune(_cuda_configs(rows_key), key=["C", "HOP", "FRAME", "PER_SAMPLE"])(kernel)
+        _tuned[name][lambda meta: grid_fn(meta[rows_key], meta["BLOCK_C"])](*args, **consts)
+        return
+    br = min(16, triton.next_power_of_2(max(n_rows, 1)))
+    bc = min(32, triton.next_power_of_2(max(C, 1)))
+    kernel[grid_fn(br, bc)](*args, **consts, **{rows_key: br, "BLOCK_C": bc})
+
+
+def dfc_forward(x, kernel, bias, frame, hop):
+    """Returns ``y (B, N, C)``; arguments as checked by ``op.py`` (contiguous)."""
+    B, L, C = x.shape
+    N = (L - frame) // hop + 1
+    y = torch.empty(B, N, C, dtype=x.dtype, device=x.device)
+    if y.numel() == 0:
+        return y
+    bias_dim = 0 if bias is None else bias.dim()
+    consts = dict(HOP=hop, FRAME=frame, PER_SAMPLE=kernel.dim() == 4, BIAS_DIM=bias_dim, ACC=_acc(x.dtype))
+    grid = lambda bn, bc: (B, triton.cdiv(N, bn), triton.cdiv(C, bc))
+    _launch("forward", _dfc_forward_kernel, "BLOCK_N", grid, N, C,
+            (x, kernel, x if bias is None else bias, y, N, L, C), consts, x.device)
+    return y
+
+
+def dfc_backward(grad_y, x, kernel, frame, hop):
+    """Gradients ``(dx (B, L, C), dkernel (kernel's shape), dbias (N, C) summed over the batch)``."""
+    B, L, C = x.shape
+    N = grad_y.shape[1]
+    dx, dk = torch.empty_like(x), torch.empty_like(kernel)
+    dbias = torch.empty(N, C, dtype=x.dtype, device=x.device)
+    if C == 0:
+        return dx, dk, dbias
+    if B == 0:
+        return dx, dk.zero_(), dbias.zero_()
+    consts = dict(HOP=hop, FRAME=frame, PER_SAMPLE=kernel.dim() == 4, ACC=_acc(x.dtype))
+    grid_dx = lambda bl, bc: (B, triton.cdiv(L, bl), triton.cdiv(C, bc))
+    _launch("backward_dx", _dfc_backward_dx_kernel, "BLOCK_L", grid_dx, L, C,
+            (grad_y, kernel, dx, N, L, C), consts, x.device)
+    grid_dk = lambda bn, bc: (triton.cdiv(N, bn), triton.cdiv(C, bc), frame)
+    _launch("backward_dk", _dfc_backward_dk_kernel, "BLOCK_N", grid_dk, N, C,
+            (grad_y, x, dk, dbias, B, N, L, C), consts, x.device)
+    return dx, dk, dbias

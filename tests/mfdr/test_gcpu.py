@@ -1,0 +1,188 @@
+"""GCPU (SPEC §3) against a plain loop of the paper's equations (1)-(6); the MGRU and GRU alternatives."""
+
+import pytest
+import torch
+from torch import nn
+
+from mfdr.gcpu import GCPU, MGRU, GRUContext
+
+D, HEADS = 6, 2
+
+
+def _W(m, name, x):
+    return x @ getattr(m, name).weight.T
+
+
+def gcpu_loop(m: GCPU, z, g, lengths=None, h0=None):
+    """Equations (1)-(6) step by step, one sample at a time; padded steps carry h and output 0."""
+    B, L, _ = z.shape
+    out = torch.zeros_like(z)
+    for b in range(B):
+        h = torch.zeros(D, dtype=z.dtype) if h0 is None else h0[b]
+        n = L if lengths is None else int(lengths[b])
+        for t in range(n):
+            zt = z[b, t]
+            if m.context:
+                gt = g[b, t]
+                r = torch.sigmoid(_W(m, "W_hr", h) + _W(m, "W_zr", zt) + _W(m, "W_gr", gt) + m.b_r)  # (1)
+                zc = torch.tanh(_W(m, "W_zz", zt) + _W(m, "W_hz", r * h) + m.b_z)  # (2)
+                gc = torch.tanh(_W(m, "W_gg", gt) + _W(m, "W_hg", r * h) + m.b_g)  # (3)
+                hc = zc + gc  # (4)
+                u = torch.sigmoid(_W(m, "W_zu", zc) + _W(m, "W_gu", gc) + _W(m, "W_hu", r * h) + m.b_u)  # (5)
+            else:  # w/o Context: no W_gr, no g̃, no W_gu
+                r = torch.sigmoid(_W(m, "W_hr", h) + _W(m, "W_zr", zt) + m.b_r)
+                zc = torch.tanh(_W(m, "W_zz", zt) + _W(m, "W_hz", r * h) + m.b_z)
+                hc = zc
+                u = torch.sigmoid(_W(m, "W_zu", zc) + _W(m, "W_hu", r * h) + m.b_u)
+            h = r * h + u * hc  # (6)
+            out[b, t] = h
+    return out
+
+
+def mgru_loop(m: MGRU, z, g, lengths=None):
+    """The MGRU of the paper's Fig. 4a: GCPU's r, z̃, g̃, h̃; a GRU's update gate and complementary update."""
+    B, L, _ = z.shape
+    out = torch.zeros_like(z)
+    for b in range(B):
+        h = torch.zeros(D, dtype=z.dtype)
+        for t in range(L if lengths is None else int(lengths[b])):
+            zt, gt = z[b, t], g[b, t]
+            r = torch.sigmoid(_W(m, "W_hr", h) + _W(m, "W_zr", zt) + _W(m, "W_gr", gt) + m.b_r)
+            zc = torch.tanh(_W(m, "W_zz", zt) + _W(m, "W_hz", r * h) + m.b_z)
+            gc = torch.tanh(_W(m, "W_gg", gt) + _W(m, "W_hg", r * h) + m.b_g)
+            u = torch.sigmoid(_W(m, "W_zu", zt) + _W(m, "W_gu", gt) + _W(m, "W_hu", h) + m.b_u)
+            h = (1 - u) * h + u * (zc + gc)
+            out[b, t] = h
+    return out
+
+
+def _randomize_biases(m):
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.startswith("b_"):
+                p.normal_()
+    return m
+
+
+def _inputs(B=3, L=7):
+    z = torch.randn(B, L, D, dtype=torch.float64)
+    g = torch.randn(B, L, D, dtype=torch.float64)
+    return z, g, torch.tensor([7, 4, 1])
+
+
+def test_parameter_names_follow_the_equations():
+    names = {n for n, _ in GCPU(D, HEADS).named_parameters() if not n.startswith("mha.")}
+    assert names == {"W_hr.weight", "W_zr.weight", "W_gr.weight", "W_zz.weight", "W_hz.weight", "W_gg.weight",
+                     "W_hg.weight", "W_zu.weight", "W_gu.weight", "W_hu.weight", "b_r", "b_z", "b_g", "b_u"}
+    m = GCPU(D, HEADS)
+    assert all(getattr(m, n).bias is None and getattr(m, n).weight.shape == (D, D) for n in ("W_hr", "W_zu"))
+    assert isinstance(m.mha, nn.MultiheadAttention)
+    no_ctx = {n for n, _ in GCPU(D, HEADS, context=False).named_parameters()}
+    assert no_ctx == names - {"W_gr.weight", "W_gg.weight", "W_hg.weight", "W_gu.weight", "b_g"}
+    assert GCPU(D, HEADS, context=False).mha is None
+
+
+@pytest.mark.parametrize("context", [True, False], ids=["context", "no-context"])
+@pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
+def test_recurrence_matches_equations(context, padded):
+    m = _randomize_biases(GCPU(D, HEADS, context=context).double())
+    z, g, lengths = _inputs()
+    lengths = lengths if padded else None
+    got = m.recurrence(z, g if context else None, lengths)
+    torch.testing.assert_close(got, gcpu_loop(m, z, g, lengths), rtol=1e-12, atol=1e-12)
+
+
+def test_recurrence_with_h0():
+    m = _randomize_biases(GCPU(D, HEADS).double())
+    z, g, lengths = _inputs()
+    h0 = torch.randn(3, D, dtype=torch.float64)
+    torch.testing.assert_close(m.recurrence(z, g, lengths, h0), gcpu_loop(m, z, g, lengths, h0))
+
+
+def test_no_context_drops_the_g_stream():
+    """context=False equals the full cell with every g-stream weight at zero (g̃ = 0, no W_gr / W_gu)."""
+    full = _randomize_biases(GCPU(D, HEADS).double())
+    bare = GCPU(D, HEADS, context=False).double()
+    bare.load_state_dict({k: v for k, v in full.state_dict().items() if k in bare.state_dict()})
+    with torch.no_grad():
+        for name in ("W_gr", "W_gg", "W_hg", "W_gu"):
+            getattr(full, name).weight.zero_()
+        full.b_g.zero_()
+    z, g, lengths = _inputs()
+    torch.testing.assert_close(bare(z, lengths), full.recurrence(z, g, lengths), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(bare(z, lengths), bare.recurrence(z, None, lengths))
+
+
+def test_forward_is_recurrence_of_masked_attention():
+    m = _randomize_biases(GCPU(D, HEADS).double())
+    z, _, lengths = _inputs()
+    pad = torch.arange(7)[None, :] >= lengths[:, None]
+    g, _ = m.mha(z, z, z, key_padding_mask=pad)
+    torch.testing.assert_close(m.global_context(z, lengths), g)
+    torch.testing.assert_close(m(z, lengths), gcpu_loop(m, z, g, lengths))
+
+
+@pytest.mark.parametrize("cls", [GCPU, MGRU, GRUContext], ids=lambda c: c.__name__)
+def test_padding_has_no_influence(cls):
+    m = (GRUContext(D) if cls is GRUContext else cls(D, HEADS)).double().eval()
+    z, _, lengths = _inputs()
+    H = m(z, lengths)
+    z2 = z.clone()
+    for b, n in enumerate(lengths.tolist()):
+        z2[b, n:] = 100 * torch.randn_like(z2[b, n:])
+    assert torch.equal(H, m(z2, lengths))
+    for b, n in enumerate(lengths.tolist()):
+        assert H[b, n:].abs().sum() == 0
+        torch.testing.assert_close(m(z[b:b + 1, :n], lengths[b:b + 1])[0], H[b, :n], rtol=1e-12, atol=1e-12)
+
+
+def test_mgru_matches_its_equations():
+    m = _randomize_biases(MGRU(D, HEADS).double())
+    z, g, lengths = _inputs()
+    want = mgru_loop(m, z, g, lengths)
+    torch.testing.assert_close(m.recurrence(z, g, lengths), want, rtol=1e-12, atol=1e-12)
+    assert {n for n, _ in m.named_parameters()} == {n for n, _ in GCPU(D, HEADS).named_parameters()}
+
+
+def test_mgru_without_context():
+    m = _randomize_biases(MGRU(D, HEADS, context=False).double())
+    full = MGRU(D, HEADS).double()
+    full.load_state_dict(m.state_dict(), strict=False)
+    with torch.no_grad():
+        for name in ("W_gr", "W_gg", "W_hg", "W_gu"):
+            getattr(full, name).weight.zero_()
+        full.b_g.zero_()
+    z, g, lengths = _inputs()
+    # g̃ = tanh(0) = 0, so the candidate is z̃ alone, as with context=False
+    torch.testing.assert_close(m(z, lengths), full.recurrence(z, g, lengths), rtol=1e-12, atol=1e-12)
+
+
+def test_gru_context_is_a_gru_on_z():
+    m = GRUContext(D).double()
+    z, _, lengths = _inputs()
+    ref, _ = m.gru(z)
+    H = m(z, lengths)
+    for b, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(H[b, :n], ref[b, :n])
+
+
+@pytest.mark.parametrize("cls", [GCPU, MGRU], ids=lambda c: c.__name__)
+def test_gradcheck(cls):
+    m = _randomize_biases(cls(4, 2).double())
+    z = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z, g: m.recurrence(z, g, torch.tensor([3, 2])), (z, g))
+
+
+def test_errors():
+    with pytest.raises(ValueError, match=r"dim \(6\) must be divisible by heads \(4\)"):
+        GCPU(6, 4)
+    m = GCPU(D, HEADS)
+    with pytest.raises(ValueError, match=r"z must have shape \(B, L, 6\), got \(2, 3, 5\)"):
+        m(torch.randn(2, 3, 5))
+    with pytest.raises(ValueError, match=r"g must have the shape of z"):
+        m.recurrence(torch.randn(2, 3, D), None)
+    with pytest.raises(ValueError, match=r"h0 must have shape \(2, 6\)"):
+        m.recurrence(torch.randn(2, 3, D), torch.randn(2, 3, D), h0=torch.zeros(D))
+    with pytest.raises(ValueError, match=r"lengths must have shape \(2,\)"):
+        m(torch.randn(2, 3, D), torch.tensor([3]))
