@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -327,6 +328,8 @@ def _as_record(r) -> Record:
     if isinstance(r, Record):
         return r
     d = dict(r)
+    if "id" not in d or "wav" not in d:
+        raise DataError(f"extract_features: a record needs at least 'id' and 'wav', got keys {sorted(d)}")
     known = ("id", "wav", "text", "label", "speaker", "session", "split")
     return Record(id=str(d["id"]), wav=Path(d["wav"]), text=str(d.get("text", "")), label=d.get("label"),
                   speaker=str(d.get("speaker", "")), session=d.get("session"), split=d.get("split"),
@@ -395,12 +398,11 @@ def extract_features(records, cache_dir, *, audio_encoder, text_encoder, batch_s
     check_on_error(on_error)
     tqdm = _require("tqdm", "tqdm").tqdm
     config = cache_config(audio_encoder, text_encoder, dtype)
-    writer = CacheWriter(cache_dir, config, overwrite=overwrite)
     records = [_as_record(r) for r in records]
-    ids = [r.id for r in records]
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise DataError(f"extract_features: duplicate record ids {dup}")
+    dup = sorted(i for i, n in Counter(r.id for r in records).items() if n > 1)
+    if dup:
+        raise DataError(f"extract_features: duplicate record ids {dup[:5]}")
+    writer = CacheWriter(cache_dir, config, overwrite=overwrite)
     pending = [r for r in records if r.id not in writer.done]
     log.info("extract_features(%s): %d cached, %d to do", cache_dir, len(records) - len(pending),
              len(pending))

@@ -176,11 +176,12 @@ class FramePool(nn.Module):
 
 
 def _dfc_layers(config: MFDRConfig) -> nn.Sequential:
-    from .dfc import DynamicFrameConv  # lands with the DFC issue; imported on use
+    from .dfc import DynamicFrameConv
 
     lengths = config.pooled_lengths()
     return nn.Sequential(*(
-        DynamicFrameConv(n, config.d_model, frame=config.dfc_frame, hop=hop, hidden=config.dfc_hidden)
+        DynamicFrameConv(n, config.d_model, frame=config.dfc_frame, hop=hop, hidden=config.dfc_hidden,
+                         backend=config.backend)
         for n, hop in zip(lengths[:-1], config.dfc_hops, strict=True)))
 
 

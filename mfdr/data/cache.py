@@ -194,6 +194,7 @@ class FeatureCache:
         self.config, self.config_hash = header["config"], header["config_hash"]
         self._index = {e["id"]: i for i, e in enumerate(self.entries)}
         self._handles, self._offsets = {}, {}
+        self.skipped: list = []           # set by extract_features: (where, why) of skipped inputs
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -38,21 +38,26 @@ class FeatureDataset(Dataset):
         cache: a ``FeatureCache`` (or its folder).
         indices: positions in the cache to use (default all), e.g. one cross-validation fold.
         task: ``"classification"`` maps string labels to their position in ``classes``;
-            ``"regression"`` returns ``float(label)``.
+            ``"regression"`` returns ``float(label)``. A missing label (``None``, unlabelled data
+            to predict) gives -1, or NaN for regression.
         classes: the class names in label order (default ``EMOTIONS``).
+        stats: ``feature_stats(...)`` of the training data: features are then standardised,
+            ``(x - mean) / std`` per dimension (useful for log-mel features).
     Items: ``{"id", "audio" (T, audio_dim), "text" (L, text_dim), "label", "speaker", "session"}``.
     """
 
     def __init__(self, cache, indices: Sequence[int] | None = None, *, task: str = "classification",
-                 classes: Sequence[str] = EMOTIONS):
+                 classes: Sequence[str] = EMOTIONS, stats: dict | None = None):
         _check_task(task)
         self.cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
         self.indices = list(range(len(self.cache))) if indices is None else [int(i) for i in indices]
-        self.task, self.classes = task, tuple(classes)
+        self.task, self.classes, self.stats = task, tuple(classes), stats
         self.labels = [self._label(self.cache.entries[i]) for i in self.indices]
 
     def _label(self, entry: dict):
         label = entry["label"]
+        if label is None:
+            return float("nan") if self.task == "regression" else -1
         if self.task == "regression":
             try:
                 return float(label)
@@ -72,8 +77,38 @@ class FeatureDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         item = self.cache[self.indices[i]]
-        return {"id": item["id"], "audio": item["audio"], "text": item["text"], "label": self.labels[i],
+        audio, text = item["audio"], item["text"]
+        if self.stats is not None:
+            audio = (audio - self.stats["audio_mean"]) / self.stats["audio_std"]
+            text = (text - self.stats["text_mean"]) / self.stats["text_std"]
+        return {"id": item["id"], "audio": audio, "text": text, "label": self.labels[i],
                 "speaker": item.get("speaker"), "session": item.get("session")}
+
+
+def feature_stats(cache, indices: Sequence[int] | None = None, eps: float = 1e-5) -> dict:
+    """Per-dimension mean and std over all valid frames / tokens of ``cache`` (or a subset).
+
+    Returns ``{"audio_mean", "audio_std" (audio_dim,), "text_mean", "text_std" (text_dim,)}``
+    float32 tensors (std floored at ``eps``), for ``FeatureDataset(stats=...)``. Compute them on the
+    training fold only.
+    """
+    cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+    indices = range(len(cache)) if indices is None else indices
+    sums: dict = {}
+    for i in indices:
+        item = cache[i]
+        for key in ("audio", "text"):
+            x = item[key].double()
+            n, s, s2 = sums.get(key, (0, 0.0, 0.0))
+            sums[key] = (n + len(x), s + x.sum(0), s2 + (x * x).sum(0))
+    if not sums:
+        raise ValueError("feature_stats: no utterances selected")
+    out = {}
+    for key, (n, s, s2) in sums.items():
+        mean = s / max(n, 1)
+        var = (s2 / max(n, 1) - mean * mean).clamp(min=0)
+        out[f"{key}_mean"], out[f"{key}_std"] = mean.float(), var.sqrt().clamp(min=eps).float()
+    return out
 
 
 class MMSADataset(Dataset):

@@ -98,7 +98,7 @@ def bad_entry(message: str, on_error: str, skipped: list | None = None, where: s
               error: type[Exception] = DataError) -> None:
     """Raise ``error(message)``, or, with ``on_error="skip"``, warn and note it in ``skipped``."""
     if on_error == "raise":
-        raise error(message)
+        raise error(message + " (on_error='skip' skips such entries with a warning)")
     warnings.warn(message + " (skipped)", stacklevel=3)
     log.warning("%s (skipped)", message)
     if skipped is not None:

@@ -82,7 +82,8 @@ def _loop(q, k, v, *, window, levels, joint, scale, q_lens, k_lens, starts, forc
                         row = row.index_put((torch.tensor(frames, device=q.device),), weights)
                     rows.append(row)
                 else:
-                    rows.append(weights @ v[b, h, frames] if frames else v.new_zeros(v.shape[-1]))
+                    # an empty window still yields a row of the graph (an empty sum), so backward always works
+                    rows.append(weights @ v[b, h, frames] if frames else v[b, h, :0].sum(0))
     shape = (B, H, L, T) if dense else (B, H, L, v.shape[-1])
     out = torch.stack(rows).reshape(shape) if rows else q.new_zeros(shape)
     return out, level

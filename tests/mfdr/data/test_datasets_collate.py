@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from mfdr.data import EMOTIONS, CacheWriter, DataError, FeatureDataset, collate, make_collate
+from mfdr.data import EMOTIONS, CacheWriter, DataError, FeatureDataset, collate, feature_stats, make_collate
 
 AUDIO_DIM, TEXT_DIM = 6, 4
 
@@ -60,3 +60,24 @@ def test_collate_checks():
            {"id": 1, "audio": torch.zeros(3, 5), "text": torch.zeros(2, 4), "label": 1}]
     with pytest.raises(ValueError, match=r"with one dim, got shapes \[\(3, 2\), \(3, 5\)\]"):
         collate(bad)
+
+
+def test_feature_stats_standardise(tmp_path):
+    cache = FeatureDataset(_cache(tmp_path, ["sad", "happy", "sad"])).cache
+    stats = feature_stats(cache, indices=[0, 2])
+    assert stats["audio_mean"].shape == (AUDIO_DIM,) and stats["text_std"].shape == (TEXT_DIM,)
+    frames = torch.cat([cache[0]["audio"], cache[2]["audio"]])
+    torch.testing.assert_close(stats["audio_mean"], frames.mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(stats["audio_std"], frames.std(0, unbiased=False), atol=1e-5, rtol=1e-5)
+    ds = FeatureDataset(cache, indices=[0, 2], stats=stats)
+    z = torch.cat([ds[0]["audio"], ds[1]["audio"]])
+    torch.testing.assert_close(z.mean(0), torch.zeros(AUDIO_DIM), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="no utterances"):
+        feature_stats(cache, indices=[])
+
+
+def test_unlabelled_entries(tmp_path):
+    path = _cache(tmp_path, [None, "sad"])
+    ds = FeatureDataset(path)
+    assert ds.labels == [-1, 3]
+    assert collate([ds[0], ds[1]])["label"].tolist() == [-1, 3]
