@@ -9,7 +9,7 @@ TRITON_VERSION ?= 3.7.1
 STAMP := $(VENV)/.mfdr-installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test test-quick demo bench lint clean
+.PHONY: install espeak test demo bench lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)

@@ -264,7 +264,7 @@ def test_input_errors():
         model(audio[0], text)
     with pytest.raises(ValueError, match="same batch size, got 3 and 2"):
         model(audio, text[:2])
-    with pytest.raises(ValueError, match=r"audio_lengths must lie in \[1, 40\], got values in \[9, 41\]"):
+    with pytest.raises(ValueError, match=r"audio_lengths must lie in \[1, 40\], got values in \[10, 41\]"):
         model(audio, text, al + 1, tl)
     with pytest.raises(ValueError, match=r"text_lengths must lie in \[1, 12\], got values in \[0, 12\]"):
         model(audio, text, al, tl - torch.tensor([0, 0, 3]))
