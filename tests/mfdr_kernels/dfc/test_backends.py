@@ -125,7 +125,9 @@ def test_gradcheck(backend, per_sample):
     def fn(x, kernel, bias):
         return dynamic_frame_conv(x, kernel, frame=case.frame, hop=case.hop, bias=bias, backend=backend)
 
-    assert torch.autograd.gradcheck(fn, (inputs["x"], inputs["kernel"], inputs["bias"]))
+    # the interpreter runs each launch at ~6 ms per program: the fast (projected) mode for triton
+    fast = backend == "triton"
+    assert torch.autograd.gradcheck(fn, (inputs["x"], inputs["kernel"], inputs["bias"]), fast_mode=fast)
 
 
 @pytest.mark.parametrize("backend", ["cpp", "triton"])

@@ -57,7 +57,7 @@ def test_shared_kernel_is_the_broadcast_per_sample_kernel():
 def test_average_kernel_is_average_pooling():
     # Φ = 1/frame everywhere is avg-pooling: the "model-agnostic" baseline of the paper's Table 3
     x = torch.randn(2, 11, 5, dtype=F64)
-    kernel = torch.full((4, 3, 5), 1 / 3, dtype=F64)
+    kernel = torch.full((5, 3, 5), 1 / 3, dtype=F64)  # N = (11 - 3) // 2 + 1 = 5
     y = dfc_reference(x, kernel, frame=3, hop=2)
     expected = torch.nn.functional.avg_pool1d(x.transpose(1, 2), 3, 2).transpose(1, 2)
     torch.testing.assert_close(y, expected)
