@@ -103,25 +103,27 @@ class GCPU(nn.Module):
         """Equations (1)-(6) alone, given the context g (ignored when ``context=False``)."""
         B, L, D = self._check(z, g, h0)
         valid = _valid_steps(lengths, B, L, z.device)
-        r_in, zz_in, gg_in = self._input_side(z, g)  # (B, L, D) each
+        # Per-step views (unbind: one gradient buffer for all steps, not one zero-filled (B, L, D) per step).
+        r_in, zz_in, gg_in = (None if x is None else x.unbind(1) for x in self._input_side(z, g))
         W_h = [self.W_hz.weight, self.W_hu.weight] + ([self.W_hg.weight] if self.context else [])
         W_h = torch.cat(W_h)  # r⊙h -> z̃, u (, g̃): (2|3 D, D)
         W_u = torch.cat([self.W_zu.weight, self.W_gu.weight], 1) if self.context else self.W_zu.weight
+        keep = None if valid is None else valid[..., None].unbind(1)  # L x (B, 1)
         h = z.new_zeros(B, D) if h0 is None else h0
         out = []
         for t in range(L):
-            r = torch.sigmoid(r_in[:, t] + F.linear(h, self.W_hr.weight))  # (1)
+            r = torch.sigmoid(r_in[t] + F.linear(h, self.W_hr.weight))  # (1)
             rh = r * h
-            hh = F.linear(rh, W_h)  # (B, 2|3 D)
-            zt = torch.tanh(zz_in[:, t] + hh[:, :D])  # (2)
+            hz, hu, *hg = F.linear(rh, W_h).split(D, dim=-1)  # W_hz rh, W_hu rh (, W_hg rh)
+            zt = torch.tanh(zz_in[t] + hz)  # (2)
             if self.context:
-                gt = torch.tanh(gg_in[:, t] + hh[:, 2 * D:])  # (3)
-                u = torch.sigmoid(F.linear(torch.cat([zt, gt], -1), W_u, self.b_u) + hh[:, D:2 * D])  # (5)
+                gt = torch.tanh(gg_in[t] + hg[0])  # (3)
+                u = torch.sigmoid(F.linear(torch.cat([zt, gt], -1), W_u, self.b_u) + hu)  # (5)
                 h_new = rh + u * (zt + gt)  # (4), (6)
             else:
-                u = torch.sigmoid(F.linear(zt, W_u, self.b_u) + hh[:, D:2 * D])
+                u = torch.sigmoid(F.linear(zt, W_u, self.b_u) + hu)
                 h_new = rh + u * zt
-            h = h_new if valid is None else torch.where(valid[:, t, None], h_new, h)  # padded: carry h
+            h = h_new if keep is None else torch.where(keep[t], h_new, h)  # padded steps carry h
             out.append(h)
         H = torch.stack(out, 1)  # (B, L, D)
         return H if valid is None else H.masked_fill(~valid[..., None], 0.0)
@@ -164,21 +166,22 @@ class MGRU(GCPU):
     def recurrence(self, z, g=None, lengths=None, h0=None):
         B, L, D = self._check(z, g, h0)
         valid = _valid_steps(lengths, B, L, z.device)
-        r_in, zz_in, gg_in, u_in = self._input_side(z, g)
+        r_in, zz_in, gg_in, u_in = (None if x is None else x.unbind(1) for x in self._input_side(z, g))
         W_prev = torch.cat([self.W_hr.weight, self.W_hu.weight])  # h -> r, u
         W_rh = torch.cat([self.W_hz.weight] + ([self.W_hg.weight] if self.context else []))  # r⊙h -> z̃ (, g̃)
+        keep = None if valid is None else valid[..., None].unbind(1)
         h = z.new_zeros(B, D) if h0 is None else h0
         out = []
         for t in range(L):
             hr, hu = F.linear(h, W_prev).split(D, dim=-1)
-            r = torch.sigmoid(r_in[:, t] + hr)
-            u = torch.sigmoid(u_in[:, t] + hu)
-            hh = F.linear(r * h, W_rh)
-            cand = torch.tanh(zz_in[:, t] + hh[:, :D])
+            r = torch.sigmoid(r_in[t] + hr)
+            u = torch.sigmoid(u_in[t] + hu)
+            hz, *hg = F.linear(r * h, W_rh).split(D, dim=-1)
+            cand = torch.tanh(zz_in[t] + hz)
             if self.context:
-                cand = cand + torch.tanh(gg_in[:, t] + hh[:, D:])
+                cand = cand + torch.tanh(gg_in[t] + hg[0])
             h_new = (1 - u) * h + u * cand
-            h = h_new if valid is None else torch.where(valid[:, t, None], h_new, h)
+            h = h_new if keep is None else torch.where(keep[t], h_new, h)
             out.append(h)
         H = torch.stack(out, 1)
         return H if valid is None else H.masked_fill(~valid[..., None], 0.0)

@@ -79,3 +79,14 @@ def in_range(name: str, x: torch.Tensor, lo: int, hi: int) -> None:
     mn, mx = int(x.min()), int(x.max())
     if mn < lo or mx > hi:
         raise ValueError(f"{name} must lie in [{lo}, {hi}], got values in [{mn}, {mx}]")
+
+
+def finite_if_asked(**tensors: torch.Tensor) -> None:
+    """With ``MFDR_KERNELS_CHECK_FINITE=1``: NaN/Inf in any of ``tensors`` raises, naming it."""
+    from . import _env
+
+    if not _env.check_finite():
+        return
+    for name, t in tensors.items():
+        if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} contains NaN or Inf (MFDR_KERNELS_CHECK_FINITE=1)")

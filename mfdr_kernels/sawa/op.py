@@ -78,6 +78,7 @@ def sawa_forward(
     B, H, L, _ = q.shape
     T = k.shape[2]
     starts = _checked_values(q_lens, k_lens, starts, force_level, L, T, levels)
+    _checks.finite_if_asked(q=q, k=k, v=v)
     if q.numel() == 0 or k.numel() == 0:
         return q.new_zeros(B, H, L, v.shape[-1]), torch.zeros(B, H, L, dtype=torch.int8, device=q.device)
     if force_level is not None:
@@ -201,6 +202,7 @@ def sliding_adaptive_window_attention(
     if name == "reference":
         L, T = q.shape[2], k.shape[2]
         starts = _checked_values(q_lens, k_lens, starts, force_level, L, T, levels)
+        _checks.finite_if_asked(q=q, k=k, v=v)
         out, level = reference.sawa_reference(q, k, v, window=window, levels=levels, joint=joint, scale=scale,
                                               q_lens=q_lens, k_lens=k_lens, starts=starts, force_level=force_level)
     else:

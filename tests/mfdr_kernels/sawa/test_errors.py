@@ -105,3 +105,12 @@ def test_nan_input_propagates_without_crash():
         out = sawa(qn, k, v, window=4, backend=backend)
         assert torch.isnan(out[0, 0, 1]).all()
         assert torch.isfinite(out[1]).all() and torch.isfinite(out[0, 0, [0, 2, 3, 4]]).all()
+
+
+def test_check_finite_flag_names_the_argument(monkeypatch):
+    monkeypatch.setenv("MFDR_KERNELS_CHECK_FINITE", "1")
+    vn = v.clone()
+    vn[1, 0, 3, 0] = float("inf")
+    with pytest.raises(ValueError, match="v contains NaN or Inf"):
+        sawa(q, k, vn, window=4, backend="cpp")
+    sawa(q, k, v, window=4, backend="cpp")  # finite inputs pass
