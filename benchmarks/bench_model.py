@@ -8,7 +8,8 @@ Backends: ``reference`` (the readable loops: slow, timed for ``--reference-steps
 ``--reference-batch``), ``torch`` (vectorized PyTorch), ``default`` (what ``backend=None`` picks: the
 C++ kernels on the CPU, Triton on CUDA). Each backend runs the same weights on the same batch.
 
-The step time is the median over ``--steps`` timed steps after ``--warmup`` untimed ones. The breakdown
+The step time is the median over ``--steps`` timed steps after ``--warmup`` untimed ones, the backends
+taking turns step by step (a busy machine then slows them alike). The breakdown
 times each stage alone, forward + backward, on the inputs it sees inside the model:
 projections (the q/k/v Linear layers), SAWA (the attention op), MHA (the GCPU's global context),
 GCPU (the recurrence), DFC (the pooling layers), head (flatten, dropout, Linear); "other" is the step
@@ -40,20 +41,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time(fn, device, steps: int, warmup: int) -> float:
-    """Median seconds of ``fn()`` over ``steps`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def make_batch(cfg: MFDRConfig, batch: int, device, dtype, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     audio = torch.randn(batch, cfg.audio_len, cfg.audio_dim, generator=g).to(device, dtype)
@@ -64,9 +51,10 @@ def make_batch(cfg: MFDRConfig, batch: int, device, dtype, seed: int = 0):
     return audio, text, audio_lengths, text_lengths, labels
 
 
-def _fwd_bwd(fn, *inputs):
-    """A closure running ``fn(*inputs)`` forward and backward (random upstream gradient)."""
-    leaves = [x.detach().requires_grad_() if x.is_floating_point() else x for x in inputs]
+def _fwd_bwd(fn, *inputs, input_grad: bool = True):
+    """A closure running ``fn(*inputs)`` forward and backward (upstream gradient of ones); the inputs get
+    gradients when ``input_grad`` (activations inside the model), not otherwise (the data)."""
+    leaves = [x.detach().requires_grad_(input_grad) if x.is_floating_point() else x for x in inputs]
 
     def run():
         out = fn(*leaves)
@@ -77,18 +65,19 @@ def _fwd_bwd(fn, *inputs):
     return run
 
 
-def breakdown(model: MFDR, batch, device, steps: int, warmup: int) -> dict[str, float]:
+def stages(model: MFDR, batch) -> dict:
+    """One forward + backward closure per stage, on the inputs the stage sees inside the model."""
     audio, text, al, tl, _ = batch
     f, ctx = model.fusion, model.context
     with torch.no_grad():
-        q_in, q, k, v = f.project(audio, text)
+        _, q, k, v = f.project(audio, text)
         z = f(audio, text, al, tl)
         has_g = hasattr(ctx, "recurrence") and ctx.context
         g = ctx.global_context(z, tl) if has_g else None
         H = ctx(z, tl)
         P = model.pool(H)
-    stages = {
-        "projections": _fwd_bwd(f.project, audio, text),
+    return {
+        "projections": _fwd_bwd(f.project, audio, text, input_grad=False),
         "SAWA": _fwd_bwd(lambda q, k, v: f.attend(q, k, v, al, tl), q, k, v),
         "MHA": _fwd_bwd(lambda z: ctx.global_context(z, tl), z) if has_g else None,
         "GCPU": (_fwd_bwd(lambda z, g: ctx.recurrence(z, g, tl), z, g) if has_g
@@ -96,11 +85,10 @@ def breakdown(model: MFDR, batch, device, steps: int, warmup: int) -> dict[str, 
         "DFC": _fwd_bwd(model.pool, H),
         "head": _fwd_bwd(model.head, P),
     }
-    return {name: (_time(fn, device, steps, warmup) if fn else 0.0) for name, fn in stages.items()}
 
 
-def bench(cfg: MFDRConfig, backend: str | None, batch_size: int, device, dtype, steps: int, warmup: int,
-          seed: int = 0) -> dict:
+def setup(cfg: MFDRConfig, backend: str | None, batch_size: int, device, dtype, seed: int = 0) -> dict:
+    """The model (same weights for every backend), its optimizer, a batch, and the closures to time."""
     torch.manual_seed(seed)
     model = MFDR(cfg.replace(backend=backend)).to(device, dtype).train()
     opt = torch.optim.Adam(model.parameters(), lr=5e-4)
@@ -113,11 +101,31 @@ def bench(cfg: MFDRConfig, backend: str | None, batch_size: int, device, dtype, 
         loss.backward()
         opt.step()
 
-    total = _time(step, device, steps, warmup)
-    parts = breakdown(model, batch, device, steps, warmup)
-    parts["other"] = max(total - sum(parts.values()), 0.0)
-    return {"backend": backend or "default", "batch": batch_size, "step_s": total, "parts_s": parts,
-            "levels": model.level_fractions()}
+    return {"backend": backend or "default", "batch": batch_size, "model": model,
+            "fns": {"step": step, **{k: fn for k, fn in stages(model, batch).items() if fn is not None}}}
+
+
+def bench(runs: list[dict], device, steps: int, warmup: int) -> list[dict]:
+    """Time every closure of every run, round-robin (so a noisy neighbour hits all backends alike)."""
+    times = [{name: [] for name in run["fns"]} for run in runs]
+    for i in range(warmup + steps):
+        for run, t in zip(runs, times, strict=True):
+            for name, fn in run["fns"].items():
+                _sync(device)
+                t0 = time.perf_counter()
+                fn()
+                _sync(device)
+                if i >= warmup:
+                    t[name].append(time.perf_counter() - t0)
+    results = []
+    for run, t in zip(runs, times, strict=True):
+        med = {name: statistics.median(v) for name, v in t.items()}
+        parts = {name: med.get(name, 0.0) for name in STAGES}
+        parts["other"] = max(med["step"] - sum(parts.values()), 0.0)
+        results.append({"backend": run["backend"], "batch": run["batch"], "steps": steps,
+                        "step_s": med["step"], "step_min_s": min(t["step"]), "parts_s": parts,
+                        "levels": run["model"].level_fractions()})
+    return results
 
 
 def environment(device) -> dict:
@@ -170,16 +178,16 @@ def main(argv=None) -> int:
     cfg = MFDRConfig.load(args.config) if args.config else MFDRConfig()
     env = environment(device)
     print(f"# MFDR training step, {args.dtype}, {env}", flush=True)
-    results = []
-    for name in args.backends.split(","):
-        backend = None if name == "default" else name
-        ref = name == "reference"
-        batch = (args.reference_batch or args.batch) if ref else args.batch
-        steps, warmup = (args.reference_steps, 0) if ref else (args.steps, args.warmup)
-        r = bench(cfg, backend, batch, device, dtype, steps, warmup)
-        print(f"{name}: step {1e3 * r['step_s']:.1f} ms at batch {batch} "
-              f"({'1 step, no warm-up' if ref and steps == 1 else f'median of {steps}'})", flush=True)
-        results.append(r)
+    names = args.backends.split(",")
+    fast = [setup(cfg, None if n == "default" else n, args.batch, device, dtype)
+            for n in names if n != "reference"]
+    results = bench(fast, device, args.steps, args.warmup) if fast else []
+    if "reference" in names:  # slow: its own few steps, no warm-up
+        ref = setup(cfg, "reference", args.reference_batch or args.batch, device, dtype)
+        results.insert(names.index("reference"), bench([ref], device, args.reference_steps, 0)[0])
+    for r in results:
+        print(f"{r['backend']}: step {1e3 * r['step_s']:.1f} ms (median of {r['steps']}; min "
+              f"{1e3 * r['step_min_s']:.1f} ms) at batch {r['batch']}", flush=True)
     print()
     print(table(results))
     if args.json:

@@ -63,7 +63,9 @@ void forward_kernel(const T* x, const T* k, const T* bias, int64_t bias_dim, T* 
 template <typename T>
 void backward_dx_kernel(const T* gy, const T* k, T* dx, const Dims& d) {
   const int64_t nlb = (d.L + kRowBlock - 1) / kRowBlock;
-  at::parallel_for(0, d.B * nlb, 1, [&](int64_t begin, int64_t end) {
+  const int64_t task_work = std::min(kRowBlock, d.L) * d.C * ((d.f + d.hop - 1) / d.hop);
+  const int64_t grain = std::max<int64_t>(1, kGrainWork / std::max<int64_t>(1, task_work));
+  at::parallel_for(0, d.B * nlb, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / nlb, l0 = (r % nlb) * kRowBlock, l1 = std::min(l0 + kRowBlock, d.L);
       std::fill(dx + (b * d.L + l0) * d.C, dx + (b * d.L + l1) * d.C, T(0));
@@ -84,7 +86,8 @@ void backward_dx_kernel(const T* gy, const T* k, T* dx, const Dims& d) {
 template <typename T>
 void backward_dk_kernel(const T* gy, const T* x, T* dk, T* dbias, const Dims& d) {
   const int64_t ncb = (d.C + kChannelBlock - 1) / kChannelBlock;
-  const int64_t grain = std::max<int64_t>(1, kGrainWork / std::max<int64_t>(1, d.B * d.f * kChannelBlock));
+  const int64_t task_work = d.B * (d.f + 1) * std::min(d.C, kChannelBlock);
+  const int64_t grain = std::max<int64_t>(1, kGrainWork / std::max<int64_t>(1, task_work));
   at::parallel_for(0, d.N * ncb, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / ncb, c0 = (r % ncb) * kChannelBlock, cw = std::min(kChannelBlock, d.C - c0);

@@ -44,10 +44,26 @@ inline A dot(const T* a, const T* b, int64_t n) {
   return acc;
 }
 
+// y = sum_m alpha[m] * x_m over rows x_m given by pointers, with the sum for each chunk of C
+// outputs held in registers (one load and one FMA per term; no read-modify-write of y per term).
 template <typename T, typename A>
-inline void axpy(A alpha, const T* x, A* y, int64_t n) {
-#pragma omp simd
-  for (int64_t t = 0; t < n; ++t) y[t] += alpha * static_cast<A>(x[t]);
+inline void combine(const A* alpha, const T* const* x, int64_t m, T* y, int64_t n) {
+  constexpr int64_t C = 32;
+  int64_t t = 0;
+  for (; t + C <= n; t += C) {
+    A acc[C] = {};
+    for (int64_t r = 0; r < m; ++r) {
+      const A a = alpha[r];
+      const T* xr = x[r] + t;
+      for (int64_t u = 0; u < C; ++u) acc[u] += a * static_cast<A>(xr[u]);
+    }
+    for (int64_t u = 0; u < C; ++u) y[t + u] = static_cast<T>(acc[u]);
+  }
+  for (; t < n; ++t) {
+    A acc = 0;
+    for (int64_t r = 0; r < m; ++r) acc += alpha[r] * static_cast<A>(x[r][t]);
+    y[t] = static_cast<T>(acc);
+  }
 }
 
 // Ring of an offset o = j - s from the window start: 0 for S0, 1 for S1, 2 for S2.
@@ -188,7 +204,7 @@ void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   int8_t* lp = lvl.data_ptr<int8_t>();
   at::parallel_for(0, B * H * L, 16, [&](int64_t begin, int64_t end) {
     Row<A> row(w);
-    std::vector<A> acc(dv);
+    std::vector<const T*> rows(3 * w);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / (H * L), bh = r / L, i = r % L;
       T* o = op + r * dv;
@@ -199,10 +215,9 @@ void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
                                       joint, static_cast<A>(scale), fp ? (int)fp[r] : -1);
       if (lev < 0) continue;
       lp[r] = (int8_t)lev;
-      std::fill(acc.begin(), acc.end(), A(0));
-      for (size_t t = 0; t < row.frame.size(); ++t)
-        if (row.ring[t] <= lev) axpy<T, A>(row.w[t], vp + (bh * Tk + row.frame[t]) * dv, acc.data(), dv);
-      for (int64_t e = 0; e < dv; ++e) o[e] = static_cast<T>(acc[e]);
+      const size_t n = row.frame.size();  // build_row leaves only the active frames
+      for (size_t t = 0; t < n; ++t) rows[t] = vp + (bh * Tk + row.frame[t]) * dv;
+      combine<T, A>(row.w.data(), rows.data(), (int64_t)n, o, dv);
     }
   });
 }
@@ -224,7 +239,8 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
   // Pass 1: per query row.
   at::parallel_for(0, B * H * L, 16, [&](int64_t begin, int64_t end) {
     Row<A> row(w);
-    std::vector<A> dot_v(S), acc(d);
+    std::vector<A> dot_v(S), ds(S);
+    std::vector<const T*> rows(S);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / (H * L), bh = r / L, i = r % L;
       T* dqr = dqp + r * d;
@@ -241,17 +257,16 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
         dot_v[t] = dot<T, A>(g, vp + (bh * Tk + row.frame[t]) * dv, dv);
         gsum[joint ? 0 : row.ring[t]] += row.w[t] * dot_v[t];
       }
-      std::fill(acc.begin(), acc.end(), A(0));
       A* Pr = P.data() + r * S;
       A* Dr = DS.data() + r * S;
       for (size_t t = 0; t < n; ++t) {
-        const A ds = row.w[t] * (dot_v[t] - gsum[joint ? 0 : row.ring[t]]) * static_cast<A>(scale);
-        axpy<T, A>(ds, kp + (bh * Tk + row.frame[t]) * d, acc.data(), d);
+        ds[t] = row.w[t] * (dot_v[t] - gsum[joint ? 0 : row.ring[t]]) * static_cast<A>(scale);
+        rows[t] = kp + (bh * Tk + row.frame[t]) * d;
         const int64_t slot = row.frame[t] - s + w;
         Pr[slot] = row.w[t];
-        Dr[slot] = ds;
+        Dr[slot] = ds[t];
       }
-      for (int64_t e = 0; e < d; ++e) dqr[e] = static_cast<T>(acc[e]);
+      combine<T, A>(ds.data(), rows.data(), (int64_t)n, dqr, d);
     }
   });
 
@@ -260,33 +275,25 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
   const int64_t nkb = (Tk + KB - 1) / KB;
   T *dkp = dk.data_ptr<T>(), *dvp = dv_t.data_ptr<T>();
   at::parallel_for(0, B * H * nkb, 1, [&](int64_t begin, int64_t end) {
-    std::vector<A> ak(KB * d), av(KB * dv);
+    std::vector<A> ck, cv;
+    std::vector<const T*> rk, rv;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t bh = r / nkb, b = bh / H, j0 = (r % nkb) * KB, j1 = std::min(j0 + KB, Tk);
-      std::fill(ak.begin(), ak.end(), A(0));
-      std::fill(av.begin(), av.end(), A(0));
       const int64_t n_q = std::min<int64_t>(ql[b], L);
       const int64_t* st = sp + b * L;
       const int64_t i0 = std::upper_bound(st, st + n_q, j0 - 2 * w) - st;
       const int64_t i1 = std::upper_bound(st, st + n_q, j1 - 1 + w) - st;
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t row_id = bh * L + i, s = st[i];
-        const A* Pr = P.data() + row_id * S;
-        const A* Dr = DS.data() + row_id * S;
-        const T* qi = qp + row_id * d;
-        const T* gi = gp + row_id * dv;
-        const int64_t lo = std::max(j0, s - w), hi = std::min(j1, s + 2 * w);
-        for (int64_t j = lo; j < hi; ++j) {
-          const int64_t slot = j - s + w;
-          if (Dr[slot] != A(0)) axpy<T, A>(Dr[slot], qi, ak.data() + (j - j0) * d, d);
-          if (Pr[slot] != A(0)) axpy<T, A>(Pr[slot], gi, av.data() + (j - j0) * dv, dv);
-        }
-      }
       for (int64_t j = j0; j < j1; ++j) {
-        T* dkj = dkp + (bh * Tk + j) * d;
-        T* dvj = dvp + (bh * Tk + j) * dv;
-        for (int64_t e = 0; e < d; ++e) dkj[e] = static_cast<T>(ak[(j - j0) * d + e]);
-        for (int64_t e = 0; e < dv; ++e) dvj[e] = static_cast<T>(av[(j - j0) * dv + e]);
+        ck.clear(), cv.clear(), rk.clear(), rv.clear();
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t slot = j - st[i] + w, row_id = bh * L + i;
+          if (slot < 0 || slot >= S) continue;
+          const A dsv = DS[row_id * S + slot], pv = P[row_id * S + slot];
+          if (dsv != A(0)) ck.push_back(dsv), rk.push_back(qp + row_id * d);
+          if (pv != A(0)) cv.push_back(pv), rv.push_back(gp + row_id * dv);
+        }
+        combine<T, A>(ck.data(), rk.data(), (int64_t)ck.size(), dkp + (bh * Tk + j) * d, d);
+        combine<T, A>(cv.data(), rv.data(), (int64_t)cv.size(), dvp + (bh * Tk + j) * dv, dv);
       }
     }
   });

@@ -5,9 +5,10 @@
                            kernel per frame position (paper eq. 8)
     y = DFC(x; Φ)          mfdr_kernels.dynamic_frame_conv: (B, length, channels) -> (B, N, channels)
 
-Φ does not depend on the input: it is computed once per forward, and in eval mode it is cached until
-a parameter changes (tracked by the parameters' ``_version`` counters and storage) or ``train()`` is
-called.
+Φ does not depend on the input: it is computed once per forward. In eval mode, when no autograd graph
+is needed (``torch.no_grad``, ``torch.inference_mode`` or frozen parameters), it is cached until a
+parameter changes (tracked by the parameters' ``_version`` counters and storage), the module moves
+(``.to``), or ``train()`` is called. Under ``torch.compile`` Φ is traced into the graph instead.
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ class DynamicFrameConv(nn.Module):
         """Φ = W(M), ``(N, frame, channels)``. In eval mode the same tensor is returned until a parameter
         changes. A Φ that needs an autograd graph (grad enabled and trainable parameters) is never
         cached, so every backward sees its own graph and the parameters get their gradients."""
-        if self.training or (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())):
+        if self.training or torch.compiler.is_compiling():  # compiled: Φ is part of the graph
+            return self._generate()
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             return self._generate()
         key = self._cache_key()
         if self._phi_cache is None or self._phi_cache[0] != key:

@@ -63,30 +63,67 @@ DKDV = ("blocks", "atomic")
 
 
 @triton.jit
-def _ring(s, row_ok, k_len, R: tl.constexpr, W: tl.constexpr, HALF: tl.constexpr, RW: tl.constexpr):
-    """Frames ``[BQ, RW]`` of ring R for window starts ``s [BQ]``, and which of them exist."""
-    t = tl.arange(0, RW)  # [RW]
+def _offset(t, R: tl.constexpr, W: tl.constexpr, HALF: tl.constexpr):
+    """Offset from the window start of slot ``t`` (scalar or tensor) of ring R (module docstring)."""
     if R == 0:
         o = t
     else:
         o = tl.where(t < HALF, t - R * HALF, W + (R - 1) * HALF + t - HALF)
-    frame = s[:, None] + o[None, :]  # [BQ, RW] int64
-    exists = (t[None, :] < W) & (frame >= 0) & (frame < k_len) & row_ok[:, None]
-    return frame, exists
+    return o
 
 
 @triton.jit
-def _gather_dot(a_rows, row_ok, b_base, frame, mask, E: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
-    """``[BQ, RW]``: <a_i, b_frame> for row pointers ``a_rows [BQ]`` and gathered rows of ``b`` (width E)."""
-    x = tl.zeros(frame.shape, ACC)
-    for e0 in range(0, E, BLOCK_D):
-        e = e0 + tl.arange(0, BLOCK_D)
-        em = e < E
-        a = tl.load(a_rows[:, None] + e[None, :], mask=row_ok[:, None] & em[None, :], other=0).to(ACC)  # [BQ, BD]
-        b = tl.load(b_base + frame[:, :, None] * E + e[None, None, :],
-                    mask=mask[:, :, None] & em[None, None, :], other=0).to(ACC)  # [BQ, RW, BD]
-        x += tl.sum(a[:, None, :] * b, axis=2)  # [BQ, RW]
+def _ring(s, rows, k_len, R: tl.constexpr, W: tl.constexpr, HALF: tl.constexpr, RW: tl.constexpr):
+    """``[BQ, RW]``: which slots of ring R hold an existing frame, for the rows on the mask ``rows [BQ]``."""
+    t = tl.arange(0, RW)
+    frame = s[:, None] + _offset(t, R, W, HALF)[None, :]  # [BQ, RW] int64
+    return (t[None, :] < W) & (frame >= 0) & (frame < k_len) & rows[:, None]
+
+
+@triton.jit
+def _ring_dots(a, b_base, s, rows, k_len, R: tl.constexpr, W: tl.constexpr, HALF: tl.constexpr,
+               RW: tl.constexpr, E: tl.constexpr, EP: tl.constexpr, ACC: tl.constexpr):
+    """``[BQ, RW]``: <a_i, b_{s_i + o_t}> for the slots t of ring R (0 off ``rows`` and missing frames).
+
+    ``a [BQ, EP]`` in registers; each slot is one gathered ``[BQ, EP]`` load of contiguous rows of b.
+    """
+    x = tl.zeros([a.shape[0], RW], ACC)
+    tid = tl.arange(0, RW)
+    e = tl.arange(0, EP)
+    for t in range(0, W):
+        f = s + _offset(t, R, W, HALF)  # [BQ] frames
+        ok = rows & (f >= 0) & (f < k_len)
+        b = tl.load(b_base + f[:, None] * E + e[None, :], mask=ok[:, None] & (e < E)[None, :], other=0)
+        x = tl.where(tid[None, :] == t, tl.sum(a * b.to(ACC), axis=1)[:, None], x)  # column t
     return x
+
+
+@triton.jit
+def _ring_combine(acc, c, b_base, s, rows, k_len, R: tl.constexpr, W: tl.constexpr, HALF: tl.constexpr,
+                  RW: tl.constexpr, E: tl.constexpr, EP: tl.constexpr, ACC: tl.constexpr):
+    """``acc [BQ, EP] + Σ_t c[:, t] b_{s + o_t}`` over the slots t of ring R."""
+    tid = tl.arange(0, RW)
+    e = tl.arange(0, EP)
+    for t in range(0, W):
+        f = s + _offset(t, R, W, HALF)
+        ok = rows & (f >= 0) & (f < k_len)
+        b = tl.load(b_base + f[:, None] * E + e[None, :], mask=ok[:, None] & (e < E)[None, :], other=0)
+        ct = tl.sum(tl.where(tid[None, :] == t, c, 0), axis=1)  # [BQ] column t of c
+        acc += ct[:, None] * b.to(ACC)
+    return acc
+
+
+@triton.jit
+def _ring_scatter(dst_base, c, a, s, rows, k_len, R: tl.constexpr, W: tl.constexpr, HALF: tl.constexpr,
+                  RW: tl.constexpr, E: tl.constexpr, EP: tl.constexpr):
+    """Atomic flavour: ``dst_{s_i + o_t} += c[i, t] a_i`` over the slots t of ring R."""
+    tid = tl.arange(0, RW)
+    e = tl.arange(0, EP)
+    for t in range(0, W):
+        f = s + _offset(t, R, W, HALF)
+        ok = rows & (f >= 0) & (f < k_len)
+        ct = tl.sum(tl.where(tid[None, :] == t, c, 0), axis=1)
+        tl.atomic_add(dst_base + f[:, None] * E + e[None, :], ct[:, None] * a, mask=ok[:, None] & (e < E)[None, :])
 
 
 @triton.jit
@@ -115,7 +152,7 @@ def _softmax(x, m):
 
 @triton.jit
 def _weights(x0, x1, x2, m0, m1, m2, JOINT: tl.constexpr):
-    """Final weights of the active frames: one softmax per ring (segment) or one over all (joint)."""
+    """Weights of the active frames: one softmax per ring (segment) or one over all of them (joint)."""
     if JOINT:
         mx = tl.maximum(tl.maximum(_mmax(x0, m0), _mmax(x1, m1)), _mmax(x2, m2))
         p0, p1, p2 = _mexp(x0, m0, mx), _mexp(x1, m1, mx), _mexp(x2, m2, mx)
@@ -134,13 +171,20 @@ def _count(m, x, thr):
 
 @triton.jit
 def _rows(q_lens_ptr, k_lens_ptr, starts_ptr, bh, H, L, BLOCK_Q: tl.constexpr):
-    """Per block: query indices, in-range mask, valid-query mask, window starts, k_len, row ids (int64)."""
+    """The block's query indices, in-range and valid-query masks, window starts, k_len, row ids (int64)."""
     b = bh // H
     offs = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)  # [BQ]
     in_l = offs < L
     row_ok = in_l & (offs < tl.load(q_lens_ptr + b))
     s = tl.load(starts_ptr + b * L + offs, mask=in_l, other=0)  # [BQ] int64
     return offs, in_l, row_ok, s, tl.load(k_lens_ptr + b), bh * L + offs
+
+
+@triton.jit
+def _load_rows(base, row, rows, E: tl.constexpr, EP: tl.constexpr, ACC: tl.constexpr):
+    """``[BQ, EP]`` rows ``row`` of a (·, E) matrix, 0 off the mask ``rows`` and past E."""
+    e = tl.arange(0, EP)
+    return tl.load(base + row[:, None] * E + e[None, :], mask=rows[:, None] & (e < E)[None, :], other=0).to(ACC)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -151,40 +195,41 @@ def _rows(q_lens_ptr, k_lens_ptr, starts_ptr, bh, H, L, BLOCK_Q: tl.constexpr):
 def _sawa_fwd_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, level_ptr, force_ptr, q_lens_ptr, k_lens_ptr, starts_ptr, scale_ptr,
     T, L, H,
-    W: tl.constexpr, HALF: tl.constexpr, RW: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
-    LEVELS: tl.constexpr, JOINT: tl.constexpr, FORCED: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
+    W: tl.constexpr, HALF: tl.constexpr, RW: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+    DV: tl.constexpr, DVP: tl.constexpr, LEVELS: tl.constexpr, JOINT: tl.constexpr, FORCED: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):
-    """Grid ``(cdiv(L, BLOCK_Q), B·H)``: out ``(B, H, L, DV)`` and level ``(B, H, L)`` int8 for a query block."""
+    """Grid ``(cdiv(L, BLOCK_Q), B·H)``: out ``(B, H, L, DV)`` and level ``(B, H, L)`` int8 of a query block."""
     bh = tl.program_id(1).to(tl.int64)
     offs, in_l, row_ok, s, k_len, row = _rows(q_lens_ptr, k_lens_ptr, starts_ptr, bh, H, L, BLOCK_Q)
     scale = tl.load(scale_ptr)
-    q_rows = q_ptr + row * D  # [BQ] pointers
     k_base = k_ptr + bh * T * D
     v_base = v_ptr + bh * T * DV
+    q = _load_rows(q_ptr, row, row_ok, D, DP, ACC)  # [BQ, DP]
 
     # Ring 0 (S0): base-window scores and softmax, Alg. 1 lines 2-4.
-    f0, m0 = _ring(s, row_ok, k_len, 0, W, HALF, RW)  # [BQ, RW]
+    m0 = _ring(s, row_ok, k_len, 0, W, HALF, RW)  # [BQ, RW]
     n0 = tl.sum(m0.to(tl.int32), axis=1)  # [BQ]
-    base = row_ok & (n0 > 0)  # empty S0 (start at or past k_len) or padded query: zero output, level 0
-    x0 = _gather_dot(q_rows, row_ok, k_base, f0, m0, D, BLOCK_D, ACC) * scale
+    base = row_ok & (n0 > 0)  # else: empty S0 (start at or past k_len) or padded query -> 0, level 0
+    x0 = _ring_dots(q, k_base, s, row_ok, k_len, 0, W, HALF, RW, D, DP, ACC) * scale
     a0 = _softmax(x0, m0)
     level = tl.zeros([BLOCK_Q], tl.int32)
     if FORCED:
         level = tl.where(base, tl.load(force_ptr + row, mask=in_l, other=0).to(tl.int32), 0)
     x1 = tl.zeros([BLOCK_Q, RW], ACC)
     x2 = tl.zeros([BLOCK_Q, RW], ACC)
-    m1 = tl.zeros([BLOCK_Q, RW], tl.int32) > 0  # rings 1 and 2 inactive until decided
+    m1 = tl.zeros([BLOCK_Q, RW], tl.int32) > 0  # rings 1 and 2: inactive until decided
     m2 = m1
     if LEVELS >= 1:
-        f1, e1 = _ring(s, base, k_len, 1, W, HALF, RW)
-        f2, e2 = _ring(s, base, k_len, 2, W, HALF, RW)
+        e1 = _ring(s, base, k_len, 1, W, HALF, RW)
+        e2 = _ring(s, base, k_len, 2, W, HALF, RW)
         if not FORCED:  # lines 5-6: expand iff #{a_j > 1/|S0|} >= ω/2 and S1 is non-empty
             c0 = _count(m0, a0, 1.0 / tl.maximum(n0, 1).to(ACC))
             level = tl.where(base & (c0 >= HALF) & (tl.sum(e1.to(tl.int32), axis=1) > 0), 1, 0)
-        m1 = e1 & (level >= 1)[:, None]  # only the expanded rows read their ring-1 keys
+        rows1 = base & (level >= 1)  # only the expanded rows read their ring-1 keys
+        m1 = e1 & rows1[:, None]
         if tl.max(level, axis=0) >= 1:
-            x1 = _gather_dot(q_rows, row_ok, k_base, f1, m1, D, BLOCK_D, ACC) * scale
+            x1 = _ring_dots(q, k_base, s, rows1, k_len, 1, W, HALF, RW, D, DP, ACC) * scale
         if LEVELS >= 2:
             if not FORCED:  # lines 11-12: over A1 = S0 ∪ S1, #{w_j > mean(w)} >= ω and S2 non-empty
                 w0, w1, _ = _weights(x0, x1, x2, m0, m1, m2, JOINT)
@@ -193,28 +238,23 @@ def _sawa_fwd_kernel(
                 c1 = _count(m0, w0, mean) + _count(m1, w1, mean)
                 n2 = tl.sum(e2.to(tl.int32), axis=1)
                 level = tl.where((level >= 1) & (c1 >= W) & (n2 > 0), 2, level)
-            m2 = e2 & (level >= 2)[:, None]
+            rows2 = base & (level >= 2)
+            m2 = e2 & rows2[:, None]
             if tl.max(level, axis=0) >= 2:
-                x2 = _gather_dot(q_rows, row_ok, k_base, f2, m2, D, BLOCK_D, ACC) * scale
+                x2 = _ring_dots(q, k_base, s, rows2, k_len, 2, W, HALF, RW, D, DP, ACC) * scale
 
-    # Output over the active frames: out_i = Σ_j w_j v_j.
+    # out_i = Σ_j w_j v_j over the active frames; V is read only there.
     w0, w1, w2 = _weights(x0, x1, x2, m0, m1, m2, JOINT)
-    for e0 in range(0, DV, BLOCK_D):
-        e = e0 + tl.arange(0, BLOCK_D)
-        em = e < DV
-        v0 = tl.load(v_base + f0[:, :, None] * DV + e[None, None, :], mask=m0[:, :, None] & em[None, None, :],
-                     other=0).to(ACC)  # [BQ, RW, BD]
-        acc = tl.sum(w0[:, :, None] * v0, axis=1)  # [BQ, BD]
-        if LEVELS >= 1:
-            v1 = tl.load(v_base + f1[:, :, None] * DV + e[None, None, :], mask=m1[:, :, None] & em[None, None, :],
-                         other=0).to(ACC)
-            acc += tl.sum(w1[:, :, None] * v1, axis=1)
-        if LEVELS >= 2:
-            v2 = tl.load(v_base + f2[:, :, None] * DV + e[None, None, :], mask=m2[:, :, None] & em[None, None, :],
-                         other=0).to(ACC)
-            acc += tl.sum(w2[:, :, None] * v2, axis=1)
-        tl.store(out_ptr + row[:, None] * DV + e[None, :], acc.to(out_ptr.dtype.element_ty),
-                 mask=in_l[:, None] & em[None, :])
+    acc = _ring_combine(tl.zeros([BLOCK_Q, DVP], ACC), w0, v_base, s, row_ok, k_len, 0, W, HALF, RW, DV, DVP, ACC)
+    if LEVELS >= 1:
+        if tl.max(level, axis=0) >= 1:
+            acc = _ring_combine(acc, w1, v_base, s, rows1, k_len, 1, W, HALF, RW, DV, DVP, ACC)
+    if LEVELS >= 2:
+        if tl.max(level, axis=0) >= 2:
+            acc = _ring_combine(acc, w2, v_base, s, rows2, k_len, 2, W, HALF, RW, DV, DVP, ACC)
+    e = tl.arange(0, DVP)
+    tl.store(out_ptr + row[:, None] * DV + e[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=in_l[:, None] & (e < DV)[None, :])
     tl.store(level_ptr + row, level.to(tl.int8), mask=in_l)
 
 
@@ -222,70 +262,49 @@ def _sawa_fwd_kernel(
 # Backward
 
 
-@triton.jit
-def _scatter_ring(q_rows, do_rows, row_ok, dk_base, dv_base, f, m, ds, w, D: tl.constexpr, DV: tl.constexpr,
-                  BLOCK_D: tl.constexpr, ACC: tl.constexpr):
-    """Atomic flavour: dk_j += ds_ij q_i, dv_j += w_ij do_i for the ring's active frames."""
-    for e0 in range(0, D, BLOCK_D):
-        e = e0 + tl.arange(0, BLOCK_D)
-        em = e < D
-        qb = tl.load(q_rows[:, None] + e[None, :], mask=row_ok[:, None] & em[None, :], other=0).to(ACC)
-        tl.atomic_add(dk_base + f[:, :, None] * D + e[None, None, :], ds[:, :, None] * qb[:, None, :],
-                      mask=m[:, :, None] & em[None, None, :])
-    for e0 in range(0, DV, BLOCK_D):
-        e = e0 + tl.arange(0, BLOCK_D)
-        em = e < DV
-        gb = tl.load(do_rows[:, None] + e[None, :], mask=row_ok[:, None] & em[None, :], other=0).to(ACC)
-        tl.atomic_add(dv_base + f[:, :, None] * DV + e[None, None, :], w[:, :, None] * gb[:, None, :],
-                      mask=m[:, :, None] & em[None, None, :])
-
-
 @triton.jit(do_not_specialize=["T", "L"])
 def _sawa_bwd_q_kernel(
     do_ptr, q_ptr, k_ptr, v_ptr, level_ptr, q_lens_ptr, k_lens_ptr, starts_ptr, scale_ptr,
     dq_ptr, p_ptr, ds_ptr, dk_ptr, dv_ptr,
     T, L, H,
-    W: tl.constexpr, HALF: tl.constexpr, RW: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
-    REACH: tl.constexpr, JOINT: tl.constexpr, ATOMIC: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
+    W: tl.constexpr, HALF: tl.constexpr, RW: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+    DV: tl.constexpr, DVP: tl.constexpr, REACH: tl.constexpr, JOINT: tl.constexpr, ATOMIC: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):
-    """Pass 1, grid ``(cdiv(L, BLOCK_Q), B·H)``: dq; P and DS per slot (blocks) or atomic dk/dv (atomic)."""
+    """Pass 1, grid ``(cdiv(L, BLOCK_Q), B·H)``: dq; then P and DS per slot (blocks) or atomic dk/dv."""
     bh = tl.program_id(1).to(tl.int64)
     offs, in_l, row_ok, s, k_len, row = _rows(q_lens_ptr, k_lens_ptr, starts_ptr, bh, H, L, BLOCK_Q)
     scale = tl.load(scale_ptr)
-    q_rows = q_ptr + row * D
-    do_rows = do_ptr + row * DV
     k_base = k_ptr + bh * T * D
     v_base = v_ptr + bh * T * DV
+    q = _load_rows(q_ptr, row, row_ok, D, DP, ACC)  # [BQ, DP]
+    do = _load_rows(do_ptr, row, row_ok, DV, DVP, ACC)  # [BQ, DVP]
 
-    f0, m0 = _ring(s, row_ok, k_len, 0, W, HALF, RW)
+    m0 = _ring(s, row_ok, k_len, 0, W, HALF, RW)
     base = row_ok & (tl.sum(m0.to(tl.int32), axis=1) > 0)
     level = tl.where(base, tl.load(level_ptr + row, mask=in_l, other=0).to(tl.int32), 0)
-    f1, e1 = _ring(s, base, k_len, 1, W, HALF, RW)
-    f2, e2 = _ring(s, base, k_len, 2, W, HALF, RW)
-    m1 = e1 & (level >= 1)[:, None]
-    m2 = e2 & (level >= 2)[:, None]
+    rows1 = base & (level >= 1)
+    rows2 = base & (level >= 2)
+    m1 = _ring(s, rows1, k_len, 1, W, HALF, RW)
+    m2 = _ring(s, rows2, k_len, 2, W, HALF, RW)
 
-    # Recompute the weights of the saved levels.
-    x0 = _gather_dot(q_rows, row_ok, k_base, f0, m0, D, BLOCK_D, ACC) * scale
+    # Recompute the weights of the saved levels; g_j = dL/dw_j = <do_i, v_j>.
+    x0 = _ring_dots(q, k_base, s, row_ok, k_len, 0, W, HALF, RW, D, DP, ACC) * scale
+    g0 = _ring_dots(do, v_base, s, row_ok, k_len, 0, W, HALF, RW, DV, DVP, ACC)
     x1 = tl.zeros([BLOCK_Q, RW], ACC)
     x2 = tl.zeros([BLOCK_Q, RW], ACC)
-    if REACH >= 1:
-        if tl.max(level, axis=0) >= 1:
-            x1 = _gather_dot(q_rows, row_ok, k_base, f1, m1, D, BLOCK_D, ACC) * scale
-        if tl.max(level, axis=0) >= 2:
-            x2 = _gather_dot(q_rows, row_ok, k_base, f2, m2, D, BLOCK_D, ACC) * scale
-    w0, w1, w2 = _weights(x0, x1, x2, m0, m1, m2, JOINT)
-
-    # dL/dw_j = <do_i, v_j>; ds_j = w_j (dL/dw_j - Σ_{j' in segment} w_j' dL/dw_j') · scale.
-    g0 = _gather_dot(do_rows, row_ok, v_base, f0, m0, DV, BLOCK_D, ACC)
     g1 = tl.zeros([BLOCK_Q, RW], ACC)
     g2 = tl.zeros([BLOCK_Q, RW], ACC)
     if REACH >= 1:
         if tl.max(level, axis=0) >= 1:
-            g1 = _gather_dot(do_rows, row_ok, v_base, f1, m1, DV, BLOCK_D, ACC)
+            x1 = _ring_dots(q, k_base, s, rows1, k_len, 1, W, HALF, RW, D, DP, ACC) * scale
+            g1 = _ring_dots(do, v_base, s, rows1, k_len, 1, W, HALF, RW, DV, DVP, ACC)
         if tl.max(level, axis=0) >= 2:
-            g2 = _gather_dot(do_rows, row_ok, v_base, f2, m2, DV, BLOCK_D, ACC)
+            x2 = _ring_dots(q, k_base, s, rows2, k_len, 2, W, HALF, RW, D, DP, ACC) * scale
+            g2 = _ring_dots(do, v_base, s, rows2, k_len, 2, W, HALF, RW, DV, DVP, ACC)
+    w0, w1, w2 = _weights(x0, x1, x2, m0, m1, m2, JOINT)
+
+    # ds_j = dL/dx_j · scale = w_j (g_j - Σ_{j' in j's softmax} w_j' g_j') · scale; 0 off the active frames.
     s0 = tl.sum(w0 * g0, axis=1)
     s1 = tl.sum(w1 * g1, axis=1)
     s2 = tl.sum(w2 * g2, axis=1)
@@ -293,34 +312,33 @@ def _sawa_bwd_q_kernel(
         s0 = s0 + s1 + s2
         s1 = s0
         s2 = s0
-    ds0 = w0 * (g0 - s0[:, None]) * scale  # [BQ, RW]; 0 off the active frames (w = 0 there)
+    ds0 = w0 * (g0 - s0[:, None]) * scale  # [BQ, RW]
     ds1 = w1 * (g1 - s1[:, None]) * scale
     ds2 = w2 * (g2 - s2[:, None]) * scale
 
     # dq_i = Σ_j ds_ij k_j
-    for e0 in range(0, D, BLOCK_D):
-        e = e0 + tl.arange(0, BLOCK_D)
-        em = e < D
-        kk = tl.load(k_base + f0[:, :, None] * D + e[None, None, :], mask=m0[:, :, None] & em[None, None, :],
-                     other=0).to(ACC)  # [BQ, RW, BD]
-        acc = tl.sum(ds0[:, :, None] * kk, axis=1)  # [BQ, BD]
-        if REACH >= 1:
-            kk = tl.load(k_base + f1[:, :, None] * D + e[None, None, :], mask=m1[:, :, None] & em[None, None, :],
-                         other=0).to(ACC)
-            acc += tl.sum(ds1[:, :, None] * kk, axis=1)
-            kk = tl.load(k_base + f2[:, :, None] * D + e[None, None, :], mask=m2[:, :, None] & em[None, None, :],
-                         other=0).to(ACC)
-            acc += tl.sum(ds2[:, :, None] * kk, axis=1)
-        tl.store(dq_ptr + row[:, None] * D + e[None, :], acc.to(dq_ptr.dtype.element_ty),
-                 mask=in_l[:, None] & em[None, :])
+    dq = _ring_combine(tl.zeros([BLOCK_Q, DP], ACC), ds0, k_base, s, row_ok, k_len, 0, W, HALF, RW, D, DP, ACC)
+    if REACH >= 1:
+        if tl.max(level, axis=0) >= 1:
+            dq = _ring_combine(dq, ds1, k_base, s, rows1, k_len, 1, W, HALF, RW, D, DP, ACC)
+        if tl.max(level, axis=0) >= 2:
+            dq = _ring_combine(dq, ds2, k_base, s, rows2, k_len, 2, W, HALF, RW, D, DP, ACC)
+    e = tl.arange(0, DP)
+    tl.store(dq_ptr + row[:, None] * D + e[None, :], dq.to(dq_ptr.dtype.element_ty),
+             mask=in_l[:, None] & (e < D)[None, :])
 
-    if ATOMIC:
+    if ATOMIC:  # dk_j += ds_ij q_i, dv_j += w_ij do_i
         dk_base = dk_ptr + bh * T * D
         dv_base = dv_ptr + bh * T * DV
-        _scatter_ring(q_rows, do_rows, row_ok, dk_base, dv_base, f0, m0, ds0, w0, D, DV, BLOCK_D, ACC)
+        _ring_scatter(dk_base, ds0, q, s, row_ok, k_len, 0, W, HALF, RW, D, DP)
+        _ring_scatter(dv_base, w0, do, s, row_ok, k_len, 0, W, HALF, RW, DV, DVP)
         if REACH >= 1:
-            _scatter_ring(q_rows, do_rows, row_ok, dk_base, dv_base, f1, m1, ds1, w1, D, DV, BLOCK_D, ACC)
-            _scatter_ring(q_rows, do_rows, row_ok, dk_base, dv_base, f2, m2, ds2, w2, D, DV, BLOCK_D, ACC)
+            if tl.max(level, axis=0) >= 1:
+                _ring_scatter(dk_base, ds1, q, s, rows1, k_len, 1, W, HALF, RW, D, DP)
+                _ring_scatter(dv_base, w1, do, s, rows1, k_len, 1, W, HALF, RW, DV, DVP)
+            if tl.max(level, axis=0) >= 2:
+                _ring_scatter(dk_base, ds2, q, s, rows2, k_len, 2, W, HALF, RW, D, DP)
+                _ring_scatter(dv_base, w2, do, s, rows2, k_len, 2, W, HALF, RW, DV, DVP)
     else:  # P, DS: (B·H, L, 3, RW), every slot written (zeros off the active frames)
         t = tl.arange(0, RW)
         slot = row[:, None] * (3 * RW) + t[None, :]  # [BQ, RW]
@@ -392,8 +410,8 @@ def _sawa_bwd_kv_kernel(
 # Tuning: several configs on CUDA, one under the interpreter.
 
 
-def _prune(configs, named_args, **kwargs):
-    """Drop head-dim chunks wider than the (padded) head dim: they only add masked lanes."""
+def _prune_kv(configs, named_args, **kwargs):
+    """Drop head-dim chunks wider than the padded head dim: they only add masked lanes."""
     width = max(16, triton.next_power_of_2(max(kwargs.get("D", 16), kwargs.get("DV", 16))))
     kept = [c for c in configs if c.kwargs["BLOCK_D"] <= width]
     return kept or configs[:1]
@@ -401,25 +419,22 @@ def _prune(configs, named_args, **kwargs):
 
 def _tuned(cuda_configs, interpret_config, key, **kw):
     configs = [interpret_config] if _INTERPRET else cuda_configs
-    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": _prune}, **kw)
+    return triton.autotune(configs, key=key, **kw)
 
 
-_Q_KEY = ["W", "D", "DV", "JOINT"]
-_fwd = _tuned(
-    [triton.Config({"BLOCK_Q": bq, "BLOCK_D": bd}, num_warps=nw)
-     for bq, bd, nw in [(8, 64, 4), (16, 32, 4), (16, 64, 4), (16, 64, 8), (32, 32, 4), (32, 64, 8)]],
-    triton.Config({"BLOCK_Q": 16, "BLOCK_D": 16}), _Q_KEY + ["LEVELS", "FORCED"],
-)(_sawa_fwd_kernel)
+_Q_CONFIGS = [triton.Config({"BLOCK_Q": bq}, num_warps=nw, num_stages=1)
+              for bq, nw in [(8, 2), (8, 4), (16, 4), (16, 8), (32, 4), (32, 8)]]
+_fwd = _tuned(_Q_CONFIGS, triton.Config({"BLOCK_Q": 16}), ["W", "D", "DV", "JOINT", "LEVELS", "FORCED"])(
+    _sawa_fwd_kernel)
 _bwd_q = _tuned(
-    [triton.Config({"BLOCK_Q": bq, "BLOCK_D": bd}, num_warps=nw)
-     for bq, bd, nw in [(8, 64, 4), (16, 32, 4), (16, 64, 4), (16, 64, 8), (32, 32, 8)]],
-    triton.Config({"BLOCK_Q": 16, "BLOCK_D": 16}), _Q_KEY + ["REACH", "ATOMIC"],
-    reset_to_zero=["dk_ptr", "dv_ptr"],  # atomic flavour accumulates: benchmark runs must start from 0
+    _Q_CONFIGS, triton.Config({"BLOCK_Q": 16}), ["W", "D", "DV", "JOINT", "REACH", "ATOMIC"],
+    reset_to_zero=["dk_ptr", "dv_ptr"],  # the atomic flavour accumulates: every benchmark run starts from 0
 )(_sawa_bwd_q_kernel)
 _bwd_kv = _tuned(
     [triton.Config({"BLOCK_Q": bq, "BLOCK_D": bd}, num_warps=nw, num_stages=ns)
      for bq, bd, nw, ns in [(16, 64, 4, 2), (32, 64, 4, 2), (16, 128, 8, 2), (32, 128, 8, 3), (64, 64, 8, 2)]],
     triton.Config({"BLOCK_Q": 16, "BLOCK_D": 16}), ["W", "D", "DV"],
+    prune_configs_by={"early_config_prune": _prune_kv},
 )(_sawa_bwd_kv_kernel)
 
 
@@ -436,6 +451,12 @@ def _scale(q: torch.Tensor, scale: float) -> torch.Tensor:
     """The scale as a 1-element tensor in the accumulation dtype (a float argument would be fp32)."""
     return torch.full((1,), scale, dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
                       device=q.device)
+
+
+def _consts(q: torch.Tensor, window: int, D: int, DV: int) -> dict:
+    """Compile-time arguments shared by the query-block kernels (head dims padded to a power of 2)."""
+    return dict(W=window, HALF=window // 2, RW=triton.next_power_of_2(window), D=D,
+                DP=triton.next_power_of_2(D), DV=DV, DVP=triton.next_power_of_2(DV), ACC=_acc(q.dtype))
 
 
 def _check_grid(B: int, H: int) -> None:
@@ -457,8 +478,7 @@ def sawa_forward(q, k, v, q_lens, k_lens, starts, force_level, window, levels, j
 
     _fwd[grid](
         q, k, v, out, level, force_level if forced else level, q_lens, k_lens, starts, _scale(q, scale), T, L, H,
-        W=window, HALF=window // 2, RW=triton.next_power_of_2(window), D=D, DV=DV, LEVELS=levels, JOINT=joint,
-        FORCED=forced, ACC=_acc(q.dtype),
+        LEVELS=levels, JOINT=joint, FORCED=forced, **_consts(q, window, D, DV),
     )
     return out, level
 
@@ -503,7 +523,7 @@ def sawa_backward(grad_out, q, k, v, q_lens, k_lens, starts, level, window, join
     def grid_q(meta):
         return (triton.cdiv(L, meta["BLOCK_Q"]), B * H)
 
-    consts = dict(W=window, HALF=window // 2, RW=RW, D=D, DV=DV, ACC=_acc(q.dtype))
+    consts = _consts(q, window, D, DV)
     _bwd_q[grid_q](
         grad_out, q, k, v, level, q_lens, k_lens, starts, _scale(q, scale), dq, p, ds, dk_acc, dv_acc, T, L, H,
         REACH=reach, JOINT=joint, ATOMIC=atomic, **consts,
@@ -515,7 +535,7 @@ def sawa_backward(grad_out, q, k, v, q_lens, k_lens, starts, level, window, join
     ranges = _query_ranges(starts, q_lens, T, lo, hi, nkb)
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     _bwd_kv[(nkb, B * H)](
-        grad_out, q, p, ds, ranges, starts, dk, dv, T, L, H, nkb, LO=lo, HI=hi,
-        LOW_DOT=q.dtype in (torch.float16, torch.bfloat16), BLOCK_K=BLOCK_K, **consts,
+        grad_out, q, p, ds, ranges, starts, dk, dv, T, L, H, nkb, W=window, HALF=window // 2, RW=RW, LO=lo,
+        HI=hi, D=D, DV=DV, LOW_DOT=q.dtype in (torch.float16, torch.bfloat16), ACC=consts["ACC"], BLOCK_K=BLOCK_K,
     )
     return dq, dk, dv

