@@ -2,7 +2,9 @@
 
     python benchmarks/bench_dfc.py                 # the issue's shapes on the CPU (cuda too when present)
     python benchmarks/bench_dfc.py --quick         # tiny sizes (CI smoke)
-    python benchmarks/bench_dfc.py --device cuda   # triton vs torch on the GPU
+    python benchmarks/bench_dfc.py --device cuda   # the GPU check: triton against the reference, then timings
+    python benchmarks/bench_dfc.py --check         # the correctness check only
+    python benchmarks/bench_dfc.py --threads 1     # one CPU thread (steadier on a busy machine)
     pytest benchmarks/bench_dfc.py --benchmark-only
 
 Providers (float32, kernel shared by the batch, as in ``mfdr.DynamicFrameConv``):
@@ -10,19 +12,18 @@ Providers (float32, kernel shared by the batch, as in ``mfdr.DynamicFrameConv``)
   triton     the Triton kernels (CUDA)
   torch      the unfold-based ``torch`` backend: the baseline; builds the (B, N, frame, C) product
   autograd   plain autograd through ``x.unfold(...)``: what one writes by hand, without the custom op
-Times are medians (ms) of forward (grad enabled), backward (of a retained graph: dx, dkernel) and
-forward+backward, with the providers interleaved repetition by repetition so that a noisy machine
+Times (ms) of forward (grad enabled), backward (of a retained graph: dx, dkernel) and forward+backward
+are the best of ``--reps`` timed blocks, the providers interleaved block by block so that a busy machine
 slows them alike; ratios are the ``torch`` provider's time over each provider's, from the same run.
 Peak memory: the most bytes held at once by tensors allocated during one forward+backward (the
 profiler's allocation records, replayed in time order; on CUDA ``max_memory_allocated``), beside the
-size of the unfolded (B, N, frame, C) tensor.
+size of the results themselves (y, dx, dkernel) and of the unfolded (B, N, frame, C) tensor.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -60,11 +61,14 @@ def provider(name, frame, hop):
 
 
 def providers_for(device):
-    return ["torch", "autograd", "cpp"] if torch.device(device).type == "cpu" else ["torch", "autograd", "triton"]
+    fused = "cpp" if torch.device(device).type == "cpu" else "triton"
+    return ["torch", "autograd", fused]
 
 
-def _interleaved(fns: dict, device, reps: int, target_s: float = 0.02) -> dict:
-    """Median seconds per call of each ``fns[name]()``; each repetition runs every provider in turn."""
+def _interleaved(fns: dict, device, reps: int, target_s: float = 0.01) -> dict:
+    """Seconds per call of each ``fns[name]()``: the best block of ``reps``, each repetition running every
+    provider in turn (other processes only ever add time, so the minimum is the steadiest estimate on a
+    shared machine)."""
     inner = {}
     for name, fn in fns.items():  # warm up, then size each block to ~target_s
         fn()
@@ -81,7 +85,7 @@ def _interleaved(fns: dict, device, reps: int, target_s: float = 0.02) -> dict:
                 fn()
             _timing.sync(device)
             times[name].append((time.perf_counter() - t0) / inner[name])
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: min(t) for name, t in times.items()}
 
 
 def peak_mb(fn, device) -> float:
@@ -98,7 +102,8 @@ def peak_mb(fn, device) -> float:
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     # the raw allocation (+) and free (-) records, in time order (the per-op totals misplace the frees)
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    records = prof.profiler.kineto_results.events()
+    events = sorted((e.start_ns(), e.nbytes()) for e in records if e.name() == "[memory]")
     held = peak = 0
     for _, nbytes in events:
         held += nbytes
@@ -106,7 +111,7 @@ def peak_mb(fn, device) -> float:
     return peak / 2**20
 
 
-def measure(shape, device="cpu", reps=9, names=None):
+def measure(shape, device="cpu", reps=15, names=None):
     B, L, C, frame, hop = shape
     N = (L - frame) // hop + 1
     x, kernel, gy = inputs(*shape, device=device)
@@ -116,45 +121,99 @@ def measure(shape, device="cpu", reps=9, names=None):
     fwd = _interleaved({n: (lambda f=fs[n]: f(x, kernel)) for n in names}, device, reps)
     bwd = _interleaved({n: (lambda y=outs[n]: torch.autograd.grad(y, (x, kernel), gy, retain_graph=True))
                         for n in names}, device, reps)
-    both = _interleaved({n: (lambda f=fs[n]: torch.autograd.grad(f(x, kernel), (x, kernel), gy)) for n in names},
-                        device, reps)
+    both = _interleaved({n: (lambda f=fs[n]: torch.autograd.grad(f(x, kernel), (x, kernel), gy))
+                         for n in names}, device, reps)
     del outs
     rows = []
     unfolded_mb = B * N * frame * C * x.element_size() / 2**20
+    results_mb = (B * N * C + x.numel() + kernel.numel()) * x.element_size() / 2**20  # y, dx, dkernel
     for n in names:
         mem = peak_mb(lambda f=fs[n]: torch.autograd.grad(f(x, kernel), (x, kernel), gy), device)
         rows.append({
             "shape": shape_id(*shape), "provider": n,
             "fwd_ms": fwd[n] * 1e3, "bwd_ms": bwd[n] * 1e3, "fwd+bwd_ms": both[n] * 1e3,
-            "fwd_x": fwd["torch"] / fwd[n], "bwd_x": bwd["torch"] / bwd[n], "fwd+bwd_x": both["torch"] / both[n],
-            "peak_mb": mem, "unfolded_mb": unfolded_mb,
+            "fwd_x": fwd["torch"] / fwd[n], "bwd_x": bwd["torch"] / bwd[n],
+            "fwd+bwd_x": both["torch"] / both[n],
+            "peak_mb": mem, "results_mb": results_mb, "unfolded_mb": unfolded_mb,
         })
     return rows
 
 
+# max |error| / max(1, max |reference|) allowed per dtype in the correctness check
+CHECK_TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 6e-2}
+
+
+def check(device) -> list[dict]:
+    """The fused backend against the float64 reference (outputs, dx, dkernel, dbias), before any timing:
+    on a GPU this is the correctness half of the GPU check. Raises when an error exceeds CHECK_TOL."""
+    fused = providers_for(device)[-1]
+    dtypes = [torch.float64, torch.float32]
+    if torch.device(device).type == "cuda":
+        dtypes += [torch.float16, torch.bfloat16]
+    rows = []
+    for B, L, C, frame, hop in [(3, 50, 40, 3, 2), (2, 24, 33, 3, 3), (2, 11, 7, 2, 4), (4, 3, 300, 3, 2)]:
+        N = (L - frame) // hop + 1
+        for per_sample in (False, True):
+            g = torch.Generator().manual_seed(B * L + C)
+            x = torch.randn(B, L, C, generator=g, dtype=torch.float64)
+            k = torch.randn(*((B,) if per_sample else ()), N, frame, C, generator=g, dtype=torch.float64)
+            b = torch.randn(N, C, generator=g, dtype=torch.float64)
+            gy = torch.randn(B, N, C, generator=g, dtype=torch.float64)
+            want = _with_grads("reference", x, k, b, gy, frame, hop)
+            for dtype in dtypes:
+                got = _with_grads(fused, *(t.to(device, dtype) for t in (x, k, b, gy)), frame, hop)
+                err = max(float((a.double().cpu() - w).abs().max() / max(1.0, float(w.abs().max())))
+                          for a, w in zip(got, want, strict=True))
+                ok = err <= CHECK_TOL[dtype]
+                rows.append({"device": device, "backend": fused, "shape": shape_id(B, L, C, frame, hop),
+                             "kernel": "per-sample" if per_sample else "shared", "dtype": str(dtype)[6:],
+                             "max_rel_err": err, "ok": ok})
+    cols = ["device", "backend", "shape", "kernel", "dtype", "max_rel_err", "ok"]
+    print(_timing.markdown_table(rows, cols), end="\n\n")
+    bad = [r for r in rows if not r["ok"]]
+    if bad:
+        raise SystemExit(f"bench_dfc: {len(bad)} correctness check(s) failed: {bad}")
+    return rows
+
+
+def _with_grads(backend, x, k, b, gy, frame, hop):
+    x, k, b = (t.detach().requires_grad_() for t in (x, k, b))
+    y = dynamic_frame_conv(x, k, frame=frame, hop=hop, bias=b, backend=backend)
+    return (y.detach(), *torch.autograd.grad(y, (x, k, b), gy))
+
+
 COLUMNS = ["shape", "provider", "fwd_ms", "bwd_ms", "fwd+bwd_ms", "fwd_x", "bwd_x", "fwd+bwd_x", "peak_mb",
-           "unfolded_mb"]
+           "results_mb", "unfolded_mb"]
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny sizes, few repetitions (CI smoke)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cpu, then cuda when present)")
-    ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--check", action="store_true", help="only the correctness check against the reference")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU); default: torch's")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "dfc.json"))
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     shapes = QUICK_SHAPES if args.quick else SHAPES
     reps = 3 if args.quick else args.reps
+    checks = [r for device in devices for r in check(device)]
+    if args.check:
+        return checks
     rows = []
     for device in devices:
         for shape in shapes:
             rows += [{"device": device, **r} for r in measure(shape, device, reps)]
-    result = {"machine": _timing.machine(), "dtype": "float32", "kernel": "shared (N, frame, C)", "rows": rows}
+    result = {"machine": _timing.machine(), "dtype": "float32", "kernel": "shared (N, frame, C)",
+              "rows": rows, "checks": checks}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"machine: {result['machine']}")
-    print("float32, kernel shared by the batch; *_x = time of the `torch` (unfold) backend / time, same run\n")
+    print("float32, kernel shared by the batch; *_x = time of the `torch` (unfold) backend / time, "
+          "same run\n")
     print(_timing.markdown_table(rows, ["device"] + COLUMNS))
     return result
 

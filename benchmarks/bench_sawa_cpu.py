@@ -1,21 +1,31 @@
-"""SAWA on the CPU: the C++ kernel against what a user would write otherwise, in one run.
+"""SAWA on the CPU: the C++ kernel against what a user would write otherwise, interleaved in one run.
 
-    python benchmarks/bench_sawa_cpu.py            # paper shape + T sweep, writes benchmarks/results/sawa_cpu.json
-    python benchmarks/bench_sawa_cpu.py --quick    # tiny sizes (CI smoke)
+    python benchmarks/bench_sawa_cpu.py                # paper shape, writes benchmarks/results/sawa_cpu.json
+    python benchmarks/bench_sawa_cpu.py --quick        # tiny sizes (CI smoke)
+    python benchmarks/bench_sawa_cpu.py --threads 1    # torch.set_num_threads (recorded either way)
 
-Providers (float32, H=1, d=256, window 10, hop 5):
-  cpp / cpp-lv0    the C++ kernel, levels 2 / levels 0 (fixed window)
-  torch            the vectorized PyTorch backend
-  sdpa-window      scaled_dot_product_attention with a fixed-window boolean mask (L x T)
-  sdpa-full        dense scaled_dot_product_attention (global cross-attention)
-  reference        the readable loop (paper shape only)
-Times are medians (ms) of forward, backward (of a retained graph) and forward+backward; peak memory
-is the rise of the peak RSS of a fresh process running one forward+backward, beyond its inputs.
+Also the provider library of the SAWA suites (``test_bench_sawa.py``) and the scaling sweep (``sweep.py``).
+
+Providers (float32, window ω=10, hop 5; levels 2 unless named):
+  cpp / cpp-lv0    the C++ kernel, levels 2 / levels 0 (the fixed window)
+  torch            the vectorized PyTorch backend (levels 2)
+  reference        the readable loop (levels 2; slow: the suites time it once)
+  sdpa-window      dense scaled_dot_product_attention with a fixed-window boolean mask (key j in
+                   [i·hop, i·hop + ω)): what one writes by hand; its cost does not depend on ω
+  sdpa-full        dense scaled_dot_product_attention, no mask (global cross-attention)
+  flex-window      FlexAttention (torch.compile'd) with the same sliding window as a block mask;
+                   forward only (torch 2.13 has no FlexAttention backward on the CPU)
+Inputs: q is scaled by 0.08 so that the base-window weights are flat enough for all three levels to
+occur (the fractions are recorded). Times are medians of forward (grad enabled), backward (of a
+retained graph) and forward+backward, providers interleaved repetition by repetition; ratios are the
+baseline's time over cpp's from the same run. Peak memory: tensor allocations during one
+forward+backward (``_timing.tensor_peak_mb``, the profiler's allocation records).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -29,24 +39,55 @@ import _timing  # noqa: E402
 from mfdr_kernels import sliding_adaptive_window_attention as sawa  # noqa: E402
 
 WINDOW, HOP = 10, 5
+PAPER = dict(B=32, H=1, L=50, T=255, d=256)
+QUICK_PAPER = dict(B=2, H=1, L=10, T=55, d=16)
+PROVIDERS = ("cpp", "cpp-lv0", "torch", "reference", "sdpa-window", "sdpa-full", "flex-window")
+FORWARD_ONLY = ("flex-window",)
+BASELINES = ("torch", "sdpa-window", "sdpa-full", "flex-window", "reference")
 
 
-def inputs(B, L, T, d, seed=0, requires_grad=True):
+def shape_id(B, H, L, T, d):
+    return f"B{B}-H{H}-L{L}-T{T}-d{d}"
+
+
+def inputs(B, H, L, T, d, seed=0, requires_grad=True, dtype=torch.float32):
+    """q, k, v (B, H, L|T, d) and an upstream gradient ``do`` (B, H, L, d)."""
     g = torch.Generator().manual_seed(seed)
-    # q scaled down so that the base-window weights are flat enough for all three levels to occur
-    q = torch.randn(B, 1, L, d, generator=g) * 0.08
-    k = torch.randn(B, 1, T, d, generator=g)
-    v = torch.randn(B, 1, T, d, generator=g)
-    return [t.requires_grad_(requires_grad) for t in (q, k, v)]
+    q = torch.randn(B, H, L, d, generator=g) * 0.08  # flat base windows: levels 0, 1 and 2 all occur
+    k = torch.randn(B, H, T, d, generator=g)
+    v = torch.randn(B, H, T, d, generator=g)
+    do = torch.randn(B, H, L, d, generator=g)
+    q, k, v, do = (t.to(dtype) for t in (q, k, v, do))
+    return [t.requires_grad_(requires_grad) for t in (q, k, v)] + [do]
 
 
 def window_mask(L, T):
+    """(L, T) bool: key j takes part in query i's attention iff i·hop <= j < i·hop + ω."""
     i = torch.arange(L)[:, None]
     j = torch.arange(T)[None, :]
     return (j >= i * HOP) & (j < i * HOP + WINDOW)
 
 
+def _window_mod(b, h, q_idx, kv_idx):
+    return (kv_idx >= q_idx * HOP) & (kv_idx < q_idx * HOP + WINDOW)
+
+
+@functools.cache
+def _flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+@functools.cache
+def _block_mask(L, T):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return create_block_mask(_window_mod, None, None, L, T, device="cpu")
+
+
 def provider(name, L, T):
+    """A callable ``f(q, k, v) -> out`` for provider ``name`` at L queries and T keys."""
     if name in ("cpp", "torch", "reference"):
         return lambda q, k, v: sawa(q, k, v, window=WINDOW, hop=HOP, levels=2, backend=name)
     if name == "cpp-lv0":
@@ -56,76 +97,78 @@ def provider(name, L, T):
         return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     if name == "sdpa-full":
         return lambda q, k, v: F.scaled_dot_product_attention(q, k, v)
-    raise ValueError(name)
+    if name == "flex-window":
+        flex, mask = _flex(), _block_mask(L, T)
+        return lambda q, k, v: flex(q.detach(), k.detach(), v.detach(), block_mask=mask)
+    raise ValueError(f"unknown provider {name!r}; known: {PROVIDERS}")
 
 
-def time_provider(name, B, L, T, d, reps):
-    q, k, v = inputs(B, L, T, d)
-    f = provider(name, L, T)
-    do = torch.randn(B, 1, L, d)
-    fwd = _timing.median_time(lambda: f(q, k, v), reps=reps, warmup=1)
-    out = f(q, k, v)
-    bwd = _timing.median_time(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True), reps=reps,
-                              warmup=1)
-    both = _timing.median_time(lambda: torch.autograd.grad(f(q, k, v), (q, k, v), do), reps=reps, warmup=1)
-    return {"fwd_ms": fwd * 1e3, "bwd_ms": bwd * 1e3, "fwd+bwd_ms": both * 1e3}
+def closures(name, q, k, v, do):
+    """``{"fwd", "bwd", "fwd+bwd"}`` closures of one provider (``bwd`` uses a retained graph);
+    forward-only providers get ``fwd`` alone."""
+    f = provider(name, q.shape[2], k.shape[2])
+    out = {"fwd": lambda: f(q, k, v)}
+    if name in FORWARD_ONLY:
+        return out
+    y = f(q, k, v)
+    out["bwd"] = lambda: torch.autograd.grad(y, (q, k, v), do, retain_graph=True)
+    out["fwd+bwd"] = lambda: torch.autograd.grad(f(q, k, v), (q, k, v), do)
+    return out
 
 
-def probe(name, B, L, T, d):
-    """Runs in a fresh process: peak RSS rise of one forward+backward beyond the inputs."""
-    q, k, v = inputs(B, L, T, d)
-    f = provider(name, L, T)
-    do = torch.randn(B, 1, L, d)
-    base = _timing.peak_rss_mb()
-    torch.autograd.grad(f(q, k, v), (q, k, v), do)
-    print(json.dumps({"peak_mb": _timing.peak_rss_mb() - base}))
-
-
-def levels_present(B, L, T, d):
-    q, k, v = inputs(B, L, T, d, requires_grad=False)
+def levels_present(B, H, L, T, d):
+    """Fraction of (b, h, i) rows at level 0, 1, 2 for these inputs (cpp backend, levels 2)."""
+    q, k, v, _ = inputs(B, H, L, T, d, requires_grad=False)
     _, level = sawa(q, k, v, window=WINDOW, hop=HOP, levels=2, backend="cpp", return_level=True)
     return [round(float((level == i).float().mean()), 3) for i in range(3)]
 
 
+def measure(shape: dict, names, reps: int) -> list[dict]:
+    """Interleaved medians (ms) of each mode of each provider at one shape, plus tensor peak memory."""
+    q, k, v, do = inputs(**shape)
+    fns = {n: closures(n, q, k, v, do) for n in names}
+    times = {}
+    for mode in ("fwd", "bwd", "fwd+bwd"):
+        times[mode] = _timing.interleaved({n: c[mode] for n, c in fns.items() if mode in c}, reps=reps)
+    rows = []
+    for n in names:
+        last = "fwd+bwd" if "fwd+bwd" in fns[n] else "fwd"
+        row = {"shape": shape_id(**shape), "provider": n}
+        for mode in ("fwd", "bwd", "fwd+bwd"):
+            if n in times[mode]:
+                row[f"{mode}_ms"] = times[mode][n]["median"] * 1e3
+                row[f"{mode}_x"] = times[mode][n]["median"] / times[mode]["cpp"]["median"]
+        row["peak_mb"] = _timing.tensor_peak_mb(fns[n][last])
+        row["peak_of"] = last
+        rows.append(row)
+    return rows
+
+
+COLUMNS = ["shape", "provider", "fwd_ms", "bwd_ms", "fwd+bwd_ms", "fwd_x", "bwd_x", "fwd+bwd_x", "peak_mb",
+           "peak_of"]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny sizes, one repetition (CI smoke)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, two repetitions (CI smoke)")
+    ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--no-flex", action="store_true", help="leave out FlexAttention (its compile takes ~20 s)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sawa_cpu.json"))
-    ap.add_argument("--probe", nargs=5, metavar=("PROVIDER", "B", "L", "T", "D"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.probe:
-        name, *dims = args.probe
-        return probe(name, *map(int, dims))
-
-    reps = 1 if args.quick else 7
-    paper = dict(B=4, L=50, T=255, d=32) if args.quick else dict(B=32, L=50, T=255, d=256)
-    sweep_T = [256, 512] if args.quick else [1024, 2048, 4096, 8192, 16384]
-    sweep_B, d = (2, 32) if args.quick else (4, 256)
-    rows = []
-
-    names = ["cpp", "cpp-lv0", "torch", "sdpa-window", "sdpa-full", "reference"]
-    for name in names:
-        r = time_provider(name, paper["B"], paper["L"], paper["T"], paper["d"], 1 if name == "reference" else reps)
-        rows.append({"shape": "paper", "provider": name, **paper, **r})
-    for T in sweep_T:
-        L = T // 5
-        for name in ["cpp", "cpp-lv0", "torch", "sdpa-window"]:
-            r = time_provider(name, sweep_B, L, T, d, reps if T <= 4096 or name.startswith("cpp") else 1)
-            mem = _timing.run_isolated([__file__, "--probe", name, str(sweep_B), str(L), str(T), str(d)])
-            rows.append({"shape": "sweep", "provider": name, "B": sweep_B, "L": L, "T": T, "d": d, **r,
-                         "peak_mb": mem.get("peak_mb", mem.get("error"))})
-
-    base = {r["provider"]: r for r in rows if r["shape"] == "paper"}
-    for r in rows:
-        if r["shape"] == "paper":
-            r["speedup_vs_cpp"] = r["fwd+bwd_ms"] / base["cpp"]["fwd+bwd_ms"]
-    result = {"machine": _timing.machine(), "levels_fraction_paper_shape": levels_present(**paper), "rows": rows}
+    threads = _timing.set_threads(args.threads)
+    shape = QUICK_PAPER if args.quick else PAPER
+    names = [n for n in PROVIDERS if n != "reference" and not (args.no_flex and n == "flex-window")]
+    rows = measure(shape, names, 2 if args.quick else args.reps)
+    result = {"machine": _timing.machine(), "threads": threads, "dtype": "float32", "window": WINDOW, "hop": HOP,
+              "levels_fraction": levels_present(**shape), "shape": shape, "reps": 2 if args.quick else args.reps,
+              "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"machine: {result['machine']}")
-    print(f"fraction of windows at level 0/1/2 (paper shape): {result['levels_fraction_paper_shape']}")
-    cols = ["shape", "provider", "B", "L", "T", "d", "fwd_ms", "bwd_ms", "fwd+bwd_ms", "speedup_vs_cpp", "peak_mb"]
-    print(_timing.markdown_table(rows, cols))
+    print(f"fraction of rows at level 0/1/2: {result['levels_fraction']}")
+    print("*_x = provider time / cpp time, same run (interleaved)\n")
+    print(_timing.markdown_table(rows, COLUMNS))
     return result
 
 

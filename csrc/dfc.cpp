@@ -6,8 +6,9 @@
 // in place: the unfolded (B, N, f, C) tensor is never built. Channels are innermost and contiguous
 // in every tensor, so each inner loop is a unit-stride `omp simd` loop over channels.
 //
-// Forward     grid: at::parallel_for over the B*N output rows; a row is f channel-axpys.
-// Backward dx grid: over (b, block of LB rows of x). Row l gets a term from every frame n whose
+// Forward     grid: at::parallel_for over (block of frames, chunk of samples); an output row is f
+//             channel-axpys. Samples loop inside a task, so a shared kernel block is read from cache.
+// Backward dx grid: over (block of LB rows of x, chunk of samples). Row l gets a term from every frame n whose
 //             rows [n*hop, n*hop + f) hold it (several when hop < f; none in the gaps when hop > f).
 //             The block owns its rows and scatters the frames that touch them into them: no atomics,
 //             no races, deterministic.
@@ -28,6 +29,8 @@ namespace mfdr {
 namespace {
 
 constexpr int64_t kRowBlock = 64;       // LB: rows of x per dx task
+constexpr int64_t kFrameBlock = 16;     // frames per forward task
+constexpr int64_t kBatchChunk = 8;      // samples per forward / dx task
 constexpr int64_t kChannelBlock = 128;  // CB: channels per dK task
 constexpr int64_t kGrainWork = 1 << 15;  // elements of work below which a range is not split further
 
@@ -44,40 +47,53 @@ inline void axpy(const T* a, const T* b, T* y, int64_t n) {  // y += a * b (elem
 
 template <typename T>
 void forward_kernel(const T* x, const T* k, const T* bias, int64_t bias_dim, T* y, const Dims& d) {
-  const int64_t grain = std::max<int64_t>(1, kGrainWork / std::max<int64_t>(1, d.f * d.C));
-  at::parallel_for(0, d.B * d.N, grain, [&](int64_t begin, int64_t end) {
+  // task = (block of kFrameBlock frames, chunk of kBatchChunk samples): the samples of a chunk reuse
+  // the block's kernel rows from cache instead of streaming the whole kernel once per sample.
+  const int64_t nnb = (d.N + kFrameBlock - 1) / kFrameBlock, nbc = (d.B + kBatchChunk - 1) / kBatchChunk;
+  const int64_t task_work = std::min(kBatchChunk, d.B) * std::min(kFrameBlock, d.N) * d.f * d.C;
+  const int64_t grain = std::max<int64_t>(1, kGrainWork / std::max<int64_t>(1, task_work));
+  at::parallel_for(0, nnb * nbc, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / d.N, n = r % d.N;
-      const T* kn = k + ((d.per_sample ? b * d.N : 0) + n) * d.f * d.C;  // (f, C)
-      const T* xn = x + (b * d.L + n * d.hop) * d.C;                     // frame n: rows n*hop ...
-      T* yr = y + r * d.C;
-      if (bias_dim == 0)
-        std::fill(yr, yr + d.C, T(0));
-      else
-        std::memcpy(yr, bias + (bias_dim == 2 ? n * d.C : 0), sizeof(T) * d.C);
-      for (int64_t j = 0; j < d.f; ++j) axpy<T>(kn + j * d.C, xn + j * d.C, yr, d.C);
+      const int64_t n0 = (r / nbc) * kFrameBlock, n1 = std::min(n0 + kFrameBlock, d.N);
+      const int64_t b0 = (r % nbc) * kBatchChunk, b1 = std::min(b0 + kBatchChunk, d.B);
+      for (int64_t b = b0; b < b1; ++b) {
+        for (int64_t n = n0; n < n1; ++n) {
+          const T* kn = k + ((d.per_sample ? b * d.N : 0) + n) * d.f * d.C;  // (f, C)
+          const T* xn = x + (b * d.L + n * d.hop) * d.C;                     // frame n: rows n*hop ...
+          T* yr = y + (b * d.N + n) * d.C;
+          if (bias_dim == 0)
+            std::fill(yr, yr + d.C, T(0));
+          else
+            std::memcpy(yr, bias + (bias_dim == 2 ? n * d.C : 0), sizeof(T) * d.C);
+          for (int64_t j = 0; j < d.f; ++j) axpy<T>(kn + j * d.C, xn + j * d.C, yr, d.C);
+        }
+      }
     }
   });
 }
 
 template <typename T>
 void backward_dx_kernel(const T* gy, const T* k, T* dx, const Dims& d) {
-  const int64_t nlb = (d.L + kRowBlock - 1) / kRowBlock;
-  const int64_t task_work = std::min(kRowBlock, d.L) * d.C * ((d.f + d.hop - 1) / d.hop);
+  // task = (block of kRowBlock rows of x, chunk of kBatchChunk samples), kernel rows reused as above
+  const int64_t nlb = (d.L + kRowBlock - 1) / kRowBlock, nbc = (d.B + kBatchChunk - 1) / kBatchChunk;
+  const int64_t task_work = std::min(kBatchChunk, d.B) * std::min(kRowBlock, d.L) * d.C * ((d.f + d.hop - 1) / d.hop);
   const int64_t grain = std::max<int64_t>(1, kGrainWork / std::max<int64_t>(1, task_work));
-  at::parallel_for(0, d.B * nlb, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, nlb * nbc, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / nlb, l0 = (r % nlb) * kRowBlock, l1 = std::min(l0 + kRowBlock, d.L);
-      std::fill(dx + (b * d.L + l0) * d.C, dx + (b * d.L + l1) * d.C, T(0));
+      const int64_t l0 = (r / nbc) * kRowBlock, l1 = std::min(l0 + kRowBlock, d.L);
+      const int64_t b0 = (r % nbc) * kBatchChunk, b1 = std::min(b0 + kBatchChunk, d.B);
       // frames n with [n*hop, n*hop + f) meeting [l0, l1): n*hop > l0 - f and n*hop < l1
       const int64_t lo = l0 - d.f + 1;
       const int64_t n0 = lo <= 0 ? 0 : (lo + d.hop - 1) / d.hop;
       const int64_t n1 = std::min(d.N, (l1 - 1) / d.hop + 1);
-      for (int64_t n = n0; n < n1; ++n) {
-        const T* g = gy + (b * d.N + n) * d.C;
-        const T* kn = k + ((d.per_sample ? b * d.N : 0) + n) * d.f * d.C;
-        const int64_t j0 = std::max<int64_t>(0, l0 - n * d.hop), j1 = std::min(d.f, l1 - n * d.hop);
-        for (int64_t j = j0; j < j1; ++j) axpy<T>(g, kn + j * d.C, dx + (b * d.L + n * d.hop + j) * d.C, d.C);
+      for (int64_t b = b0; b < b1; ++b) {
+        std::fill(dx + (b * d.L + l0) * d.C, dx + (b * d.L + l1) * d.C, T(0));
+        for (int64_t n = n0; n < n1; ++n) {
+          const T* g = gy + (b * d.N + n) * d.C;
+          const T* kn = k + ((d.per_sample ? b * d.N : 0) + n) * d.f * d.C;
+          const int64_t j0 = std::max<int64_t>(0, l0 - n * d.hop), j1 = std::min(d.f, l1 - n * d.hop);
+          for (int64_t j = j0; j < j1; ++j) axpy<T>(g, kn + j * d.C, dx + (b * d.L + n * d.hop + j) * d.C, d.C);
+        }
       }
     }
   });

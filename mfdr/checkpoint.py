@@ -88,7 +88,8 @@ def load_checkpoint(path) -> dict:
     digest, data = raw[len(MAGIC): head - 1].decode("ascii", "replace"), raw[head:]
     if hashlib.sha256(data).hexdigest() != digest:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({len(raw)} bytes; its sha256 "
-                              "does not match the header). Delete it to restart that fold, or restore a copy.")
+                              "does not match the header). Delete it to restart that fold, or restore a "
+                              "copy.")
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing here

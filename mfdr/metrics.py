@@ -163,3 +163,61 @@ def scalar_metrics(metrics: dict) -> dict[str, float]:
     """The float entries of a metrics dict (drops ``confusion`` and ``labels``)."""
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating))
             and not isinstance(v, bool)}
+
+
+# ---------------------------------------------------------------------- cross-validation tables
+PERCENT = frozenset({"wa", "ua", "macro_f1", "weighted_f1", "acc7", "acc5", "has0_acc2", "has0_f1",
+                     "non0_acc2", "non0_f1"})
+NAMES = {"wa": "WA", "ua": "UA", "macro_f1": "macro F1", "weighted_f1": "weighted F1", "acc7": "Acc7",
+         "acc5": "Acc5", "has0_acc2": "Has0 Acc2", "has0_f1": "Has0 F1", "non0_acc2": "Non0 Acc2",
+         "non0_f1": "Non0 F1", "mae": "MAE", "corr": "Corr"}
+
+
+def summarize_folds(results: list[dict], *, task: str, protocol: str = "", select: str = "",
+                    pooled: dict | None = None) -> dict:
+    """Mean and sample standard deviation (ddof=1; 0 for one fold) over folds of each test metric.
+
+    ``results``: one dict per fold with ``"test"`` metrics (and ``fold``, ``test_groups``, ``n_test``,
+    ``best_epoch``). ``pooled``: the metrics of all folds' test predictions together, if known.
+    """
+    if not results:
+        raise ValueError("summarize_folds: no fold results")
+    keys = [k for k in NAMES if k in results[0]["test"]]
+    mean, std = {}, {}
+    for k in keys:
+        vals = np.array([np.nan if r["test"][k] is None else r["test"][k] for r in results], dtype=np.float64)
+        mean[k] = float(np.mean(vals))
+        std[k] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    return {"task": task, "protocol": protocol, "select": select, "metrics": keys, "folds": results,
+            "mean": mean, "std": std, "pooled": pooled}
+
+
+def fmt(key: str, value, std=None) -> str:
+    """Accuracies and F1 in % with 2 decimals, MAE and Corr with 4; ``–`` for NaN/None."""
+    if value is None or not np.isfinite(value):
+        return "–"
+    scale, digits = (100.0, 2) if key in PERCENT else (1.0, 4)
+    text = f"{value * scale:.{digits}f}"
+    return text if std is None or not np.isfinite(std) else f"{text} ± {std * scale:.{digits}f}"
+
+
+def results_markdown(summary: dict, title: str = "Results") -> str:
+    """A Markdown table: one row per fold, mean ± std, and the pooled predictions."""
+    keys = summary["metrics"]
+    unit = " Accuracies and F1 in %." if any(k in PERCENT for k in keys) else ""
+    lines = [f"## {title}", "",
+             f"Protocol `{summary['protocol']}`; best epoch by validation `{summary['select']}`; "
+             f"mean ± sample std over folds; pooled: all test predictions together.{unit}", "",
+             "| fold | test | n | best epoch | " + " | ".join(NAMES[k] for k in keys) + " |",
+             "|---|---|---:|---:|" + "---:|" * len(keys)]
+    for r in summary["folds"]:
+        groups = ", ".join(map(str, r.get("test_groups", [])))
+        lines.append(f"| {r['fold']} | {groups} | {r['n_test']} | {r['best_epoch']} | "
+                     + " | ".join(fmt(k, r["test"][k]) for k in keys) + " |")
+    n = sum(r["n_test"] for r in summary["folds"])
+    lines.append("| **mean ± std** | | | | "
+                 + " | ".join(fmt(k, summary["mean"][k], summary["std"][k]) for k in keys) + " |")
+    if summary.get("pooled"):
+        pooled = " | ".join(fmt(k, summary["pooled"].get(k)) for k in keys)
+        lines.append(f"| pooled | | {n} | | {pooled} |")
+    return "\n".join(lines) + "\n"

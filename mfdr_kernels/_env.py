@@ -12,6 +12,7 @@
 | ``MFDR_KERNELS_PORTABLE_BUILD`` | ``1``: compile the C++ kernels without ``-march=native`` (for a binary that moves between machines); read by ``setup.py`` too | ``0`` |
 | ``MFDR_SKIP_BUILD`` | ``1``: ``setup.py`` installs the Python packages only (the extension then builds on first use) | ``0`` |
 | ``MAX_JOBS`` | parallel compile jobs for ``setup.py`` / the on-first-use build (torch's own flag) | torch's choice |
+| ``MFDR_BENCH_QUICK`` | ``1``: the benchmark suites (``benchmarks/``) use tiny sizes and one round (CI smoke) | ``0`` |
 
 Values are read when asked for (functions, not constants), so tests can monkeypatch ``os.environ``.
 """
@@ -78,3 +79,8 @@ def check_finite() -> bool:
 
 def hypothesis_profile() -> str:
     return os.environ.get("MFDR_HYPOTHESIS_PROFILE", "ci").strip() or "ci"
+
+
+def bench_quick() -> bool:
+    """``MFDR_BENCH_QUICK``: the benchmark suites run tiny sizes, one round (CI keeps them from rotting)."""
+    return _flag("MFDR_BENCH_QUICK")

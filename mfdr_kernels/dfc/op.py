@@ -27,7 +27,9 @@ def _can_run_triton(x, *rest):
     why = _backends.can_run_triton(x, *rest)
     if why:
         return why
-    ok = (torch.float16, torch.bfloat16, torch.float32, torch.float64) if x.is_cuda else (torch.float32, torch.float64)
+    ok = (torch.float32, torch.float64)
+    if x.is_cuda:
+        ok = (torch.float16, torch.bfloat16) + ok
     if x.dtype not in ok:
         return f"the triton backend on {x.device.type} takes {ok}, got {x.dtype}"
     return None
@@ -104,16 +106,18 @@ def _check(x, kernel, bias, frame, hop):
     hop = _checks.positive_int("hop", hop)
     B, L, C = x.shape
     if L < frame:
-        raise ValueError(f"x must have at least frame = {frame} rows (dim 1 of (B, L, C)), got shape {tuple(x.shape)}")
+        raise ValueError(f"x must have at least frame = {frame} rows (dim 1 of (B, L, C)), "
+                         f"got shape {tuple(x.shape)}")
     N = num_frames(L, frame, hop)
     if kernel.shape[-1] != C:
-        raise ValueError(f"kernel must have C = {C} channels (last dim) like x, got shape {tuple(kernel.shape)}")
+        raise ValueError(f"kernel must have C = {C} channels (last dim) like x, "
+                         f"got shape {tuple(kernel.shape)}")
     want = (N, frame, C) if kernel.dim() == 3 else (B, N, frame, C)
     if tuple(kernel.shape) != want:
         form = "(N, frame, C)" if kernel.dim() == 3 else "(B, N, frame, C)"
         raise ValueError(
-            f"kernel must have shape {form} = {want} for x of shape {tuple(x.shape)}, frame={frame}, hop={hop} "
-            f"(N = (L - frame) // hop + 1 = {N}), got {tuple(kernel.shape)}")
+            f"kernel must have shape {form} = {want} for x of shape {tuple(x.shape)}, frame={frame}, "
+            f"hop={hop} (N = (L - frame) // hop + 1 = {N}), got {tuple(kernel.shape)}")
     if bias is not None and tuple(bias.shape) not in ((C,), (N, C)):
         raise ValueError(f"bias must have shape (C,) = {(C,)} or (N, C) = {(N, C)}, got {tuple(bias.shape)}")
     return frame, hop
@@ -148,5 +152,5 @@ def dynamic_frame_conv(
     name = _backends.choose("dynamic_frame_conv", backend, CHECKS, (x, kernel))
     if name == "reference":
         return reference.dfc_reference(x, kernel, bias, frame=frame, hop=hop)
-    return dfc_forward(x.contiguous(), kernel.contiguous(), None if bias is None else bias.contiguous(), frame, hop,
-                       name)
+    bias = None if bias is None else bias.contiguous()
+    return dfc_forward(x.contiguous(), kernel.contiguous(), bias, frame, hop, name)

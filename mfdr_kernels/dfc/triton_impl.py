@@ -31,8 +31,8 @@ from .. import _env
 @triton.jit(do_not_specialize=["N", "L"])
 def _dfc_forward_kernel(
     x, k, bias, y, N, L, C,
-    HOP: tl.constexpr, FRAME: tl.constexpr, PER_SAMPLE: tl.constexpr, BIAS_DIM: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    HOP: tl.constexpr, FRAME: tl.constexpr, PER_SAMPLE: tl.constexpr, BIAS_DIM: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Grid: (B, cdiv(N, BLOCK_N), cdiv(C, BLOCK_C)). Each program writes a [BLOCK_N, BLOCK_C] tile of y."""
     i_b, i_n, i_c = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
@@ -137,7 +137,8 @@ def _launch(name, kernel, rows_key, grid_fn, n_rows, C, args, consts, device):
     """Runs ``kernel``: autotuned on CUDA, else (interpreter) with one small block configuration."""
     if device.type == "cuda" and not _env.triton_interpret():
         if name not in _tuned:
-            _tuned[name] = triton.autotune(_cuda_configs(rows_key), key=["C", "HOP", "FRAME", "PER_SAMPLE"])(kernel)
+            key = ["C", "HOP", "FRAME", "PER_SAMPLE"]
+            _tuned[name] = triton.autotune(_cuda_configs(rows_key), key=key)(kernel)
         _tuned[name][lambda meta: grid_fn(meta[rows_key], meta["BLOCK_C"])](*args, **consts)
         return
     br = min(16, triton.next_power_of_2(max(n_rows, 1)))

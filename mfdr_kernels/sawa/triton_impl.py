@@ -11,13 +11,15 @@ Scores, softmaxes and sums accumulate in fp32 (fp64 for fp64 inputs).
     ring r  slot t -> frame s - r·ω/2 + t             (t <  ω/2)         left half-window of S_r
                      frame s + ω + (r-1)·ω/2 + t - ω/2 (t >= ω/2)        right half-window of S_r
 
-A ring is a ``[BLOCK_Q, RW]`` tile of frame indices; its keys are a gathered ``[BLOCK_Q, RW, BLOCK_D]``
-load and its scores ``tl.sum(q[:, None, :] * k, axis=2)`` over ``BLOCK_D`` chunks of the head dim.
-We gather per query instead of loading the block's contiguous span ``[s_first - ω, s_last + 2ω)`` and
-masking a band of ``tl.dot`` scores, because ``window_starts`` are arbitrary non-decreasing frames:
-a block's span is unbounded (a jump in the starts), the per-query span is always 3ω. The span's
-overlapping frames are re-read from L1/L2, not from DRAM. Nothing of size ``L×T`` and no re-windowed
-K exists; the forward allocates only ``out`` and ``level``.
+A ring's scores and weights are ``[BLOCK_Q, RW]`` tensors. Its keys are read by a loop over its slots,
+``SB`` at a time: each step gathers the rows ``k[s_i + o_t]`` of the block's queries as one
+``[BLOCK_Q, SB, d]`` tile (whole contiguous rows: vectorized loads) and reduces it against q, held in
+registers: ``tl.sum(q[:, None, :] * k, axis=2)``. The output and the gradients are the same loop with
+``acc += w[:, t] * v[s_i + o_t]``. We gather per query instead of loading the block's contiguous span
+``[s_first - ω, s_last + 2ω)`` and masking a band of ``tl.dot`` scores because ``window_starts`` are
+arbitrary non-decreasing frames: a block's span is unbounded (a jump in the starts), a query's is 3ω.
+Overlapping spans re-read frames from L1/L2, not from DRAM. Nothing of size ``L×T`` and no
+re-windowed K exists; the forward allocates only ``out`` and ``level``.
 
 **Lazy expansion.** The forward computes ring 0, its softmax and key-point count, decides level 1 per
 row (``tl.where``), then gathers ring 1 *only for the rows that expanded* (masked loads move no bytes;
@@ -28,7 +30,7 @@ read only for the active frames. ``force_level`` replaces the decisions.
 ``ds_j = w_j (dL/dw_j - Σ_seg w dL/dw) · scale`` and ``dq``. dk/dv then come from one of:
 
 - ``"blocks"`` (default): pass 1 stores the weights P and the score gradients DS per slot,
-  ``(B·H, L, 3, RW)`` in fp32 (12·RW bytes per query, less than one fp16 row of q at d ≥ 32);
+  ``(B·H, L, 3, RW)`` in fp32 (24·RW bytes per query: 384 B at ω = 10, q's row at d = 192 in fp16);
   pass 2, one program per (key block of ``BLOCK_K`` frames, batch·head), sums
   ``dk = DSᵀ q`` and ``dv = Pᵀ do`` with ``tl.dot`` over the queries whose span holds the block.
   Starts are non-decreasing (the op validates it; padded entries are ``T``), so those queries are a
@@ -36,8 +38,9 @@ read only for the active frames. ``force_level`` replaces the decisions.
 - ``"atomic"``: pass 1 adds ``ds·q`` and ``w·do`` into fp32 dk/dv buffers with ``tl.atomic_add``.
 
 "blocks" is the default: it is deterministic, needs no fp32 copies of dk/dv (8·T·d bytes per head in
-the atomic flavour, plus a cast), does dk/dv on tensor cores (``tl.dot``) instead of 3ω scattered
-atomic rows per query, and each frame receives ~3ω/hop contributions, which atomics would serialize.
+the atomic flavour, plus a cast), does dk/dv on tensor cores (``tl.dot``; fp16/bf16 operands with fp32
+accumulation, as flash-attention's backward) instead of 3ω scattered atomic rows per query, and each
+frame receives ~3ω/hop contributions, which atomics would serialize.
 The choice is by reasoning, not yet by measurement: ``benchmarks/gpu_check.py`` times both on a GPU.
 
 **Tuning.** ``triton.autotune`` over a few configs on CUDA; a single config under the interpreter.
@@ -81,49 +84,64 @@ def _ring(s, rows, k_len, R: tl.constexpr, W: tl.constexpr, HALF: tl.constexpr, 
 
 
 @triton.jit
+def _slots(s, rows, k_len, t0, R: tl.constexpr, W: tl.constexpr, HALF: tl.constexpr, SB: tl.constexpr):
+    """Slots ``t = t0 + [0, SB)`` of ring R: ``t [SB]``, frames ``[BQ, SB]`` and which of them exist."""
+    t = t0 + tl.arange(0, SB)
+    f = s[:, None] + _offset(t, R, W, HALF)[None, :]
+    return t, f, rows[:, None] & (t < W)[None, :] & (f >= 0) & (f < k_len)
+
+
+@triton.jit
+def _gather(b_base, f, ok, E: tl.constexpr, EP: tl.constexpr):
+    """``[BQ, SB, EP]``: rows ``f`` of a (T, E) matrix (the keys/values by index), 0 where not ``ok``."""
+    e = tl.arange(0, EP)
+    mask = ok[:, :, None] & (e < E)[None, None, :]
+    return tl.load(b_base + f[:, :, None] * E + e[None, None, :], mask=mask, other=0)
+
+
+@triton.jit
+def _columns(c, t, RW: tl.constexpr):
+    """``[BQ, SB]``: the columns ``t [SB]`` of ``c [BQ, RW]``."""
+    tid = tl.arange(0, RW)
+    return tl.sum(tl.where(tid[None, None, :] == t[None, :, None], c[:, None, :], 0), axis=2)
+
+
+@triton.jit
 def _ring_dots(a, b_base, s, rows, k_len, R: tl.constexpr, W: tl.constexpr, HALF: tl.constexpr,
-               RW: tl.constexpr, E: tl.constexpr, EP: tl.constexpr, ACC: tl.constexpr):
+               RW: tl.constexpr, E: tl.constexpr, EP: tl.constexpr, ACC: tl.constexpr, SB: tl.constexpr):
     """``[BQ, RW]``: <a_i, b_{s_i + o_t}> for the slots t of ring R (0 off ``rows`` and missing frames).
 
-    ``a [BQ, EP]`` in registers; each slot is one gathered ``[BQ, EP]`` load of contiguous rows of b.
+    ``a [BQ, EP]`` stays in registers; SB slots per step, each a gathered ``[BQ, SB, EP]`` load.
     """
     x = tl.zeros([a.shape[0], RW], ACC)
     tid = tl.arange(0, RW)
-    e = tl.arange(0, EP)
-    for t in range(0, W):
-        f = s + _offset(t, R, W, HALF)  # [BQ] frames
-        ok = rows & (f >= 0) & (f < k_len)
-        b = tl.load(b_base + f[:, None] * E + e[None, :], mask=ok[:, None] & (e < E)[None, :], other=0)
-        x = tl.where(tid[None, :] == t, tl.sum(a * b.to(ACC), axis=1)[:, None], x)  # column t
+    for t0 in range(0, W, SB):
+        t, f, ok = _slots(s, rows, k_len, t0, R, W, HALF, SB)
+        xc = tl.sum(a[:, None, :] * _gather(b_base, f, ok, E, EP).to(ACC), axis=2)  # [BQ, SB]
+        x += tl.sum(tl.where(tid[None, None, :] == t[None, :, None], xc[:, :, None], 0), axis=1)  # columns t
     return x
 
 
 @triton.jit
 def _ring_combine(acc, c, b_base, s, rows, k_len, R: tl.constexpr, W: tl.constexpr, HALF: tl.constexpr,
-                  RW: tl.constexpr, E: tl.constexpr, EP: tl.constexpr, ACC: tl.constexpr):
+                  RW: tl.constexpr, E: tl.constexpr, EP: tl.constexpr, ACC: tl.constexpr, SB: tl.constexpr):
     """``acc [BQ, EP] + Σ_t c[:, t] b_{s + o_t}`` over the slots t of ring R."""
-    tid = tl.arange(0, RW)
-    e = tl.arange(0, EP)
-    for t in range(0, W):
-        f = s + _offset(t, R, W, HALF)
-        ok = rows & (f >= 0) & (f < k_len)
-        b = tl.load(b_base + f[:, None] * E + e[None, :], mask=ok[:, None] & (e < E)[None, :], other=0)
-        ct = tl.sum(tl.where(tid[None, :] == t, c, 0), axis=1)  # [BQ] column t of c
-        acc += ct[:, None] * b.to(ACC)
+    for t0 in range(0, W, SB):
+        t, f, ok = _slots(s, rows, k_len, t0, R, W, HALF, SB)
+        acc += tl.sum(_columns(c, t, RW)[:, :, None] * _gather(b_base, f, ok, E, EP).to(ACC), axis=1)
     return acc
 
 
 @triton.jit
 def _ring_scatter(dst_base, c, a, s, rows, k_len, R: tl.constexpr, W: tl.constexpr, HALF: tl.constexpr,
-                  RW: tl.constexpr, E: tl.constexpr, EP: tl.constexpr):
+                  RW: tl.constexpr, E: tl.constexpr, EP: tl.constexpr, SB: tl.constexpr):
     """Atomic flavour: ``dst_{s_i + o_t} += c[i, t] a_i`` over the slots t of ring R."""
-    tid = tl.arange(0, RW)
     e = tl.arange(0, EP)
-    for t in range(0, W):
-        f = s + _offset(t, R, W, HALF)
-        ok = rows & (f >= 0) & (f < k_len)
-        ct = tl.sum(tl.where(tid[None, :] == t, c, 0), axis=1)
-        tl.atomic_add(dst_base + f[:, None] * E + e[None, :], ct[:, None] * a, mask=ok[:, None] & (e < E)[None, :])
+    for t0 in range(0, W, SB):
+        t, f, ok = _slots(s, rows, k_len, t0, R, W, HALF, SB)
+        val = _columns(c, t, RW)[:, :, None] * a[:, None, :]  # [BQ, SB, EP]
+        mask = ok[:, :, None] & (e < E)[None, None, :]
+        tl.atomic_add(dst_base + f[:, :, None] * E + e[None, None, :], val, mask=mask)
 
 
 @triton.jit
@@ -184,7 +202,8 @@ def _rows(q_lens_ptr, k_lens_ptr, starts_ptr, bh, H, L, BLOCK_Q: tl.constexpr):
 def _load_rows(base, row, rows, E: tl.constexpr, EP: tl.constexpr, ACC: tl.constexpr):
     """``[BQ, EP]`` rows ``row`` of a (·, E) matrix, 0 off the mask ``rows`` and past E."""
     e = tl.arange(0, EP)
-    return tl.load(base + row[:, None] * E + e[None, :], mask=rows[:, None] & (e < E)[None, :], other=0).to(ACC)
+    mask = rows[:, None] & (e < E)[None, :]
+    return tl.load(base + row[:, None] * E + e[None, :], mask=mask, other=0).to(ACC)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -197,9 +216,9 @@ def _sawa_fwd_kernel(
     T, L, H,
     W: tl.constexpr, HALF: tl.constexpr, RW: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
     DV: tl.constexpr, DVP: tl.constexpr, LEVELS: tl.constexpr, JOINT: tl.constexpr, FORCED: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_Q: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_Q: tl.constexpr, SB: tl.constexpr,
 ):
-    """Grid ``(cdiv(L, BLOCK_Q), B·H)``: out ``(B, H, L, DV)`` and level ``(B, H, L)`` int8 of a query block."""
+    """Grid ``(cdiv(L, BLOCK_Q), B·H)``: out ``(B, H, L, DV)`` and int8 level ``(B, H, L)`` of a block."""
     bh = tl.program_id(1).to(tl.int64)
     offs, in_l, row_ok, s, k_len, row = _rows(q_lens_ptr, k_lens_ptr, starts_ptr, bh, H, L, BLOCK_Q)
     scale = tl.load(scale_ptr)
@@ -211,7 +230,7 @@ def _sawa_fwd_kernel(
     m0 = _ring(s, row_ok, k_len, 0, W, HALF, RW)  # [BQ, RW]
     n0 = tl.sum(m0.to(tl.int32), axis=1)  # [BQ]
     base = row_ok & (n0 > 0)  # else: empty S0 (start at or past k_len) or padded query -> 0, level 0
-    x0 = _ring_dots(q, k_base, s, row_ok, k_len, 0, W, HALF, RW, D, DP, ACC) * scale
+    x0 = _ring_dots(q, k_base, s, row_ok, k_len, 0, W, HALF, RW, D, DP, ACC, SB) * scale
     a0 = _softmax(x0, m0)
     level = tl.zeros([BLOCK_Q], tl.int32)
     if FORCED:
@@ -229,7 +248,7 @@ def _sawa_fwd_kernel(
         rows1 = base & (level >= 1)  # only the expanded rows read their ring-1 keys
         m1 = e1 & rows1[:, None]
         if tl.max(level, axis=0) >= 1:
-            x1 = _ring_dots(q, k_base, s, rows1, k_len, 1, W, HALF, RW, D, DP, ACC) * scale
+            x1 = _ring_dots(q, k_base, s, rows1, k_len, 1, W, HALF, RW, D, DP, ACC, SB) * scale
         if LEVELS >= 2:
             if not FORCED:  # lines 11-12: over A1 = S0 ∪ S1, #{w_j > mean(w)} >= ω and S2 non-empty
                 w0, w1, _ = _weights(x0, x1, x2, m0, m1, m2, JOINT)
@@ -241,17 +260,18 @@ def _sawa_fwd_kernel(
             rows2 = base & (level >= 2)
             m2 = e2 & rows2[:, None]
             if tl.max(level, axis=0) >= 2:
-                x2 = _ring_dots(q, k_base, s, rows2, k_len, 2, W, HALF, RW, D, DP, ACC) * scale
+                x2 = _ring_dots(q, k_base, s, rows2, k_len, 2, W, HALF, RW, D, DP, ACC, SB) * scale
 
     # out_i = Σ_j w_j v_j over the active frames; V is read only there.
     w0, w1, w2 = _weights(x0, x1, x2, m0, m1, m2, JOINT)
-    acc = _ring_combine(tl.zeros([BLOCK_Q, DVP], ACC), w0, v_base, s, row_ok, k_len, 0, W, HALF, RW, DV, DVP, ACC)
+    acc = tl.zeros([BLOCK_Q, DVP], ACC)
+    acc = _ring_combine(acc, w0, v_base, s, row_ok, k_len, 0, W, HALF, RW, DV, DVP, ACC, SB)
     if LEVELS >= 1:
         if tl.max(level, axis=0) >= 1:
-            acc = _ring_combine(acc, w1, v_base, s, rows1, k_len, 1, W, HALF, RW, DV, DVP, ACC)
+            acc = _ring_combine(acc, w1, v_base, s, rows1, k_len, 1, W, HALF, RW, DV, DVP, ACC, SB)
     if LEVELS >= 2:
         if tl.max(level, axis=0) >= 2:
-            acc = _ring_combine(acc, w2, v_base, s, rows2, k_len, 2, W, HALF, RW, DV, DVP, ACC)
+            acc = _ring_combine(acc, w2, v_base, s, rows2, k_len, 2, W, HALF, RW, DV, DVP, ACC, SB)
     e = tl.arange(0, DVP)
     tl.store(out_ptr + row[:, None] * DV + e[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=in_l[:, None] & (e < DV)[None, :])
@@ -269,7 +289,7 @@ def _sawa_bwd_q_kernel(
     T, L, H,
     W: tl.constexpr, HALF: tl.constexpr, RW: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
     DV: tl.constexpr, DVP: tl.constexpr, REACH: tl.constexpr, JOINT: tl.constexpr, ATOMIC: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_Q: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_Q: tl.constexpr, SB: tl.constexpr,
 ):
     """Pass 1, grid ``(cdiv(L, BLOCK_Q), B·H)``: dq; then P and DS per slot (blocks) or atomic dk/dv."""
     bh = tl.program_id(1).to(tl.int64)
@@ -289,19 +309,19 @@ def _sawa_bwd_q_kernel(
     m2 = _ring(s, rows2, k_len, 2, W, HALF, RW)
 
     # Recompute the weights of the saved levels; g_j = dL/dw_j = <do_i, v_j>.
-    x0 = _ring_dots(q, k_base, s, row_ok, k_len, 0, W, HALF, RW, D, DP, ACC) * scale
-    g0 = _ring_dots(do, v_base, s, row_ok, k_len, 0, W, HALF, RW, DV, DVP, ACC)
+    x0 = _ring_dots(q, k_base, s, row_ok, k_len, 0, W, HALF, RW, D, DP, ACC, SB) * scale
+    g0 = _ring_dots(do, v_base, s, row_ok, k_len, 0, W, HALF, RW, DV, DVP, ACC, SB)
     x1 = tl.zeros([BLOCK_Q, RW], ACC)
     x2 = tl.zeros([BLOCK_Q, RW], ACC)
     g1 = tl.zeros([BLOCK_Q, RW], ACC)
     g2 = tl.zeros([BLOCK_Q, RW], ACC)
     if REACH >= 1:
         if tl.max(level, axis=0) >= 1:
-            x1 = _ring_dots(q, k_base, s, rows1, k_len, 1, W, HALF, RW, D, DP, ACC) * scale
-            g1 = _ring_dots(do, v_base, s, rows1, k_len, 1, W, HALF, RW, DV, DVP, ACC)
+            x1 = _ring_dots(q, k_base, s, rows1, k_len, 1, W, HALF, RW, D, DP, ACC, SB) * scale
+            g1 = _ring_dots(do, v_base, s, rows1, k_len, 1, W, HALF, RW, DV, DVP, ACC, SB)
         if tl.max(level, axis=0) >= 2:
-            x2 = _ring_dots(q, k_base, s, rows2, k_len, 2, W, HALF, RW, D, DP, ACC) * scale
-            g2 = _ring_dots(do, v_base, s, rows2, k_len, 2, W, HALF, RW, DV, DVP, ACC)
+            x2 = _ring_dots(q, k_base, s, rows2, k_len, 2, W, HALF, RW, D, DP, ACC, SB) * scale
+            g2 = _ring_dots(do, v_base, s, rows2, k_len, 2, W, HALF, RW, DV, DVP, ACC, SB)
     w0, w1, w2 = _weights(x0, x1, x2, m0, m1, m2, JOINT)
 
     # ds_j = dL/dx_j · scale = w_j (g_j - Σ_{j' in j's softmax} w_j' g_j') · scale; 0 off the active frames.
@@ -317,12 +337,13 @@ def _sawa_bwd_q_kernel(
     ds2 = w2 * (g2 - s2[:, None]) * scale
 
     # dq_i = Σ_j ds_ij k_j
-    dq = _ring_combine(tl.zeros([BLOCK_Q, DP], ACC), ds0, k_base, s, row_ok, k_len, 0, W, HALF, RW, D, DP, ACC)
+    dq = tl.zeros([BLOCK_Q, DP], ACC)
+    dq = _ring_combine(dq, ds0, k_base, s, row_ok, k_len, 0, W, HALF, RW, D, DP, ACC, SB)
     if REACH >= 1:
         if tl.max(level, axis=0) >= 1:
-            dq = _ring_combine(dq, ds1, k_base, s, rows1, k_len, 1, W, HALF, RW, D, DP, ACC)
+            dq = _ring_combine(dq, ds1, k_base, s, rows1, k_len, 1, W, HALF, RW, D, DP, ACC, SB)
         if tl.max(level, axis=0) >= 2:
-            dq = _ring_combine(dq, ds2, k_base, s, rows2, k_len, 2, W, HALF, RW, D, DP, ACC)
+            dq = _ring_combine(dq, ds2, k_base, s, rows2, k_len, 2, W, HALF, RW, D, DP, ACC, SB)
     e = tl.arange(0, DP)
     tl.store(dq_ptr + row[:, None] * D + e[None, :], dq.to(dq_ptr.dtype.element_ty),
              mask=in_l[:, None] & (e < D)[None, :])
@@ -330,15 +351,15 @@ def _sawa_bwd_q_kernel(
     if ATOMIC:  # dk_j += ds_ij q_i, dv_j += w_ij do_i
         dk_base = dk_ptr + bh * T * D
         dv_base = dv_ptr + bh * T * DV
-        _ring_scatter(dk_base, ds0, q, s, row_ok, k_len, 0, W, HALF, RW, D, DP)
-        _ring_scatter(dv_base, w0, do, s, row_ok, k_len, 0, W, HALF, RW, DV, DVP)
+        _ring_scatter(dk_base, ds0, q, s, row_ok, k_len, 0, W, HALF, RW, D, DP, SB)
+        _ring_scatter(dv_base, w0, do, s, row_ok, k_len, 0, W, HALF, RW, DV, DVP, SB)
         if REACH >= 1:
             if tl.max(level, axis=0) >= 1:
-                _ring_scatter(dk_base, ds1, q, s, rows1, k_len, 1, W, HALF, RW, D, DP)
-                _ring_scatter(dv_base, w1, do, s, rows1, k_len, 1, W, HALF, RW, DV, DVP)
+                _ring_scatter(dk_base, ds1, q, s, rows1, k_len, 1, W, HALF, RW, D, DP, SB)
+                _ring_scatter(dv_base, w1, do, s, rows1, k_len, 1, W, HALF, RW, DV, DVP, SB)
             if tl.max(level, axis=0) >= 2:
-                _ring_scatter(dk_base, ds2, q, s, rows2, k_len, 2, W, HALF, RW, D, DP)
-                _ring_scatter(dv_base, w2, do, s, rows2, k_len, 2, W, HALF, RW, DV, DVP)
+                _ring_scatter(dk_base, ds2, q, s, rows2, k_len, 2, W, HALF, RW, D, DP, SB)
+                _ring_scatter(dv_base, w2, do, s, rows2, k_len, 2, W, HALF, RW, DV, DVP, SB)
     else:  # P, DS: (B·H, L, 3, RW), every slot written (zeros off the active frames)
         t = tl.arange(0, RW)
         slot = row[:, None] * (3 * RW) + t[None, :]  # [BQ, RW]
@@ -356,7 +377,7 @@ def _kv_block(src_ptr, g_ptr, dst_ptr, starts_row, bh, i0, i1, j, jm, L,
               W: tl.constexpr, HALF: tl.constexpr, RW: tl.constexpr, LO: tl.constexpr, HI: tl.constexpr,
               E: tl.constexpr, LOW_DOT: tl.constexpr, ACC: tl.constexpr,
               BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
-    """dst[j] = Σ_i S_ij g_i over queries i in [i0, i1), for a per-slot buffer S (P or DS) and rows g (do or q)."""
+    """dst[j] = Σ_i S_ij g_i over the queries i in [i0, i1): S per slot (P or DS), g rows (do or q)."""
     for e0 in range(0, E, BLOCK_D):
         e = e0 + tl.arange(0, BLOCK_D)
         em = e < E
@@ -371,8 +392,9 @@ def _kv_block(src_ptr, g_ptr, dst_ptr, starts_row, bh, i0, i1, j, jm, L,
             m = im[:, None] & jm[None, :] & (o >= LO) & (o < HI)
             r = bh * L + ii  # [BQ] int64
             sv = tl.load(src_ptr + (r[:, None] * 3 + ring) * RW + t, mask=m, other=0)  # [BQ, BK]
-            g = tl.load(g_ptr + r[:, None] * E + e[None, :], mask=im[:, None] & em[None, :], other=0)  # [BQ, BD]
-            if LOW_DOT:  # fp16/bf16: tensor-core dot in the input dtype, fp32 accumulation (as flash-attention)
+            gm = im[:, None] & em[None, :]
+            g = tl.load(g_ptr + r[:, None] * E + e[None, :], mask=gm, other=0)  # [BQ, BD]
+            if LOW_DOT:  # fp16/bf16: tensor-core dot in the input dtype, fp32 accumulation (flash-attention)
                 acc += tl.dot(tl.trans(sv.to(g.dtype)), g)
             else:
                 acc += tl.dot(tl.trans(sv), g.to(ACC), input_precision="ieee")  # [BK, BQ] @ [BQ, BD]
@@ -422,17 +444,24 @@ def _tuned(cuda_configs, interpret_config, key, **kw):
     return triton.autotune(configs, key=key, **kw)
 
 
-_Q_CONFIGS = [triton.Config({"BLOCK_Q": bq}, num_warps=nw, num_stages=1)
-              for bq, nw in [(8, 2), (8, 4), (16, 4), (16, 8), (32, 4), (32, 8)]]
-_fwd = _tuned(_Q_CONFIGS, triton.Config({"BLOCK_Q": 16}), ["W", "D", "DV", "JOINT", "LEVELS", "FORCED"])(
-    _sawa_fwd_kernel)
+# SB: slots gathered per step ([BLOCK_Q, SB, head dim] tiles): one on the GPU, all RW at once under the
+# interpreter (numpy is fast per op, slow per op count). On the GPU the registers grow with the rows per
+# thread (BLOCK_Q / num_warps, each holding its [RW] score/weight rows): offline compiles for sm_90
+# (fp16, d=256, ω=10) showed no spills at <= 2 rows per thread and spills at 4, or with SB = 2.
+_fwd = _tuned(
+    [triton.Config({"BLOCK_Q": bq, "SB": 1}, num_warps=nw, num_stages=1)
+     for bq, nw in [(4, 4), (8, 4), (8, 8), (16, 8)]],
+    triton.Config({"BLOCK_Q": 16}), ["W", "D", "DV", "JOINT", "LEVELS", "FORCED"],
+)(_sawa_fwd_kernel)
 _bwd_q = _tuned(
-    _Q_CONFIGS, triton.Config({"BLOCK_Q": 16}), ["W", "D", "DV", "JOINT", "REACH", "ATOMIC"],
+    [triton.Config({"BLOCK_Q": bq, "SB": 1}, num_warps=nw, num_stages=1)
+     for bq, nw in [(4, 4), (8, 8), (16, 8)]],
+    triton.Config({"BLOCK_Q": 16}), ["W", "D", "DV", "JOINT", "REACH", "ATOMIC"],
     reset_to_zero=["dk_ptr", "dv_ptr"],  # the atomic flavour accumulates: every benchmark run starts from 0
 )(_sawa_bwd_q_kernel)
 _bwd_kv = _tuned(
     [triton.Config({"BLOCK_Q": bq, "BLOCK_D": bd}, num_warps=nw, num_stages=ns)
-     for bq, bd, nw, ns in [(16, 64, 4, 2), (32, 64, 4, 2), (16, 128, 8, 2), (32, 128, 8, 3), (64, 64, 8, 2)]],
+     for bq, bd, nw, ns in [(16, 64, 4, 2), (16, 128, 8, 2), (32, 128, 8, 2), (32, 64, 8, 3)]],
     triton.Config({"BLOCK_Q": 16, "BLOCK_D": 16}), ["W", "D", "DV"],
     prune_configs_by={"early_config_prune": _prune_kv},
 )(_sawa_bwd_kv_kernel)
@@ -455,8 +484,10 @@ def _scale(q: torch.Tensor, scale: float) -> torch.Tensor:
 
 def _consts(q: torch.Tensor, window: int, D: int, DV: int) -> dict:
     """Compile-time arguments shared by the query-block kernels (head dims padded to a power of 2)."""
-    return dict(W=window, HALF=window // 2, RW=triton.next_power_of_2(window), D=D,
-                DP=triton.next_power_of_2(D), DV=DV, DVP=triton.next_power_of_2(DV), ACC=_acc(q.dtype))
+    rw = triton.next_power_of_2(window)
+    slots = {"SB": rw} if _INTERPRET else {}  # the interpreter's config leaves SB to the launcher
+    return dict(W=window, HALF=window // 2, RW=rw, D=D, DP=triton.next_power_of_2(D), DV=DV,
+                DVP=triton.next_power_of_2(DV), ACC=_acc(q.dtype), **slots)
 
 
 def _check_grid(B: int, H: int) -> None:
@@ -477,8 +508,8 @@ def sawa_forward(q, k, v, q_lens, k_lens, starts, force_level, window, levels, j
         return (triton.cdiv(L, meta["BLOCK_Q"]), B * H)
 
     _fwd[grid](
-        q, k, v, out, level, force_level if forced else level, q_lens, k_lens, starts, _scale(q, scale), T, L, H,
-        LEVELS=levels, JOINT=joint, FORCED=forced, **_consts(q, window, D, DV),
+        q, k, v, out, level, force_level if forced else level, q_lens, k_lens, starts, _scale(q, scale),
+        T, L, H, LEVELS=levels, JOINT=joint, FORCED=forced, **_consts(q, window, D, DV),
     )
     return out, level
 
@@ -525,8 +556,8 @@ def sawa_backward(grad_out, q, k, v, q_lens, k_lens, starts, level, window, join
 
     consts = _consts(q, window, D, DV)
     _bwd_q[grid_q](
-        grad_out, q, k, v, level, q_lens, k_lens, starts, _scale(q, scale), dq, p, ds, dk_acc, dv_acc, T, L, H,
-        REACH=reach, JOINT=joint, ATOMIC=atomic, **consts,
+        grad_out, q, k, v, level, q_lens, k_lens, starts, _scale(q, scale), dq, p, ds, dk_acc, dv_acc,
+        T, L, H, REACH=reach, JOINT=joint, ATOMIC=atomic, **consts,
     )
     if atomic:
         return dq, dk_acc.to(k.dtype), dv_acc.to(v.dtype)
@@ -535,7 +566,8 @@ def sawa_backward(grad_out, q, k, v, q_lens, k_lens, starts, level, window, join
     ranges = _query_ranges(starts, q_lens, T, lo, hi, nkb)
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     _bwd_kv[(nkb, B * H)](
-        grad_out, q, p, ds, ranges, starts, dk, dv, T, L, H, nkb, W=window, HALF=window // 2, RW=RW, LO=lo,
-        HI=hi, D=D, DV=DV, LOW_DOT=q.dtype in (torch.float16, torch.bfloat16), ACC=consts["ACC"], BLOCK_K=BLOCK_K,
+        grad_out, q, p, ds, ranges, starts, dk, dv, T, L, H, nkb, W=window, HALF=window // 2, RW=RW,
+        LO=lo, HI=hi, D=D, DV=DV, LOW_DOT=q.dtype in (torch.float16, torch.bfloat16), ACC=consts["ACC"],
+        BLOCK_K=BLOCK_K,
     )
     return dq, dk, dv

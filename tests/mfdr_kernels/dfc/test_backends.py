@@ -13,7 +13,8 @@ from mfdr_kernels.dfc import CHECKS
 BACKENDS = ["torch", "cpp", "triton"]
 # per-dtype tolerances (atol, rtol) for the output and each gradient, against the float64 reference
 TOL = {
-    torch.float64: {"y": (1e-12, 1e-12), "x": (1e-12, 1e-12), "kernel": (1e-12, 1e-12), "bias": (1e-12, 1e-12)},
+    torch.float64: {"y": (1e-12, 1e-12), "x": (1e-12, 1e-12), "kernel": (1e-12, 1e-12),
+                    "bias": (1e-12, 1e-12)},
     torch.float32: {"y": (1e-5, 1e-5), "x": (1e-5, 1e-5), "kernel": (3e-5, 1e-5), "bias": (3e-5, 1e-5)},
 }
 
@@ -79,7 +80,8 @@ def assert_match(got, want, dtype):
         atol, rtol = TOL[dtype][name]
         assert got[name].dtype == dtype, name
         assert got[name].shape == want[name].shape, name
-        torch.testing.assert_close(got[name].double(), want[name], atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got[name].double(), want[name], atol=atol, rtol=rtol,
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -140,7 +142,7 @@ def test_fused_backends_never_build_the_unfolded_tensor(backend):
     unfolded = case.B * case.N * case.frame * case.C * 4
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         run(inputs, gy, case, backend)
-    sizes = [e.self_cpu_memory_usage for e in prof.events() if e.self_cpu_memory_usage > 0]  # one per allocation
+    sizes = [e.self_cpu_memory_usage for e in prof.events() if e.self_cpu_memory_usage > 0]  # allocations
     assert sizes and max(sizes) < unfolded, (max(sizes), unfolded)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:  # the check can see it
         run(inputs, gy, case, "torch")

@@ -14,7 +14,8 @@ def _inputs(per_sample=False, bias="C", dtype=torch.float64, B=2, L=9, C=5, fram
     N = (L - frame) // hop + 1
     x = torch.randn(B, L, C, dtype=dtype, requires_grad=True)
     kernel = torch.randn(*((B,) if per_sample else ()), N, frame, C, dtype=dtype, requires_grad=True)
-    b = None if bias is None else torch.randn(*((C,) if bias == "C" else (N, C)), dtype=dtype, requires_grad=True)
+    shape = (C,) if bias == "C" else (N, C)
+    b = None if bias is None else torch.randn(shape, dtype=dtype, requires_grad=True)
     return x, kernel, b
 
 
@@ -107,10 +108,13 @@ def _call(kw):
 
 
 BAD = [
-    ("L<frame", dict(x=torch.randn(2, 2, 5), kernel=torch.randn(1, 3, 5)), ValueError, r"x must have at least frame = 3 rows"),
-    ("kernel-N", dict(kernel=torch.randn(5, 3, 5)), ValueError, r"kernel must have shape \(N, frame, C\) = \(4, 3, 5\)"),
+    ("L<frame", dict(x=torch.randn(2, 2, 5), kernel=torch.randn(1, 3, 5)), ValueError,
+     r"x must have at least frame = 3 rows"),
+    ("kernel-N", dict(kernel=torch.randn(5, 3, 5)), ValueError,
+     r"kernel must have shape \(N, frame, C\) = \(4, 3, 5\)"),
     ("kernel-frame", dict(kernel=torch.randn(4, 2, 5)), ValueError, r"kernel must have shape"),
-    ("kernel-batch", dict(kernel=torch.randn(3, 4, 3, 5)), ValueError, r"kernel must have shape \(B, N, frame, C\)"),
+    ("kernel-batch", dict(kernel=torch.randn(3, 4, 3, 5)), ValueError,
+     r"kernel must have shape \(B, N, frame, C\)"),
     ("kernel-channels", dict(kernel=torch.randn(4, 3, 6)), ValueError, r"kernel must have C = 5 channels"),
     ("kernel-rank", dict(kernel=torch.randn(12, 5)), ValueError, r"kernel must be 3-D or 4-D"),
     ("x-rank", dict(x=torch.randn(9, 5)), ValueError, r"x must be 3-D"),
@@ -118,9 +122,12 @@ BAD = [
     ("x-int", dict(x=torch.ones(2, 9, 5, dtype=torch.int64)), TypeError, r"x must have a floating dtype"),
     ("kernel-dtype", dict(kernel=torch.randn(4, 3, 5, dtype=torch.float64)), TypeError,
      r"kernel must have the dtype of x \(torch.float32\), got torch.float64"),
-    ("bias-dtype", dict(bias=torch.randn(5, dtype=torch.float64)), TypeError, r"bias must have the dtype of x"),
-    ("kernel-device", dict(kernel=torch.randn(4, 3, 5, device="meta")), ValueError, r"kernel must be on the device of x"),
-    ("bias-shape", dict(bias=torch.randn(4)), ValueError, r"bias must have shape \(C,\) = \(5,\) or \(N, C\) = \(4, 5\)"),
+    ("bias-dtype", dict(bias=torch.randn(5, dtype=torch.float64)), TypeError,
+     r"bias must have the dtype of x"),
+    ("kernel-device", dict(kernel=torch.randn(4, 3, 5, device="meta")), ValueError,
+     r"kernel must be on the device of x"),
+    ("bias-shape", dict(bias=torch.randn(4)), ValueError,
+     r"bias must have shape \(C,\) = \(5,\) or \(N, C\) = \(4, 5\)"),
     ("bias-NC-shape", dict(bias=torch.randn(3, 5)), ValueError, r"bias must have shape"),
     ("frame-0", dict(frame=0), ValueError, r"frame must be >= 1, got 0"),
     ("hop-0", dict(hop=0), ValueError, r"hop must be >= 1, got 0"),

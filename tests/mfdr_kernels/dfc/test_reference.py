@@ -25,7 +25,8 @@ def test_hand_worked_shared_kernel():
     assert y.flatten().tolist() == [8.0, 16.0]
     gy = torch.tensor([1.0, 2.0], dtype=F64).view(1, 2, 1)
     dx, dk, db = torch.autograd.grad(y, (x, kernel, bias), gy)
-    # dx[l] = Σ over the frames holding row l of gy[n] * kernel[n, j]; row 2 is j=2 of frame 0 and j=0 of frame 1
+    # dx[l] = Σ over the frames holding row l of gy[n] * kernel[n, j];
+    # row 2 is element j=2 of frame 0 and element j=0 of frame 1
     assert dx.flatten().tolist() == [1.0, 0.0, -1.0 + 2 * 0.5, 2 * 0.5, 2 * 0.5]
     # dkernel[n, j] = gy[n] * x[n*hop + j]
     assert dk.flatten().tolist() == [1.0, 2.0, 3.0, 6.0, 8.0, 10.0]
