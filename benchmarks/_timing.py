@@ -6,8 +6,9 @@ Peak memory, two ways (each table says which it shows):
   :func:`tensor_peak_mb`   the most bytes held at once by tensors allocated during a call (the
                            profiler's allocation records, replayed in time order); in-process, exact,
                            blind to scratch a kernel takes outside the torch allocator (std::vector)
-  :func:`rss_probe`        the rise of the peak resident set size (``getrusage``) of a fresh process
-                           across one call, beyond its inputs: sees everything, page-granular
+  :func:`rss_rise_mb`      the rise of the peak resident set size (``getrusage``, high-water mark reset
+                           first) of a fresh process across one call, beyond its inputs (run it through
+                           :func:`run_isolated`): sees everything, page-granular, includes allocator slack
 """
 
 from __future__ import annotations
@@ -102,11 +103,32 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def rss_rise_mb(fn) -> float:
-    """In a fresh process, after the inputs exist and the libraries are warm: the peak-RSS rise of ``fn()``."""
-    base = peak_rss_mb()
+    """The peak-RSS rise of ``fn()`` over the RSS just before it (call in a fresh process, inputs built,
+    libraries warm). Linux: the high-water mark is first reset to the current RSS (``/proc/self/clear_refs``),
+    so that an earlier, higher peak (imports) cannot hide the rise; elsewhere the rise of ``getrusage``'s
+    peak, which such an earlier peak can hide."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _status_mb("VmRSS")
+    except OSError:
+        base = None
+    if base is None:
+        base = peak_rss_mb()
     fn()
-    return peak_rss_mb() - base
+    return max(peak_rss_mb() - base, 0.0)
 
 
 def run_isolated(argv: list[str], timeout: float = 600, threads: int | None = None) -> dict:

@@ -153,6 +153,7 @@ def table(results: list[dict]) -> str:
     for stage in (*STAGES, "other"):
         lines.append(f"| {stage} | " + " | ".join(f"{1e3 * r['parts_s'][stage]:.1f}" for r in results) + " |")
     lines.append("| **step (ms)** | " + " | ".join(f"**{1e3 * r['step_s']:.1f}**" for r in results) + " |")
+    lines.append("| step, min (ms) | " + " | ".join(f"{1e3 * r['step_min_s']:.1f}" for r in results) + " |")
     lines.append("| samples/s | " + " | ".join(f"{r['batch'] / r['step_s']:.1f}" for r in results) + " |")
     return "\n".join(lines)
 

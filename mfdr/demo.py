@@ -27,7 +27,7 @@ VARIANTS = (  # (name, run folder, modality fed zeros)
     ("text only (audio zeroed)", "text_only", "audio"),
     ("audio only (text zeroed)", "audio_only", "text"),
 )
-DEMO_KEYS = {"utterances": 480, "speakers": 8, "seed": 0}
+DEMO_KEYS = {"utterances": 800, "speakers": 8, "seed": 0}
 # --quick: a smoke test of every step in about a minute (tiny corpus and model, 2 folds, 2 epochs).
 QUICK = {"utterances": 32, "speakers": 4, "set": [
     "data.folds=2", "train.epochs=2", "train.batch_size=8", "model.d_model=16", "model.heads=2",
@@ -64,22 +64,25 @@ def load_demo_config(config="demo", overrides=(), quick: bool = False):
     return cfg, demo
 
 
-def _corpus(out: Path, demo: dict, fresh: bool, progress: bool) -> Path:
-    """Synthesize the corpus unless ``out/corpus`` already holds this one."""
+def _corpus(out: Path, demo: dict, fresh: bool, progress: bool) -> tuple[Path, bool]:
+    """Synthesize the corpus unless ``out/corpus`` already holds this one; (manifest, made anew)."""
+    import shutil
+
     from .data import make_synthetic_corpus
 
     corpus, stamp = out / "corpus", out / "corpus" / "corpus.json"
     manifest = corpus / "manifest.csv"
     if not fresh and manifest.exists() and stamp.exists() and json.loads(stamp.read_text()) == demo:
-        return manifest
-    stamp.unlink(missing_ok=True)
+        return manifest, False
+    shutil.rmtree(corpus, ignore_errors=True)
     make_synthetic_corpus(corpus, demo["utterances"], speakers=demo["speakers"], seed=demo["seed"],
                           progress=progress)
     stamp.write_text(json.dumps(demo))
-    return manifest
+    return manifest, True
 
 
 def _features(cfg, fresh: bool, progress: bool):
+    """Extract (or reuse) the corpus' features; a new corpus or other settings rebuild the cache."""
     from .cli import build_encoders, extract
     from .data import CacheConfigError
 
@@ -186,12 +189,12 @@ def run_demo(out="runs/demo", *, config="demo", utterances: int | None = None, q
     stamps = {}
 
     t0 = time.time()
-    manifest = _corpus(out, demo, fresh, progress)
+    manifest, new_corpus = _corpus(out, demo, fresh, progress)
     stamps["corpus"] = time.time() - t0
     cfg.data.path, cfg.data.features = str(manifest), str(out / "features")
 
     t0 = time.time()
-    cache, (_, text_encoder) = _features(cfg, fresh, progress)
+    cache, (_, text_encoder) = _features(cfg, fresh or new_corpus, progress)
     stamps["features"] = time.time() - t0
     print(f"corpus {stamps['corpus']:.0f} s, features {stamps['features']:.0f} s: {len(cache)} utterances, "
           f"audio {cache.audio_dim}-d log-mel, text {cache.text_dim}-d MiniLM", flush=True)

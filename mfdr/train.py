@@ -545,10 +545,15 @@ def _check_run_dir(out: Path, cfg: RunConfig, folds: list[dict], resume: bool, o
             check_resumable(out / name / "checkpoint.pt", cfg, data_hash)
 
 
+def _fold_dirs(out: Path) -> list[Path]:
+    """The fold folders of a run: ``fold-*``, or ``standard`` for the ``split`` protocol."""
+    return sorted(p for p in [*out.glob("fold-*"), out / "standard"] if p.is_dir())
+
+
 def _clear_run_dir(out: Path) -> None:
     """Remove what a previous run wrote (and only that)."""
-    for p in out.glob("fold-*"):
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    for p in _fold_dirs(out):
+        shutil.rmtree(p)
     for name in ("results.json", "results.md", "folds.json", "config.yaml"):
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / "figures", ignore_errors=True)
@@ -648,14 +653,14 @@ def write_run_figures(out: Path, cfg: RunConfig, summary: dict) -> list[Path]:
 
 # ---------------------------------------------------------------------- trained models
 def find_models(path) -> list[Path]:
-    """The model folders under ``path``: every ``fold-*/best`` of a run folder, a fold folder's
+    """The model folders under ``path``: every fold's ``best`` of a run folder, a fold folder's
     ``best``, or ``path`` itself when it holds config.json and model.safetensors."""
     path = Path(path)
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
         return [path]
     if (path / "best").is_dir():
         return [path / "best"]
-    found = sorted(p / "best" for p in path.glob("fold-*") if (p / "best").is_dir())
+    found = [p / "best" for p in _fold_dirs(path) if (p / "best").is_dir()]
     if not found:
         raise FileNotFoundError(f"no trained model at {path}: expected a run folder (fold-*/best/), a fold "
                                 "folder, a model folder (config.json, model.safetensors) or a checkpoint.pt")

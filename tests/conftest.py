@@ -1,14 +1,19 @@
-"""Test-wide set-up. TRITON_INTERPRET must be set before anything imports triton, so the Triton
-kernels run on the CPU here (tiny shapes: the interpreter costs ~6 ms per program instance)."""
+"""Test-wide set-up. Without a CUDA device, the Triton kernels run on the CPU under the interpreter:
+TRITON_INTERPRET must be set before anything imports triton (``import torch`` does not). Tiny shapes:
+the interpreter costs ~6 ms per program instance. With CUDA, the kernels are tested on the device."""
 
 import os
+import sys
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+assert "triton" not in sys.modules, "triton was imported before tests/conftest.py could set TRITON_INTERPRET"
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
-CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 
 

@@ -19,7 +19,8 @@ registers: ``tl.sum(q[:, None, :] * k, axis=2)``. The output and the gradients a
 ``[s_first - ω, s_last + 2ω)`` and masking a band of ``tl.dot`` scores because ``window_starts`` are
 arbitrary non-decreasing frames: a block's span is unbounded (a jump in the starts), a query's is 3ω.
 Overlapping spans re-read frames from L1/L2, not from DRAM. Nothing of size ``L×T`` and no
-re-windowed K exists; the forward allocates only ``out`` and ``level``.
+re-windowed K exists; the forward allocates only ``out``, ``level`` and the scale (one element in the
+accumulation dtype: a float argument would be fp32, inexact for fp64 runs).
 
 **Lazy expansion.** The forward computes ring 0, its softmax and key-point count, decides level 1 per
 row (``tl.where``), then gathers ring 1 *only for the rows that expanded* (masked loads move no bytes;
@@ -43,7 +44,8 @@ accumulation, as flash-attention's backward) instead of 3ω scattered atomic row
 frame receives ~3ω/hop contributions, which atomics would serialize.
 The choice is by reasoning, not yet by measurement: ``benchmarks/gpu_check.py`` times both on a GPU.
 
-**Tuning.** ``triton.autotune`` over a few configs on CUDA; a single config under the interpreter.
+**Tuning.** ``triton.autotune`` over a few configs on CUDA (all compiled offline for sm_90 without
+register spills; none timed yet); a single config under the interpreter.
 ``T`` and ``L`` are not specialized (no recompile per length). ``torch.compile`` sees these
 launchers only through the opaque custom op of ``op.py``.
 """

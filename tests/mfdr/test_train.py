@@ -370,15 +370,16 @@ def test_mmsa_regression_standard_split(tmp_path):
 
     def split(n, start):
         y = np.round(rng.uniform(-3, 3, n) * 3) / 3
-        audio = rng.normal(size=(n, 30, 6)).astype(np.float32) + y[:, None, None].astype(np.float32)
-        audio[:, 25:] = 0  # padding
+        audio = rng.normal(size=(n, 40, 6)).astype(np.float32) + y[:, None, None].astype(np.float32)
+        audio[:, 36:] = 0  # padding
         audio[0, 3, 0] = -np.inf  # COVAREP's -inf becomes 0
-        return {"id": [f"v{start + i}" for i in range(n)], "text": rng.normal(size=(n, 12, 5)).astype(np.float32),
-                "audio": audio, "audio_lengths": [25] * n, "regression_labels": y.astype(np.float32)}
+        text = rng.normal(size=(n, 12, 5)).astype(np.float32)
+        return {"id": [f"v{start + i}" for i in range(n)], "text": text, "audio": audio,
+                "audio_lengths": [36] * n, "regression_labels": y.astype(np.float32)}
 
     path = tmp_path / "aligned.pkl"
     path.write_bytes(pickle.dumps({"train": split(16, 0), "valid": split(8, 100), "test": split(8, 200)}))
-    cfg = RunConfig.from_dict({"model": {**MODEL, "audio_len": 30, "task": "regression"},
+    cfg = RunConfig.from_dict({"model": {**MODEL, "task": "regression"},
                                "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3},
                                "data": {"dataset": "mmsa", "path": str(path), "protocol": "split"}})
     assert cfg.select == "mae"
@@ -390,3 +391,4 @@ def test_mmsa_regression_standard_split(tmp_path):
     rows = (tmp_path / "run" / "standard" / "predictions.csv").read_text().splitlines()
     assert rows[0] == "id,label,pred" and len(rows) == 9 and rows[1].startswith("v200,")
     assert summary["pooled"]["mae"] == pytest.approx(fold["test"]["mae"])
+    assert T.find_models(tmp_path / "run") == [tmp_path / "run" / "standard" / "best"]

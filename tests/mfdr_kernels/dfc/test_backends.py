@@ -97,6 +97,19 @@ def test_backend_matches_reference(case, per_sample, dtype, backend):
     assert_match(run(inputs, gy, case, backend), reference_of(inputs, gy, case), dtype)
 
 
+BLOCK_CASES = [Case(19, 203, 130, frame=3, hop=2), Case(11, 150, 257, frame=4, hop=3)]
+
+
+@pytest.mark.parametrize("per_sample", [False, True], ids=["shared", "per_sample"])
+@pytest.mark.parametrize("case", BLOCK_CASES, ids=[c.id for c in BLOCK_CASES])
+def test_cpp_across_its_blocks(case, per_sample):
+    """Shapes over several of the C++ kernel's tiles: 8-sample chunks, 16-frame and 64-row blocks,
+    128-channel blocks. Too large for the reference loop: compared with the ``torch`` backend, which
+    the tests above hold to the reference."""
+    inputs, gy = make(case, torch.float64, per_sample, "NC" if per_sample else "C")
+    assert_match(run(inputs, gy, case, "cpp"), run(inputs, gy, case, "torch"), torch.float64)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("bias", [None, "C", "NC"], ids=["nobias", "bias_C", "bias_NC"])
 def test_bias_forms(bias, backend):
