@@ -116,9 +116,10 @@ def _status_mb(field: str) -> float | None:
 
 def rss_rise_mb(fn) -> float:
     """The peak-RSS rise of ``fn()`` over the RSS just before it (call in a fresh process, inputs built,
-    libraries warm). Linux: the high-water mark is first reset to the current RSS (``/proc/self/clear_refs``),
-    so that an earlier, higher peak (imports) cannot hide the rise; elsewhere the rise of ``getrusage``'s
-    peak, which such an earlier peak can hide."""
+    libraries warm). Linux: the high-water mark ``VmHWM`` is first reset to the current RSS
+    (``/proc/self/clear_refs``), so that an earlier, higher peak (imports) cannot hide the rise; ``VmHWM``
+    is read rather than ``getrusage``, whose maximum also keeps the peak recorded when any thread exited.
+    Elsewhere: the rise of ``getrusage``'s peak, which an earlier peak can hide."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -127,8 +128,10 @@ def rss_rise_mb(fn) -> float:
         base = None
     if base is None:
         base = peak_rss_mb()
+        fn()
+        return max(peak_rss_mb() - base, 0.0)
     fn()
-    return max(peak_rss_mb() - base, 0.0)
+    return max((_status_mb("VmHWM") or base) - base, 0.0)
 
 
 def run_isolated(argv: list[str], timeout: float = 600, threads: int | None = None) -> dict:
