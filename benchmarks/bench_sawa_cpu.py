@@ -8,6 +8,7 @@ Also the provider library of the SAWA suites (``test_bench_sawa.py``) and the sc
 
 Providers (float32, window ω=10, hop 5; levels 2 unless named):
   cpp / cpp-lv0    the C++ kernel, levels 2 / levels 0 (the fixed window)
+  triton           the Triton kernel (CUDA inputs; the suites run it when a GPU is present)
   torch            the vectorized PyTorch backend (levels 2)
   reference        the readable loop (levels 2; slow: the suites time it once)
   sdpa-window      dense scaled_dot_product_attention with a fixed-window boolean mask (key j in
@@ -50,21 +51,21 @@ def shape_id(B, H, L, T, d):
     return f"B{B}-H{H}-L{L}-T{T}-d{d}"
 
 
-def inputs(B, H, L, T, d, seed=0, requires_grad=True, dtype=torch.float32):
+def inputs(B, H, L, T, d, seed=0, requires_grad=True, dtype=torch.float32, device="cpu"):
     """q, k, v (B, H, L|T, d) and an upstream gradient ``do`` (B, H, L, d)."""
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(B, H, L, d, generator=g) * 0.08  # flat base windows: levels 0, 1 and 2 all occur
     k = torch.randn(B, H, T, d, generator=g)
     v = torch.randn(B, H, T, d, generator=g)
     do = torch.randn(B, H, L, d, generator=g)
-    q, k, v, do = (t.to(dtype) for t in (q, k, v, do))
+    q, k, v, do = (t.to(device, dtype) for t in (q, k, v, do))
     return [t.requires_grad_(requires_grad) for t in (q, k, v)] + [do]
 
 
-def window_mask(L, T):
+def window_mask(L, T, device="cpu"):
     """(L, T) bool: key j takes part in query i's attention iff i·hop <= j < i·hop + ω."""
-    i = torch.arange(L)[:, None]
-    j = torch.arange(T)[None, :]
+    i = torch.arange(L, device=device)[:, None]
+    j = torch.arange(T, device=device)[None, :]
     return (j >= i * HOP) & (j < i * HOP + WINDOW)
 
 
@@ -80,25 +81,27 @@ def _flex():
 
 
 @functools.cache
-def _block_mask(L, T):
+def _block_mask(L, T, device="cpu"):
     from torch.nn.attention.flex_attention import create_block_mask
 
-    return create_block_mask(_window_mod, None, None, L, T, device="cpu")
+    return create_block_mask(_window_mod, None, None, L, T, device=device)
 
 
-def provider(name, L, T):
+def provider(name, L, T, device="cpu"):
     """A callable ``f(q, k, v) -> out`` for provider ``name`` at L queries and T keys."""
-    if name in ("cpp", "torch", "reference"):
+    if name in ("cpp", "torch", "reference", "triton"):
         return lambda q, k, v: sawa(q, k, v, window=WINDOW, hop=HOP, levels=2, backend=name)
     if name == "cpp-lv0":
         return lambda q, k, v: sawa(q, k, v, window=WINDOW, hop=HOP, levels=0, backend="cpp")
     if name == "sdpa-window":
-        mask = window_mask(L, T)
+        mask = window_mask(L, T, device)
         return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     if name == "sdpa-full":
         return lambda q, k, v: F.scaled_dot_product_attention(q, k, v)
     if name == "flex-window":
-        flex, mask = _flex(), _block_mask(L, T)
+        flex, mask = _flex(), _block_mask(L, T, str(device))
+        if torch.device(device).type == "cuda":
+            return lambda q, k, v: flex(q, k, v, block_mask=mask)
         return lambda q, k, v: flex(q.detach(), k.detach(), v.detach(), block_mask=mask)
     raise ValueError(f"unknown provider {name!r}; known: {PROVIDERS}")
 
@@ -106,9 +109,9 @@ def provider(name, L, T):
 def closures(name, q, k, v, do):
     """``{"fwd", "bwd", "fwd+bwd"}`` closures of one provider (``bwd`` uses a retained graph);
     forward-only providers get ``fwd`` alone."""
-    f = provider(name, q.shape[2], k.shape[2])
+    f = provider(name, q.shape[2], k.shape[2], q.device)
     out = {"fwd": lambda: f(q, k, v)}
-    if name in FORWARD_ONLY:
+    if name in FORWARD_ONLY and q.device.type == "cpu":
         return out
     y = f(q, k, v)
     out["bwd"] = lambda: torch.autograd.grad(y, (q, k, v), do, retain_graph=True)

@@ -75,7 +75,7 @@ def _predict(prev: dict | None, name: str, T: int) -> tuple[float, float]:
     return seconds, mem_mb / 1024 * grow ** (2 if name == "sdpa-window" else 1)
 
 
-def sweep(Ts, names, threads, max_seconds, max_gb, log=print) -> list[dict]:
+def sweep(Ts, names, threads, max_seconds, max_gb, log=print, rss=True) -> list[dict]:
     rows, last = [], {n: None for n in names}
     skipped = set()
     for T in Ts:
@@ -106,7 +106,7 @@ def sweep(Ts, names, threads, max_seconds, max_gb, log=print) -> list[dict]:
                    "fwd_ms": fwd[n]["median"] * 1e3, "fwd+bwd_ms": both[n]["median"] * 1e3,
                    "tensor_mb": _timing.tensor_peak_mb(fns[n]["fwd+bwd"])}
             probe = _timing.run_isolated([__file__, "--probe", n, str(T), "--threads", str(threads)],
-                                         timeout=max(120.0, 20 * row["fwd+bwd_ms"] / 1e3))
+                                         timeout=max(120.0, 20 * row["fwd+bwd_ms"] / 1e3)) if rss else {}
             row["rss_mb"] = probe.get("rss_mb")
             if "error" in probe:
                 row["rss_error"] = probe["error"]
@@ -115,7 +115,7 @@ def sweep(Ts, names, threads, max_seconds, max_gb, log=print) -> list[dict]:
             rows.append(row)
             last[n] = row
             log(f"T={T:>6} {n:12s} fwd {row['fwd_ms']:10.2f} ms  fwd+bwd {row['fwd+bwd_ms']:10.2f} ms  "
-                f"rss {row['rss_mb']} MB  tensors {row['tensor_mb']:.1f} MB  (reps {reps})")
+                f"rss {row['rss_mb'] or 0:.1f} MB  tensors {row['tensor_mb']:.1f} MB  (reps {reps})")
         del q, k, v, do, fns
     for r in rows:
         r.pop("_slope", None)
@@ -204,6 +204,8 @@ def main(argv=None):
     ap.add_argument("--max-gb", type=float, default=8.0)
     ap.add_argument("--out", default=str(RESULTS / "sweep.json"))
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--no-rss", action="store_true", help="skip the fresh-process RSS probes (smoke tests)")
+    ap.add_argument("--T", type=int, nargs="+", default=None, help="sizes instead of 256 ... 65,536")
     ap.add_argument("--probe", nargs=2, metavar=("PROVIDER", "T"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.probe:
@@ -211,10 +213,11 @@ def main(argv=None):
     threads = _timing.set_threads(args.threads)
     names = list(PROVIDERS)
     machine = _timing.machine()
-    rows = sweep(QUICK_T if args.quick else SWEEP_T, names, threads, args.max_seconds, args.max_gb)
+    Ts = args.T or (QUICK_T if args.quick else SWEEP_T)
+    rows = sweep(Ts, names, threads, args.max_seconds, args.max_gb, rss=not args.no_rss)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    g = growth(rows, names, *((QUICK_T[0], QUICK_T[-1]) if args.quick else GROWTH))
+    g = growth(rows, names, *(GROWTH if set(GROWTH) <= set(Ts) else (Ts[0], Ts[-1])))
     plots = [] if args.no_plots else plot(rows, names, out.parent)
     result = {"machine": machine, "threads": threads, "shape": {"B": B, "H": H, "d": D, "L": "T // 5"},
               "dtype": "float32", "window": sawa_bench.WINDOW, "hop": sawa_bench.HOP,

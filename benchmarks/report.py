@@ -1,0 +1,407 @@
+"""Write BENCHMARKS.md: the machine, the promised ratios, tables of medians and ratios, the sweep plots.
+
+    python -m pytest benchmarks --benchmark-only -q   # 1. the suites -> benchmarks/results/pytest_benchmark.json
+    python benchmarks/report.py                       # 2. the interleaved scripts, then BENCHMARKS.md
+    python benchmarks/report.py --no-run              # only re-render from benchmarks/results/*.json
+    python benchmarks/report.py --only sweep,dfc      # rerun some scripts, render all
+
+Step 2 runs, each in its own process and with the same ``--threads`` (default 1, as the suites):
+``bench_sawa_cpu.py`` (SAWA at the paper shape, providers interleaved repetition by repetition),
+``bench_dfc.py`` (DFC, interleaved), ``sweep.py`` (T = 256 ... 65,536, time and peak memory, plots) and
+``bench_model.py`` (training step per backend, backends taking turns step by step). The promised
+ratios are read from these interleaved runs, which a busy machine disturbs least; the pytest-benchmark
+suite's medians (providers timed one after another) give the second column.
+A GPU section is included from ``benchmarks/results/gpu_check.md`` when present
+(``benchmarks/gpu_check.sh > benchmarks/results/gpu_check.md`` on a CUDA machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+
+import _timing  # noqa: E402
+
+SCRIPTS = {
+    "sawa": lambda t, r: ["bench_sawa_cpu.py", "--threads", t, "--out", str(r / "sawa_cpu.json")],
+    "dfc": lambda t, r: ["bench_dfc.py", "--threads", t, "--out", str(r / "dfc.json")],
+    "sweep": lambda t, r: ["sweep.py", "--threads", t, "--out", str(r / "sweep.json")],
+    "model": lambda t, r: ["bench_model.py", "--threads", t, "--backends", "reference,torch,default",
+                           "--reference-batch", "2", "--steps", "5", "--json", str(r / "model.json")],
+}
+FAST = {"sawa": "cpp", "dfc": "cpp", "model": "default"}  # the row every ratio divides by (CPU)
+TARGETS = {"sawa_vs_sdpa_window": 3.0, "sawa_vs_torch": 5.0, "dfc_vs_unfold": 2.0, "growth_time": 20.0}
+
+
+# --------------------------------------------------------------------------- running
+def run_scripts(names, threads: int, results: Path) -> dict:
+    log = {}
+    for name in names:
+        argv = [sys.executable, str(HERE / SCRIPTS[name](str(threads), results)[0]),
+                *SCRIPTS[name](str(threads), results)[1:]]
+        load0 = os.getloadavg()[0]
+        t0 = time.perf_counter()
+        print(f"[report] {' '.join(argv[1:])}  (load {load0:.2f})", flush=True)
+        res = subprocess.run(argv, cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        log[name] = {"rc": res.returncode, "seconds": round(time.perf_counter() - t0, 1),
+                     "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2)}
+        if name == "model" and res.returncode == 0:  # bench_model's JSON lacks the thread count
+            path = results / "model.json"
+            data = json.loads(path.read_text())
+            data["threads"] = threads
+            path.write_text(json.dumps(data, indent=2))
+    return log
+
+
+def _load(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------- formatting
+def _ms(x):
+    return "–" if x is None else f"{x:.3g}" if x < 1000 else f"{x:,.0f}"
+
+
+def _x(x):
+    return "–" if x is None else f"{x:.2f}×" if x < 100 else f"{x:,.0f}×"
+
+
+def _table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def verdict(value, target, higher_is_better=True):
+    if value is None:
+        return "not measured"
+    ok = value >= target if higher_is_better else value <= target
+    if ok:
+        return f"**met** ({_x(value)} vs {'≥' if higher_is_better else '≤'} {_x(target)})"
+    if higher_is_better:
+        return f"**missed**: {_x(value)}, {100 * (1 - value / target):.0f}% short of {_x(target)}"
+    return f"**missed**: {_x(value)}, {100 * (value / target - 1):.0f}% over {_x(target)}"
+
+
+# --------------------------------------------------------------------------- pytest-benchmark
+def pytest_groups(data) -> dict:
+    """{(op, shape, device): {provider: {mode: median_ms}}} plus per-group metadata."""
+    out = defaultdict(lambda: defaultdict(dict))
+    meta = {}
+    for b in data.get("benchmarks", []):
+        info = b.get("extra_info", {})
+        key = (info.get("op"), str(info.get("shape", info.get("batch", ""))), info.get("device", "cpu"))
+        if info.get("op") == "model":
+            key = ("model", "", info.get("device", "cpu"))
+        out[key][info.get("provider")][info.get("mode")] = b["stats"]["median"] * 1e3
+        out[key][info.get("provider")]["_rounds"] = b["stats"]["rounds"]
+        out[key][info.get("provider")]["_batch"] = info.get("batch")
+        meta[key] = info
+    return out, meta
+
+
+def pytest_section(data) -> str:
+    if not data:
+        return ("*No pytest-benchmark results: run `python -m pytest benchmarks --benchmark-only -q` first "
+                "(it writes `benchmarks/results/pytest_benchmark.json`).*")
+    groups, meta = pytest_groups(data)
+    parts = [f"pytest-benchmark {data.get('version', '?')}, run {data.get('datetime', '?')[:19]}; medians "
+             "in ms (pytest-benchmark's own rounds; the reference one round). **÷ cpp**: the provider's time "
+             "over the cpp backend's in the same run (> 1: cpp is faster). Providers ran one after another, "
+             "not interleaved."]
+    for (op, shape, device), provs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "sawa", kv[0])):
+        info = meta[(op, shape, device)]
+        if op == "model":
+            parts.append(_model_pytest_table(provs, device))
+            continue
+        dims = ", ".join(f"{k}={v}" for k, v in info.get("dims", {}).items())
+        fast = "triton" if device == "cuda" else "cpp"
+        parts.append(f"**{op.upper()} `{shape}`** ({dims}; {info.get('dtype')}; {device})\n")
+        modes = ["fwd", "bwd", "fwd+bwd"]
+        rows = []
+        for p, m in provs.items():
+            ratios = [m[mode] / provs[fast][mode] if mode in m and fast in provs and mode in provs[fast] else None
+                      for mode in modes]
+            rows.append([p, *[_ms(m.get(mode)) for mode in modes], *[_x(r) for r in ratios], m["_rounds"]])
+        parts.append(_table(["provider", "fwd ms", "bwd ms", "fwd+bwd ms", f"fwd ÷ {fast}", f"bwd ÷ {fast}",
+                             f"fwd+bwd ÷ {fast}", "rounds"], rows))
+    return "\n\n".join(parts)
+
+
+def _model_pytest_table(provs, device) -> str:
+    rows = []
+    base = provs.get("default", {})
+    for p, m in provs.items():
+        b = m.get("_batch") or 1
+        per = {mode: m[mode] / b for mode in ("train", "infer") if mode in m}
+        ratio = {mode: per[mode] / (base[mode] / base["_batch"]) if mode in per and mode in base else None
+                 for mode in per}
+        rows.append([p, b, _ms(m.get("train")), _ms(m.get("infer")),
+                     f"{1e3 / per['train']:.1f}" if "train" in per else "–",
+                     f"{1e3 / per['infer']:.1f}" if "infer" in per else "–",
+                     _x(ratio.get("train")), _x(ratio.get("infer"))])
+    return ("**MFDR model** (paper config, float32; " + device + "): training step (forward, loss, backward, "
+            "Adam) and inference (eval, no_grad). Ratios per sample against `default`.\n\n"
+            + _table(["backend", "batch", "train ms", "infer ms", "train samples/s", "infer samples/s",
+                      "train ÷ default (per sample)", "infer ÷ default (per sample)"], rows))
+
+
+def pytest_ratio(data, op, shape, baseline, mode="fwd+bwd"):
+    if not data:
+        return None
+    groups, _ = pytest_groups(data)
+    for (o, s, d), provs in groups.items():
+        if o == op and s == shape and d == "cpu" and baseline in provs and "cpp" in provs:
+            if mode in provs[baseline] and mode in provs["cpp"]:
+                return provs[baseline][mode] / provs["cpp"][mode]
+    return None
+
+
+# --------------------------------------------------------------------------- sections
+def machine_section(infos, run_log) -> str:
+    m = next((i for i in infos if i), {})
+    rows = [["CPU", m.get("cpu", "?")], ["cores", m.get("cores", "?")], ["RAM", f"{m.get('ram_gb', '?')} GB"],
+            ["torch threads", m.get("threads", "?")], ["python", m.get("python", "?")],
+            ["torch", m.get("torch", "?")], ["triton", m.get("triton", "?")],
+            ["mfdr_kernels", m.get("mfdr_kernels", "?")], ["default CPU backend", m.get("default_backend_cpu", "?")],
+            ["GPU", m.get("gpu", "none")]]
+    try:
+        import pytest_benchmark
+
+        rows.append(["pytest-benchmark", pytest_benchmark.__version__])
+    except ImportError:
+        pass
+    loads = [f"{n}: {v['load_before']}→{v['load_after']} ({v['seconds']} s)" for n, v in run_log.items()]
+    loads += [f"{n} start: {i['load_avg_1m']}" for n, i in zip(("sawa", "dfc", "sweep"), infos, strict=False)
+              if i and "load_avg_1m" in i and not run_log]
+    if loads:
+        rows.append(["1-min load average (2 cores)", "; ".join(loads)])
+    return _table(["", ""], rows)
+
+
+def headline_section(sawa, dfc, sweep, pyb) -> str:
+    rows = []
+    by = {r["provider"]: r for r in (sawa or {}).get("rows", [])}
+    shape = (sawa or {}).get("shape", {})
+    shape_s = ", ".join(f"{k}={v}" for k, v in shape.items())
+    for base, target, label in (("sdpa-window", "sawa_vs_sdpa_window", "SAWA cpp vs SDPA with a window mask"),
+                                ("torch", "sawa_vs_torch", "SAWA cpp vs the torch backend")):
+        val = by.get(base, {}).get("fwd+bwd_x")
+        py = pytest_ratio(pyb, "sawa", "paper", base)
+        rows.append([f"{label} (paper shape {shape_s}, levels 2, fwd+bwd)", f"≥ {TARGETS[target]:.0f}×",
+                     _x(val), _x(py), verdict(val, TARGETS[target])])
+    for extra in ("sdpa-full", "flex-window"):
+        if extra in by:
+            mode = "fwd+bwd" if extra != "flex-window" else "fwd"
+            rows.append([f"(context) SAWA cpp vs {extra} ({mode})", "–", _x(by[extra].get(f"{mode}_x")),
+                         _x(pytest_ratio(pyb, "sawa", "paper", extra, mode)), "no target"])
+    for r in (dfc or {}).get("rows", []):
+        if r.get("provider") == "cpp" and r.get("device", "cpu") == "cpu":
+            val = r.get("fwd+bwd_x")
+            py = pytest_ratio(pyb, "dfc", r["shape"], "torch")
+            rows.append([f"DFC fused (cpp) vs unfold (torch backend), {r['shape']}, fwd+bwd",
+                         f"≥ {TARGETS['dfc_vs_unfold']:.0f}×", _x(val), _x(py), verdict(val, TARGETS["dfc_vs_unfold"])])
+    for g in (sweep or {}).get("growth", []):
+        if g["provider"] in ("cpp", "cpp-lv0"):
+            rows.append([f"SAWA {g['provider']} time growth, T {g['T']} (16× the work), fwd+bwd",
+                         f"≤ {TARGETS['growth_time']:.0f}×", _x(g["time_x"]), "–",
+                         verdict(g["time_x"], TARGETS["growth_time"], higher_is_better=False)])
+    return ("Measured ratios against the targets of the kernel issues. *Interleaved*: `bench_sawa_cpu.py`, "
+            "`bench_dfc.py`, `sweep.py` (providers take turns repetition by repetition in one process); "
+            "*pytest-benchmark*: the suite's medians from the same `make bench`. Ratio = baseline time ÷ our "
+            "time (or, for growth, time at the larger T ÷ time at the smaller).\n\n"
+            + _table(["claim", "target", "interleaved", "pytest-benchmark", "verdict (interleaved)"], rows))
+
+
+def sawa_section(sawa) -> str:
+    if not sawa:
+        return "*not run*"
+    cols = ["provider", "fwd_ms", "bwd_ms", "fwd+bwd_ms", "fwd_x", "bwd_x", "fwd+bwd_x", "peak_mb"]
+    heads = {"fwd_ms": "fwd ms", "bwd_ms": "bwd ms", "fwd+bwd_ms": "fwd+bwd ms", "fwd_x": "fwd ÷ cpp",
+             "bwd_x": "bwd ÷ cpp", "fwd+bwd_x": "fwd+bwd ÷ cpp", "peak_mb": "peak MiB (tensors)"}
+    lf = sawa.get("levels_fraction")
+    return (f"Shape {sawa.get('shape')}, float32, window {sawa.get('window')}, hop {sawa.get('hop')}, "
+            f"{sawa.get('threads')} thread(s), medians of {sawa.get('reps')} interleaved repetitions. "
+            f"Rows at level 0/1/2: {lf}. `sdpa-window` masks keys outside `[i·hop, i·hop+ω)`; "
+            "`flex-window` is forward-only on the CPU. Peak memory: tensors allocated during one "
+            "forward+backward (forward for flex), from the profiler's allocation records.\n\n"
+            + _timing.markdown_table(sawa["rows"], cols, heads))
+
+
+def dfc_section(dfc) -> str:
+    if not dfc:
+        return "*not run*"
+    cols = ["shape", "provider", "fwd_ms", "bwd_ms", "fwd+bwd_ms", "fwd_x", "bwd_x", "fwd+bwd_x", "peak_mb",
+            "unfolded_mb"]
+    heads = {"fwd_ms": "fwd ms", "bwd_ms": "bwd ms", "fwd+bwd_ms": "fwd+bwd ms", "fwd_x": "torch ÷ fwd",
+             "bwd_x": "torch ÷ bwd", "fwd+bwd_x": "torch ÷ fwd+bwd", "peak_mb": "peak MiB",
+             "unfolded_mb": "unfolded MiB"}
+    return ("From `bench_dfc.py` (float32, kernel shared by the batch; `torch` is the unfold-based backend, "
+            "`autograd` plain autograd through `x.unfold`). Here the ratio is **the torch backend's time ÷ the "
+            "provider's** (> 1: faster than unfold). Peak: tensors allocated during one forward+backward "
+            f"(profiler records); unfolded: the (B, N, frame, C) tensor the fused kernel never builds. "
+            f"Threads: {dfc.get('machine', {}).get('threads')}.\n\n"
+            + _timing.markdown_table(dfc["rows"], cols, heads))
+
+
+def model_section(model) -> str:
+    if not model:
+        return "*not run*"
+    import bench_model
+
+    res = model["results"]
+    lines = [f"{r['backend']}: step {1e3 * r['step_s']:.1f} ms at batch {r['batch']} "
+             f"({r['batch'] / r['step_s']:.1f} samples/s; median of {r['steps']})" for r in res]
+    return ("From `bench_model.py` (paper config, float32, backends taking turns step by step; per-stage "
+            "forward+backward times on the stage's own inputs, \"other\" = step − their sum). "
+            f"Threads: {model.get('threads', model.get('env', {}).get('threads'))}.\n\n"
+            + "\n".join(f"- {x}" for x in lines) + "\n\n" + bench_model.table(res))
+
+
+def sweep_section(sweep) -> str:
+    if not sweep:
+        return "*not run*"
+    rows = sweep["rows"]
+    names = list(dict.fromkeys(r["provider"] for r in rows))
+    Ts = sorted({r["T"] for r in rows})
+    cell = {(r["provider"], r["T"]): r for r in rows}
+
+    def fmt(r, key):
+        if r is None:
+            return "–"
+        if "skipped" in r:
+            return "skipped (memory/time)"
+        v = r.get(key)
+        return _ms(v) if isinstance(v, (int, float)) else str(v)
+
+    t_rows = [[T, T // 5, *[fmt(cell.get((n, T)), "fwd+bwd_ms") for n in names]] for T in Ts]
+    m_rows = [[T, T // 5, *[f"{fmt(cell.get((n, T)), 'rss_mb')} / {fmt(cell.get((n, T)), 'tensor_mb')}"
+                            if (n, T) in cell and "skipped" not in cell[(n, T)] else fmt(cell.get((n, T)), "")
+                            for n in names]] for T in Ts]
+    skipped = [f"{r['provider']} at T={r['T']}: {r['skipped']}" for r in rows if "skipped" in r]
+    growth = sweep.get("growth", [])
+    g_rows = [[g["provider"], g["T"], _x(g["time_x"]), f"{g['time_slope']:.2f}", _x(g.get("rss_x")),
+               f"{g['rss_slope']:.2f}" if "rss_slope" in g else "–", _x(g.get("tensor_x")),
+               f"{g['tensor_slope']:.2f}" if "tensor_slope" in g else "–"] for g in growth]
+    plots = "\n\n".join(f"![{p}](benchmarks/results/{p})" for p in sweep.get("plots", []))
+    return (f"B=1, H=1, d=64, L=T/5, float32, window {sweep.get('window')}, hop {sweep.get('hop')}, "
+            f"{sweep.get('threads')} thread(s); rows at level 0/1/2 at T=4096: {sweep.get('levels_fraction_T4096')}. "
+            "`sdpa-full` is torch's CPU flash kernel (it never holds the L×T scores, so its memory grows "
+            "linearly; its time grows quadratically); `sdpa-window` passes the boolean window mask, which "
+            "torch expands to an L×T float bias (4 bytes per score). Peak memory, two ways: **RSS** = rise of "
+            "the peak resident set of a fresh process (`getrusage`/`VmHWM`, high-water mark reset first) across "
+            "one forward+backward beyond its inputs; **tensors** = most bytes held at once by tensors allocated "
+            "during it (profiler allocation records; blind to a kernel's std::vector scratch).\n\n"
+            "Forward+backward time (ms):\n\n"
+            + _table(["T", "L", *names], t_rows)
+            + "\n\nPeak memory rise (MiB), RSS / tensors:\n\n" + _table(["T", "L", *names], m_rows)
+            + ("\n\n" + "; ".join(skipped) if skipped else "")
+            + "\n\nGrowth between the two sizes (ratio, and log-log slope: 1 = linear, 2 = quadratic):\n\n"
+            + _table(["provider", "T", "time ×", "time slope", "RSS ×", "RSS slope", "tensors ×", "tensors slope"],
+                     g_rows)
+            + "\n\n" + plots)
+
+
+def gpu_section(results: Path) -> str:
+    path = results / "gpu_check.md"
+    if path.exists():
+        return f"From `{path.relative_to(ROOT)}`:\n\n" + path.read_text()
+    return ("**Not measured: no GPU lent** to the session that produced this file. On a CUDA machine, one "
+            "command checks the Triton kernels against the reference and times them against dense SDPA, "
+            "SDPA with a window mask and FlexAttention:\n\n"
+            "```\nbenchmarks/gpu_check.sh > benchmarks/results/gpu_check.md   # then: python benchmarks/report.py "
+            "--no-run\n```\n\n"
+            "`pytest benchmarks --benchmark-only` also adds `triton` (and CUDA baseline) rows by itself when "
+            "CUDA is present.")
+
+
+REPRODUCE = """```
+make bench                                  # = the two lines below (creates .venv and builds the extension first)
+.venv/bin/python -m pytest benchmarks --benchmark-only -q      # suites -> benchmarks/results/pytest_benchmark.json
+.venv/bin/python benchmarks/report.py       # interleaved scripts + sweep + plots -> BENCHMARKS.md
+
+# pieces
+.venv/bin/python benchmarks/bench_sawa_cpu.py --threads 1   # SAWA paper shape, interleaved
+.venv/bin/python benchmarks/bench_dfc.py --threads 1        # DFC, interleaved
+.venv/bin/python benchmarks/sweep.py --threads 1            # scaling sweep + PNG plots
+.venv/bin/python benchmarks/bench_model.py --threads 1      # training step per backend, per-stage breakdown
+.venv/bin/python benchmarks/report.py --no-run              # re-render from benchmarks/results/*.json
+
+# CI smoke (tiny sizes, every benchmark body once, < 90 s on 2 cores)
+MFDR_BENCH_QUICK=1 .venv/bin/python -m pytest benchmarks --benchmark-disable -q
+```
+Threads: 1 by default everywhere (`--bench-threads N` for pytest, `--threads N` for the scripts and
+report.py). On a busy machine the OpenMP barrier of a multi-threaded op waits for a descheduled
+thread, and whole calls become 10-100× slower; one thread keeps the ratios meaningful. On a quiet
+machine, measure more threads with those flags."""
+
+
+def render(results: Path, out: Path, run_log: dict) -> str:
+    sawa, dfc, sweep = (_load(results / f) for f in ("sawa_cpu.json", "dfc.json", "sweep.json"))
+    model, pyb = _load(results / "model.json"), _load(results / "pytest_benchmark.json")
+    infos = [(x or {}).get("machine") for x in (sawa, dfc, sweep)]
+    if pyb:
+        infos.append(pyb.get("machine_info", {}).get("mfdr"))
+    text = "\n\n".join([
+        "# Benchmarks",
+        f"Written by `benchmarks/report.py` on {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} from "
+        "`benchmarks/results/` (see *Reproduce*). CPU only unless the GPU section says otherwise. "
+        "The machine was shared with other jobs while these ran: expect a few tens of percent of noise in "
+        "any single median; the ratios come from runs in which the providers take turns.",
+        "## Machine\n\n" + machine_section(infos, run_log),
+        "## Promised ratios\n\n" + headline_section(sawa, dfc, sweep, pyb),
+        "## SAWA at the paper's shape (interleaved)\n\n" + sawa_section(sawa),
+        "## Scaling sweep: SAWA vs dense SDPA as T grows\n\n" + sweep_section(sweep),
+        "## DFC (interleaved)\n\n" + dfc_section(dfc),
+        "## MFDR training step (interleaved)\n\n" + model_section(model),
+        "## pytest-benchmark suite\n\n" + pytest_section(pyb),
+        "## GPU\n\n" + gpu_section(results),
+        "## Reproduce\n\n" + REPRODUCE,
+    ]) + "\n"
+    out.write_text(text)
+    return text
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--no-run", action="store_true", help="only render from the JSON files in --results")
+    ap.add_argument("--only", default=",".join(SCRIPTS), help=f"scripts to run (of {','.join(SCRIPTS)})")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of every script (default 1)")
+    ap.add_argument("--results", default=str(RESULTS))
+    ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    args = ap.parse_args(argv)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    log_path = results / "run_log.json"
+    run_log = _load(log_path) or {}
+    if not args.no_run:
+        names = [n for n in args.only.split(",") if n]
+        unknown = set(names) - set(SCRIPTS)
+        if unknown:
+            raise SystemExit(f"--only: unknown {sorted(unknown)}; known {list(SCRIPTS)}")
+        run_log.update(run_scripts(names, args.threads, results))
+        log_path.write_text(json.dumps(run_log, indent=1))
+        failed = [n for n, v in run_log.items() if v["rc"] != 0]
+        if failed:
+            print(f"[report] failed: {failed} (their sections show the previous results, if any)", flush=True)
+    render(results, Path(args.out), run_log)
+    print(f"[report] wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
