@@ -56,7 +56,8 @@ class SAWALayer(nn.Module):
         self.window, self.hop, self.levels, self.normalize = window, hop, levels, normalize
         self.align, self.attention, self.backend = align, attention, backend
         self.q_proj = nn.Linear(text_dim, d_model)
-        self.k_proj = nn.Linear(audio_dim, d_model)
+        # no key bias: q·b_k is the same for every frame of a row, so every softmax cancels it (zero gradient)
+        self.k_proj = nn.Linear(audio_dim, d_model, bias=False)
         self.v_proj = nn.Linear(audio_dim, d_model)
         self.norm = nn.LayerNorm(d_model)
         self.last_level: torch.Tensor | None = None  # (B, H, L) int8 of the last forward (SAWA only)
