@@ -140,11 +140,13 @@ def run_isolated(argv: list[str], timeout: float = 600, threads: int | None = No
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     try:
-        res = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout, env=env)
+        res = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout,
+                             env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout:.0f} s"}
     if res.returncode != 0:
-        return {"error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}"}
+        err = res.stderr.strip()
+        return {"error": err.splitlines()[-1] if err else f"exit {res.returncode}"}
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 

@@ -4,8 +4,9 @@
     python benchmarks/bench_dfc.py --quick         # tiny sizes (CI smoke)
     python benchmarks/bench_dfc.py --device cuda   # the GPU check: triton against the reference, then timings
     python benchmarks/bench_dfc.py --check         # the correctness check only
-    python benchmarks/bench_dfc.py --threads 1     # one CPU thread (steadier on a busy machine)
-    pytest benchmarks/bench_dfc.py --benchmark-only
+    python benchmarks/bench_dfc.py --threads 2     # torch.set_num_threads (default 1, as in the suite:
+                                                   # on a busy machine an OpenMP barrier stalls every call)
+    pytest benchmarks/test_bench_dfc.py --benchmark-only   # the same providers in the pytest-benchmark suite
 
 Providers (float32, kernel shared by the batch, as in ``mfdr.DynamicFrameConv``):
   cpp        the C++ kernels (CPU)
@@ -28,7 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -192,7 +192,7 @@ def main(argv=None):
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cpu, then cuda when present)")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--check", action="store_true", help="only the correctness check against the reference")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU); default: torch's")
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (CPU); default 1")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "dfc.json"))
     args = ap.parse_args(argv)
     if args.threads:
@@ -216,15 +216,6 @@ def main(argv=None):
           "same run\n")
     print(_timing.markdown_table(rows, ["device"] + COLUMNS))
     return result
-
-
-# --------------------------------------------------------------------------- pytest-benchmark
-@pytest.mark.parametrize("name", ["torch", "cpp"])
-@pytest.mark.parametrize("shape", SHAPES[:2], ids=[shape_id(*s) for s in SHAPES[:2]])
-def test_dfc_cpu_fwd_bwd(benchmark, shape, name):
-    x, kernel, gy = inputs(*shape)
-    f = provider(name, shape[3], shape[4])
-    benchmark(lambda: torch.autograd.grad(f(x, kernel), (x, kernel), gy))
 
 
 if __name__ == "__main__":

@@ -156,16 +156,16 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny sizes, two repetitions (CI smoke)")
     ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    ap.add_argument("--no-flex", action="store_true", help="leave out FlexAttention (its compile takes ~20 s)")
+    ap.add_argument("--no-flex", action="store_true", help="leave out FlexAttention (compiles for ~20 s)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sawa_cpu.json"))
     args = ap.parse_args(argv)
     threads = _timing.set_threads(args.threads)
     shape = QUICK_PAPER if args.quick else PAPER
     names = [n for n in PROVIDERS if n != "reference" and not (args.no_flex and n == "flex-window")]
     rows = measure(shape, names, 2 if args.quick else args.reps)
-    result = {"machine": _timing.machine(), "threads": threads, "dtype": "float32", "window": WINDOW, "hop": HOP,
-              "levels_fraction": levels_present(**shape), "shape": shape, "reps": 2 if args.quick else args.reps,
-              "rows": rows}
+    result = {"machine": _timing.machine(), "threads": threads, "dtype": "float32", "window": WINDOW,
+              "hop": HOP, "levels_fraction": levels_present(**shape), "shape": shape,
+              "reps": 2 if args.quick else args.reps, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"machine: {result['machine']}")

@@ -1,6 +1,6 @@
 """Shared set-up of the pytest-benchmark suites (``test_bench_*.py``).
 
-    pytest benchmarks --benchmark-only -q                       # full sizes; JSON to results/pytest_benchmark.json
+    pytest benchmarks --benchmark-only -q                       # full sizes -> results/pytest_benchmark.json
     MFDR_BENCH_QUICK=1 pytest benchmarks --benchmark-disable -q  # CI: tiny sizes, each body run once
     pytest benchmarks --benchmark-only --bench-threads 2        # torch.set_num_threads (default 1)
 
@@ -35,14 +35,15 @@ HAS_CUDA = torch.cuda.is_available()
 def pytest_addoption(parser):
     group = parser.getgroup("mfdr benchmarks")
     group.addoption("--bench-threads", type=int, default=1,
-                    help="torch.set_num_threads for the benchmark suites (default 1: steady on a busy machine)")
+                    help="torch threads of the suites (default 1: steady on a busy machine)")
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     torch.set_num_threads(config.getoption("--bench-threads"))
     # torch.compile (FlexAttention) imports torch.jit internals that warn on import
-    config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+    config.addinivalue_line("filterwarnings",
+                            "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
     opt = config.option
     if QUICK:  # one round, no calibration loops: CI only checks that every body runs
         opt.benchmark_min_rounds = 1

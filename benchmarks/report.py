@@ -1,6 +1,6 @@
 """Write BENCHMARKS.md: the machine, the promised ratios, tables of medians and ratios, the sweep plots.
 
-    python -m pytest benchmarks --benchmark-only -q   # 1. the suites -> benchmarks/results/pytest_benchmark.json
+    python -m pytest benchmarks --benchmark-only -q   # 1. suites -> benchmarks/results/pytest_benchmark.json
     python benchmarks/report.py                       # 2. the interleaved scripts, then BENCHMARKS.md
     python benchmarks/report.py --no-run              # only re-render from benchmarks/results/*.json
     python benchmarks/report.py --only sweep,dfc      # rerun some scripts, render all
@@ -39,7 +39,7 @@ SCRIPTS = {
     "dfc": lambda t, r: ["bench_dfc.py", "--threads", t, "--out", str(r / "dfc.json")],
     "sweep": lambda t, r: ["sweep.py", "--threads", t, "--out", str(r / "sweep.json")],
     "model": lambda t, r: ["bench_model.py", "--threads", t, "--backends", "reference,torch,default",
-                           "--reference-batch", "2", "--steps", "5", "--json", str(r / "model.json")],
+                           "--reference-steps", "3", "--steps", "7", "--json", str(r / "model.json")],
 }
 FAST = {"sawa": "cpp", "dfc": "cpp", "model": "default"}  # the row every ratio divides by (CPU)
 TARGETS = {"sawa_vs_sdpa_window": 3.0, "sawa_vs_torch": 5.0, "dfc_vs_unfold": 2.0, "growth_time": 20.0}
@@ -124,19 +124,20 @@ def pytest_section(data) -> str:
              "in ms (pytest-benchmark's own rounds; the reference one round). **÷ cpp**: the provider's time "
              "over the cpp backend's in the same run (> 1: cpp is faster). Providers ran one after another, "
              "not interleaved."]
-    for (op, shape, device), provs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "sawa", kv[0])):
+    order = {"sawa": 0, "dfc": 1, "model": 2}
+    for (op, shape, device), provs in sorted(groups.items(), key=lambda kv: order.get(kv[0][0], 3)):
         info = meta[(op, shape, device)]
         if op == "model":
             parts.append(_model_pytest_table(provs, device))
             continue
         dims = ", ".join(f"{k}={v}" for k, v in info.get("dims", {}).items())
         fast = "triton" if device == "cuda" else "cpp"
-        parts.append(f"**{op.upper()} `{shape}`** ({dims}; {info.get('dtype')}; {device})\n")
+        parts.append(f"**{op.upper()} `{shape}`** ({dims}; {info.get('dtype')}; {device})")
         modes = ["fwd", "bwd", "fwd+bwd"]
         rows = []
         for p, m in provs.items():
-            ratios = [m[mode] / provs[fast][mode] if mode in m and fast in provs and mode in provs[fast] else None
-                      for mode in modes]
+            ref = provs.get(fast, {})
+            ratios = [m[mode] / ref[mode] if mode in m and mode in ref else None for mode in modes]
             rows.append([p, *[_ms(m.get(mode)) for mode in modes], *[_x(r) for r in ratios], m["_rounds"]])
         parts.append(_table(["provider", "fwd ms", "bwd ms", "fwd+bwd ms", f"fwd ÷ {fast}", f"bwd ÷ {fast}",
                              f"fwd+bwd ÷ {fast}", "rounds"], rows))
@@ -178,7 +179,8 @@ def machine_section(infos, run_log) -> str:
     rows = [["CPU", m.get("cpu", "?")], ["cores", m.get("cores", "?")], ["RAM", f"{m.get('ram_gb', '?')} GB"],
             ["torch threads", m.get("threads", "?")], ["python", m.get("python", "?")],
             ["torch", m.get("torch", "?")], ["triton", m.get("triton", "?")],
-            ["mfdr_kernels", m.get("mfdr_kernels", "?")], ["default CPU backend", m.get("default_backend_cpu", "?")],
+            ["mfdr_kernels", m.get("mfdr_kernels", "?")],
+            ["default CPU backend", m.get("default_backend_cpu", "?")],
             ["GPU", m.get("gpu", "none")]]
     try:
         import pytest_benchmark
@@ -215,10 +217,13 @@ def headline_section(sawa, dfc, sweep, pyb) -> str:
             val = r.get("fwd+bwd_x")
             py = pytest_ratio(pyb, "dfc", r["shape"], "torch")
             rows.append([f"DFC fused (cpp) vs unfold (torch backend), {r['shape']}, fwd+bwd",
-                         f"≥ {TARGETS['dfc_vs_unfold']:.0f}×", _x(val), _x(py), verdict(val, TARGETS["dfc_vs_unfold"])])
+                         f"≥ {TARGETS['dfc_vs_unfold']:.0f}×", _x(val), _x(py),
+                         verdict(val, TARGETS["dfc_vs_unfold"])])
     for g in (sweep or {}).get("growth", []):
         if g["provider"] in ("cpp", "cpp-lv0"):
-            rows.append([f"SAWA {g['provider']} time growth, T {g['T']} (16× the work), fwd+bwd",
+            lo, hi = (int(t) for t in g["T"].split(" → "))
+            rows.append([f"SAWA {g['provider']} time growth, T {g['T']}, L = T/5 ({hi // lo}× the work), "
+                         "fwd+bwd",
                          f"≤ {TARGETS['growth_time']:.0f}×", _x(g["time_x"]), "–",
                          verdict(g["time_x"], TARGETS["growth_time"], higher_is_better=False)])
     return ("Measured ratios against the targets of the kernel issues. *Interleaved*: `bench_sawa_cpu.py`, "
@@ -235,7 +240,8 @@ def sawa_section(sawa) -> str:
     heads = {"fwd_ms": "fwd ms", "bwd_ms": "bwd ms", "fwd+bwd_ms": "fwd+bwd ms", "fwd_x": "fwd ÷ cpp",
              "bwd_x": "bwd ÷ cpp", "fwd+bwd_x": "fwd+bwd ÷ cpp", "peak_mb": "peak MiB (tensors)"}
     lf = sawa.get("levels_fraction")
-    return (f"Shape {sawa.get('shape')}, float32, window {sawa.get('window')}, hop {sawa.get('hop')}, "
+    shape = ", ".join(f"{k}={v}" for k, v in sawa.get("shape", {}).items())
+    return (f"Shape {shape}, float32, window {sawa.get('window')}, hop {sawa.get('hop')}, "
             f"{sawa.get('threads')} thread(s), medians of {sawa.get('reps')} interleaved repetitions. "
             f"Rows at level 0/1/2: {lf}. `sdpa-window` masks keys outside `[i·hop, i·hop+ω)`; "
             "`flex-window` is forward-only on the CPU. Peak memory: tensors allocated during one "
@@ -252,8 +258,8 @@ def dfc_section(dfc) -> str:
              "bwd_x": "torch ÷ bwd", "fwd+bwd_x": "torch ÷ fwd+bwd", "peak_mb": "peak MiB",
              "unfolded_mb": "unfolded MiB"}
     return ("From `bench_dfc.py` (float32, kernel shared by the batch; `torch` is the unfold-based backend, "
-            "`autograd` plain autograd through `x.unfold`). Here the ratio is **the torch backend's time ÷ the "
-            "provider's** (> 1: faster than unfold). Peak: tensors allocated during one forward+backward "
+            "`autograd` plain autograd through `x.unfold`). Here the ratio is **the torch backend's time ÷ "
+            "the provider's** (> 1: faster than unfold). Peak: tensors allocated during one forward+backward "
             f"(profiler records); unfolded: the (B, N, frame, C) tensor the fused kernel never builds. "
             f"Threads: {dfc.get('machine', {}).get('threads')}.\n\n"
             + _timing.markdown_table(dfc["rows"], cols, heads))
@@ -300,20 +306,21 @@ def sweep_section(sweep) -> str:
                f"{g['tensor_slope']:.2f}" if "tensor_slope" in g else "–"] for g in growth]
     plots = "\n\n".join(f"![{p}](benchmarks/results/{p})" for p in sweep.get("plots", []))
     return (f"B=1, H=1, d=64, L=T/5, float32, window {sweep.get('window')}, hop {sweep.get('hop')}, "
-            f"{sweep.get('threads')} thread(s); rows at level 0/1/2 at T=4096: {sweep.get('levels_fraction_T4096')}. "
+            f"{sweep.get('threads')} thread(s); rows at level 0/1/2 at T=4096: "
+            f"{sweep.get('levels_fraction_T4096')}. "
             "`sdpa-full` is torch's CPU flash kernel (it never holds the L×T scores, so its memory grows "
             "linearly; its time grows quadratically); `sdpa-window` passes the boolean window mask, which "
-            "torch expands to an L×T float bias (4 bytes per score). Peak memory, two ways: **RSS** = rise of "
-            "the peak resident set of a fresh process (`getrusage`/`VmHWM`, high-water mark reset first) across "
-            "one forward+backward beyond its inputs; **tensors** = most bytes held at once by tensors allocated "
+            "torch expands to an L×T float bias (4 bytes per score). Peak memory, two ways: **RSS** = rise "
+            "of the peak resident set of a fresh process (`VmHWM`, high-water mark reset first) across one "
+            "forward+backward beyond its inputs; **tensors** = most bytes held at once by tensors allocated "
             "during it (profiler allocation records; blind to a kernel's std::vector scratch).\n\n"
             "Forward+backward time (ms):\n\n"
             + _table(["T", "L", *names], t_rows)
             + "\n\nPeak memory rise (MiB), RSS / tensors:\n\n" + _table(["T", "L", *names], m_rows)
             + ("\n\n" + "; ".join(skipped) if skipped else "")
             + "\n\nGrowth between the two sizes (ratio, and log-log slope: 1 = linear, 2 = quadratic):\n\n"
-            + _table(["provider", "T", "time ×", "time slope", "RSS ×", "RSS slope", "tensors ×", "tensors slope"],
-                     g_rows)
+            + _table(["provider", "T", "time ×", "time slope", "RSS ×", "RSS slope", "tensors ×",
+                      "tensors slope"], g_rows)
             + "\n\n" + plots)
 
 
@@ -324,15 +331,15 @@ def gpu_section(results: Path) -> str:
     return ("**Not measured: no GPU lent** to the session that produced this file. On a CUDA machine, one "
             "command checks the Triton kernels against the reference and times them against dense SDPA, "
             "SDPA with a window mask and FlexAttention:\n\n"
-            "```\nbenchmarks/gpu_check.sh > benchmarks/results/gpu_check.md   # then: python benchmarks/report.py "
-            "--no-run\n```\n\n"
+            "```\nbenchmarks/gpu_check.sh > benchmarks/results/gpu_check.md\n"
+            "python benchmarks/report.py --no-run   # re-render with the GPU section\n```\n\n"
             "`pytest benchmarks --benchmark-only` also adds `triton` (and CUDA baseline) rows by itself when "
             "CUDA is present.")
 
 
 REPRODUCE = """```
-make bench                                  # = the two lines below (creates .venv and builds the extension first)
-.venv/bin/python -m pytest benchmarks --benchmark-only -q      # suites -> benchmarks/results/pytest_benchmark.json
+make bench       # = the two lines below (after creating .venv and building the extension)
+.venv/bin/python -m pytest benchmarks --benchmark-only -q   # -> benchmarks/results/pytest_benchmark.json
 .venv/bin/python benchmarks/report.py       # interleaved scripts + sweep + plots -> BENCHMARKS.md
 
 # pieces

@@ -27,8 +27,6 @@ import math
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _timing  # noqa: E402
 import bench_sawa_cpu as sawa_bench  # noqa: E402
@@ -111,7 +109,8 @@ def sweep(Ts, names, threads, max_seconds, max_gb, log=print, rss=True) -> list[
             if "error" in probe:
                 row["rss_error"] = probe["error"]
             if last[n]:
-                row["_slope"] = math.log(row["fwd+bwd_ms"] / last[n]["fwd+bwd_ms"]) / math.log(T / last[n]["T"])
+                grow = row["fwd+bwd_ms"] / last[n]["fwd+bwd_ms"]
+                row["_slope"] = math.log(grow) / math.log(T / last[n]["T"])
             rows.append(row)
             last[n] = row
             log(f"T={T:>6} {n:12s} fwd {row['fwd_ms']:10.2f} ms  fwd+bwd {row['fwd+bwd_ms']:10.2f} ms  "
@@ -147,7 +146,8 @@ def plot(rows, names, out_dir: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    styles = {"cpp": ("C0", "o"), "cpp-lv0": ("C2", "s"), "sdpa-full": ("C3", "^"), "sdpa-window": ("C1", "v")}
+    styles = {"cpp": ("C0", "o"), "cpp-lv0": ("C2", "s"), "sdpa-full": ("C3", "^"),
+              "sdpa-window": ("C1", "v")}
     labels = {"cpp": "SAWA cpp (levels 2)", "cpp-lv0": "SAWA cpp (levels 0)",
               "sdpa-full": "dense SDPA (no mask)", "sdpa-window": "dense SDPA (window mask)"}
     paths = []

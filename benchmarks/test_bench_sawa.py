@@ -5,18 +5,17 @@
 
 Providers and inputs: ``bench_sawa_cpu`` (cpp levels 2 and 0, torch, reference, dense SDPA with a
 window mask and without, compiled FlexAttention with a sliding-window block mask; Triton when CUDA
-is present). Shapes: ``paper`` B=32, H=1, L=50, T=255, d=256 (the kernel issue's); ``paper-B1`` the
-same with B=1, where the reference's backward is timed (at B=32 it takes minutes); ``long`` B=1,
-H=4, T=4096, L=T/5, d=64. float32. The reference is timed once per case (one round).
-Benchmarks of one shape, device and mode share a group; report.py turns each group into ratios.
+is present). Shapes: ``paper`` B=32, H=1, L=50, T=255, d=256 (the kernel issue's) and ``long`` B=1,
+H=4, T=4096, L=T/5, d=64; float32. Benchmarks of one shape, device and mode share a group; report.py
+turns each group into ratios.
 """
 
 from __future__ import annotations
 
+import bench_sawa_cpu as sb
 import pytest
 import torch
 
-import bench_sawa_cpu as sb
 from mfdr_kernels import _env
 
 QUICK = _env.bench_quick()
@@ -24,19 +23,16 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 SHAPES = {
     "paper": dict(B=32, H=1, L=50, T=255, d=256),
-    "paper-B1": dict(B=1, H=1, L=50, T=255, d=256),
     "long": dict(B=1, H=4, L=819, T=4096, d=64),
 }
 if QUICK:
     SHAPES = {
         "paper": dict(B=2, H=1, L=10, T=55, d=16),
-        "paper-B1": dict(B=1, H=1, L=10, T=55, d=16),
         "long": dict(B=1, H=2, L=51, T=256, d=16),
     }
 PROVIDERS = {
     ("paper", "cpu"): ["cpp", "cpp-lv0", "torch", "sdpa-window", "sdpa-full", "flex-window", "reference"],
-    ("paper-B1", "cpu"): ["cpp", "torch", "reference"],
-    ("long", "cpu"): ["cpp", "cpp-lv0", "torch", "sdpa-window", "sdpa-full", "flex-window"],
+    ("long", "cpu"): ["cpp", "cpp-lv0", "torch", "sdpa-window", "sdpa-full", "flex-window", "reference"],
     ("paper", "cuda"): ["triton", "torch", "sdpa-window", "sdpa-full", "flex-window"],
     ("long", "cuda"): ["triton", "torch", "sdpa-window", "sdpa-full", "flex-window"],
 }
@@ -46,8 +42,6 @@ MODES = ("fwd", "bwd", "fwd+bwd")
 def _runs(shape, device, name, mode) -> bool:
     if name in sb.FORWARD_ONLY and device == "cpu":
         return mode == "fwd"  # torch 2.13: no FlexAttention backward on the CPU
-    if name == "reference" and shape == "paper":
-        return mode == "fwd"  # its backward at B=32 takes minutes: timed at paper-B1
     return True
 
 
@@ -69,10 +63,9 @@ def test_sawa(bench, levels, shape, device, name, mode):
     dims = SHAPES[shape]
     q, k, v, do = sb.inputs(**dims, device=device)
     fn = sb.closures(name, q, k, v, do)[mode]
-    bench(fn, group=f"sawa {shape} {sb.shape_id(**dims)} {device} {mode}", slow=name == "reference",
-          device=device, op="sawa", provider=name, mode=mode, shape=shape, dims=dims, dtype="float32",
-          window=sb.WINDOW, hop=sb.HOP, levels=0 if name == "cpp-lv0" else 2,
-          levels_fraction=levels[shape])
+    bench(fn, group=f"sawa {shape} {sb.shape_id(**dims)} {device} {mode}", device=device, op="sawa",
+          provider=name, mode=mode, shape=shape, dims=dims, dtype="float32", window=sb.WINDOW, hop=sb.HOP,
+          levels=0 if name == "cpp-lv0" else 2, levels_fraction=levels[shape])
 
 
 def test_sweep_and_report_render(tmp_path):
