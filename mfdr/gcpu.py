@@ -26,15 +26,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mfdr_kernels import _checks
+
 
 def _valid_steps(lengths: torch.Tensor | None, B: int, L: int, device) -> torch.Tensor | None:
-    """``(B, L)`` bool, True at steps ``t < lengths[b]``; None when every step is valid."""
+    """``(B, L)`` bool, True at steps ``t < lengths[b]``; None when every step is valid.
+    ``lengths``: integer ``(B,)`` with values in [0, L] (else an error naming it)."""
     if lengths is None:
         return None
-    lengths = torch.as_tensor(lengths, device=device)
-    if lengths.shape != (B,):
-        raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
+    lengths = _checks.lengths("lengths", lengths, B, 0, L, device)
     return torch.arange(L, device=device)[None, :] < lengths[:, None]
+
+
+def _check_z(module: nn.Module, z) -> None:
+    """``z (B, L >= 1, dim)``, floating, on the device (and, outside autocast, of the dtype) of the
+    module's parameters."""
+    _checks.tensor("z", z, 3)
+    if z.shape[-1] != module.dim or z.shape[1] == 0:
+        raise ValueError(f"z must have shape (B, L >= 1, {module.dim}), got {tuple(z.shape)}")
+    _checks.like("z", z, next(module.parameters()))
+
+
+def _check_sizes(dim, heads) -> tuple[int, int]:
+    dim, heads = _checks.positive_int("dim", dim), _checks.positive_int("heads", heads)
+    if dim % heads:
+        raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+    return dim, heads
 
 
 class GCPU(nn.Module):
@@ -53,9 +70,13 @@ class GCPU(nn.Module):
 
     def __init__(self, dim: int = 256, heads: int = 4, context: bool = True, dropout: float = 0.0):
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"GCPU: dim ({dim}) must be divisible by heads ({heads})")
-        self.dim, self.heads, self.context = dim, heads, bool(context)
+        dim, heads = _check_sizes(dim, heads)
+        if not isinstance(context, bool):
+            raise TypeError(f"context must be a bool, got {type(context).__name__} {context!r}")
+        dropout = _checks.finite_float("dropout", dropout)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        self.dim, self.heads, self.context = dim, heads, context
         lin = lambda: nn.Linear(dim, dim, bias=False)
         self.W_hr, self.W_zr = lin(), lin()
         self.W_zz, self.W_hz = lin(), lin()
@@ -81,8 +102,7 @@ class GCPU(nn.Module):
     def forward(self, z: torch.Tensor, lengths: torch.Tensor | None = None,
                 h0: torch.Tensor | None = None) -> torch.Tensor:
         """``z (B, L, dim)``, ``lengths (B,)`` valid steps -> ``H (B, L, dim)``, padded steps zero."""
-        if z.dim() != 3 or z.shape[-1] != self.dim:
-            raise ValueError(f"z must have shape (B, L, {self.dim}), got {tuple(z.shape)}")
+        _check_z(self, z)
         g = self.global_context(z, lengths) if self.context else None
         return self.recurrence(z, g, lengths, h0)
 
@@ -129,14 +149,18 @@ class GCPU(nn.Module):
         return H if valid is None else H.masked_fill(~valid[..., None], 0.0)
 
     def _check(self, z, g, h0) -> tuple[int, int, int]:
-        if z.dim() != 3 or z.shape[-1] != self.dim:
-            raise ValueError(f"z must have shape (B, L, {self.dim}), got {tuple(z.shape)}")
-        if self.context and (g is None or g.shape != z.shape):
-            raise ValueError(f"g must have the shape of z {tuple(z.shape)}, got "
-                             f"{None if g is None else tuple(g.shape)}")
+        _check_z(self, z)
+        if self.context:
+            if g is None or not isinstance(g, torch.Tensor) or g.shape != z.shape:
+                raise ValueError(f"g must have the shape of z {tuple(z.shape)}, got "
+                                 f"{tuple(g.shape) if isinstance(g, torch.Tensor) else g!r}")
+            _checks.like("g", g, z, "z")
         B, L, D = z.shape
-        if h0 is not None and h0.shape != (B, D):
-            raise ValueError(f"h0 must have shape ({B}, {D}), got {tuple(h0.shape)}")
+        if h0 is not None:
+            _checks.tensor("h0", h0, 2)
+            if h0.shape != (B, D):
+                raise ValueError(f"h0 must have shape ({B}, {D}), got {tuple(h0.shape)}")
+            _checks.like("h0", h0, z, "z")
         return B, L, D
 
 
@@ -195,11 +219,17 @@ class GRUContext(nn.Module):
 
     def __init__(self, dim: int = 256):
         super().__init__()
-        self.dim = dim
+        self.dim = _checks.positive_int("dim", dim)
         self.gru = nn.GRU(dim, dim, batch_first=True)
 
     def forward(self, z: torch.Tensor, lengths: torch.Tensor | None = None,
                 h0: torch.Tensor | None = None) -> torch.Tensor:
+        _check_z(self, z)
+        if h0 is not None:
+            _checks.tensor("h0", h0, 2)
+            if h0.shape != (z.shape[0], self.dim):
+                raise ValueError(f"h0 must have shape ({z.shape[0]}, {self.dim}), got {tuple(h0.shape)}")
+            _checks.like("h0", h0, z, "z")
         H, _ = self.gru(z, None if h0 is None else h0[None])
         valid = _valid_steps(lengths, z.shape[0], z.shape[1], z.device)
         return H if valid is None else H.masked_fill(~valid[..., None], 0.0)

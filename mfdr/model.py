@@ -48,6 +48,7 @@ class SAWALayer(nn.Module):
                  hop: int = 5, levels: int = 2, normalize: str = "segment", align: str = "paper",
                  attention: str = "sawa", backend: str | None = None):
         super().__init__()
+        d_model, heads = _checks.positive_int("d_model", d_model), _checks.positive_int("heads", heads)
         if d_model % heads:
             raise ValueError(f"SAWALayer: d_model ({d_model}) must be divisible by heads ({heads})")
         _checks.choice("attention", attention, ("sawa", "full"))
@@ -70,7 +71,7 @@ class SAWALayer(nn.Module):
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, H, N, d)
         B, N, _ = x.shape
-        return x.view(B, N, self.heads, -1).transpose(1, 2)
+        return x.view(B, N, self.heads, self.d_model // self.heads).transpose(1, 2)
 
     def project(self, audio: torch.Tensor, text: torch.Tensor):
         """``q_in (B, L, D)`` and the heads ``q (B, H, L, d)``, ``k, v (B, H, T, d)``."""
@@ -270,6 +271,9 @@ class MFDR(nn.Module):
                              f"(pad or cut the tokens to text_len), got {tuple(text.shape)}")
         if text.shape[0] != B:
             raise ValueError(f"audio and text must have the same batch size, got {B} and {text.shape[0]}")
+        param = next(self.parameters())
+        _checks.like("audio", audio, param)
+        _checks.like("text", text, param)
         if audio_lengths is not None:
             audio_lengths = _checks.int_tensor("audio_lengths", audio_lengths, (B,), audio.device)
             _checks.in_range("audio_lengths", audio_lengths, 1, T)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoint import atomic_write_text
-from .config import MFDRConfig
+from .config import MFDRConfig, _one_line
 
 EMOTIONS = ("neutral", "happy", "angry", "sad")  # mfdr.data.EMOTIONS, without importing torch here
 PROTOCOLS = ("session", "speaker", "kfold", "split")
@@ -289,9 +289,11 @@ class RunConfig:
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
         try:
-            d = yaml.safe_load(path.read_text()) or {}
+            d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ValueError(f"config file {path} is not UTF-8 text ({e})") from None
         except yaml.YAMLError as e:
-            raise ValueError(f"config file {path} is not valid YAML: {e}") from None
+            raise ValueError(f"config file {path} is not valid YAML: {_one_line(e)}") from None
         try:
             return cls.from_dict(d, overrides)
         except (TypeError, ValueError) as e:
@@ -329,7 +331,10 @@ def _apply_override(d: dict, item: str) -> None:
     section = d[parts[0]]
     if not isinstance(section, dict):
         raise ValueError(f"override {item!r}: config section {parts[0]!r} is not a mapping")
-    section[parts[1]] = yaml.safe_load(value)
+    try:
+        section[parts[1]] = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ValueError(f"override {item!r}: the value is not valid YAML ({_one_line(e)})") from None
 
 
 def format_diff(diff: dict[str, tuple], left: str, right: str) -> str:

@@ -126,6 +126,23 @@ class Dist:
             torch.distributed.destroy_process_group()
 
 
+def parse_device(device, name: str = "device") -> torch.device:
+    """``torch.device(device)``, or a ValueError naming ``name`` when it is not a device, or a CUDA
+    device that this machine does not have."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{name} must be a torch device such as 'cpu', 'cuda' or 'cuda:1', "
+                         f"got {device!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} is {device!r} but CUDA is not available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name} is {device!r} but this machine has {torch.cuda.device_count()} "
+                             "CUDA device(s)")
+    return dev
+
+
 def setup_distributed(device: str | None = None) -> Dist:
     """Join the ``torchrun`` process group (``WORLD_SIZE`` > 1: NCCL on CUDA, gloo on the CPU) or run
     alone. ``device``: ``"cpu"``, ``"cuda"``... (None: CUDA when available; under torchrun each process
@@ -133,10 +150,8 @@ def setup_distributed(device: str | None = None) -> Dist:
     world, local_rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = parse_device(device, "train.device")
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"train.device is {device!r} but CUDA is not available here")
         if world > 1:
             dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)

@@ -61,6 +61,9 @@ def choose(
     else:
         source = "backend="
     if requested is not None:
+        if not isinstance(requested, str):
+            raise TypeError(f"{op}: {source} must be a backend name (str) or None, "
+                            f"got {type(requested).__name__}")
         requested = requested.lower()
         if requested not in checks:
             raise ValueError(f"{op}: {source} must be one of {tuple(checks)}, got {requested!r}")

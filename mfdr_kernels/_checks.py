@@ -90,3 +90,26 @@ def finite_if_asked(**tensors: torch.Tensor) -> None:
     for name, t in tensors.items():
         if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name} contains NaN or Inf (MFDR_KERNELS_CHECK_FINITE=1)")
+
+
+def like(name: str, x: torch.Tensor, ref: torch.Tensor, what: str = "the module's parameters") -> None:
+    """``x`` on the device of ``ref`` and, outside autocast, of its dtype (for nn.Module inputs)."""
+    if x.device != ref.device:
+        raise ValueError(f"{name} must be on the device of {what} ({ref.device}), got {x.device}")
+    if x.dtype != ref.dtype and not _autocast(x.device.type):
+        raise TypeError(f"{name} must have the dtype of {what} ({ref.dtype}), got {x.dtype}")
+
+
+def lengths(name: str, x, batch: int, lo: int, hi: int, device) -> torch.Tensor:
+    """Valid counts per sample: an integer ``(batch,)`` tensor (or sequence) with values in [lo, hi],
+    returned as int64 on ``device``."""
+    x = int_tensor(name, x, (batch,), device)
+    in_range(name, x, lo, hi)
+    return x
+
+
+def _autocast(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type without autocast (meta, ...)
+        return False

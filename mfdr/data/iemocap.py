@@ -18,11 +18,12 @@ gender letter of the id's last part (``Ses01F_impro01_M000`` → ``Ses01M``). Th
 from __future__ import annotations
 
 import logging
+import operator
 import re
 from collections import Counter
 from pathlib import Path
 
-from .manifest import DataError, Record, Records, bad_entry, check_on_error
+from .manifest import DataError, Record, Records, as_path, bad_entry, check_on_error
 
 log = logging.getLogger("mfdr.data")
 
@@ -75,7 +76,19 @@ def _session_dirs(root: Path, sessions) -> list[Path]:
         if not dirs:
             raise DataError(f"IEMOCAP root {root}: no Session1..Session5 folders found")
         return dirs
-    dirs = [root / f"Session{int(s)}" for s in sessions]
+    if isinstance(sessions, (str, bytes)) or not hasattr(sessions, "__iter__"):
+        raise TypeError(f"sessions must be a list of session numbers (e.g. [1, 2]), got "
+                        f"{type(sessions).__name__} {sessions!r}")
+    numbers = []
+    for s in sessions:
+        try:
+            n = None if isinstance(s, bool) else operator.index(s)
+        except TypeError:
+            n = None
+        if n is None or n < 1:
+            raise ValueError(f"sessions must be session numbers >= 1 (ints), got {s!r} in {sessions!r}")
+        numbers.append(n)
+    dirs = [root / f"Session{n}" for n in numbers]
     for d in dirs:
         if not d.is_dir():
             raise DataError(f"IEMOCAP session folder {d} does not exist")
@@ -150,7 +163,7 @@ def read_iemocap(root, *, sessions=None, check_wavs: bool = True, on_error: str 
         ``.skipped``. The counts are also logged on the ``mfdr.data`` logger.
     """
     check_on_error(on_error)
-    root = Path(root)
+    root = as_path("root", root)
     state = {"on_error": on_error, "skipped": [], "dropped": Counter(), "check_wavs": check_wavs}
     records, seen = [], {}
     for session_dir in _session_dirs(root, sessions):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -90,8 +91,15 @@ class Records(list):
 
 
 def check_on_error(on_error: str) -> None:
-    if on_error not in ON_ERROR:
+    if not isinstance(on_error, str) or on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+
+
+def as_path(name: str, value) -> Path:
+    """``value`` (str or os.PathLike) as a Path; anything else is a TypeError naming ``name``."""
+    if isinstance(value, (str, os.PathLike)):
+        return Path(value)
+    raise TypeError(f"{name} must be a path (str or os.PathLike), got {type(value).__name__}")
 
 
 def bad_entry(message: str, on_error: str, skipped: list | None = None, where: str = "",
@@ -106,7 +114,15 @@ def bad_entry(message: str, on_error: str, skipped: list | None = None, where: s
 
 
 def _rows(path: Path):
-    """Yield ``(line_number, row dict)`` from a CSV or JSONL manifest."""
+    """Yield ``(line_number, row dict)`` from a CSV or JSONL manifest; text that is not UTF-8 is a
+    ``DataError`` naming the file."""
+    try:
+        yield from _raw_rows(path)
+    except UnicodeDecodeError as e:
+        raise DataError(f"manifest {path}: not UTF-8 text ({e})") from e
+
+
+def _raw_rows(path: Path):
     suffix = path.suffix.lower()
     if suffix == ".csv":
         with open(path, newline="", encoding="utf-8") as f:
@@ -142,11 +158,15 @@ def _record_from_row(row: dict, where: str, base: Path, labels, check_wavs: bool
     text = row.get("text")
     if text is None or not str(text).strip():
         raise DataError(f"{where}: empty transcript for id {row['id']!r}")
+    for column in ("id", "wav", "speaker"):
+        if not isinstance(row[column], (str, int)) or isinstance(row[column], bool):
+            raise DataError(f"{where}: {column} must be a string, got {type(row[column]).__name__} "
+                            f"{row[column]!r}")
     label = row["label"]
     if labels is not None and label not in labels:
         raise DataError(f"{where}: unknown label {label!r} for id {row['id']!r}; expected one of "
                         f"{list(labels)}")
-    wav = Path(row["wav"]).expanduser()
+    wav = Path(str(row["wav"])).expanduser()
     wav = wav if wav.is_absolute() else base / wav
     if check_wavs and not wav.is_file():
         raise DataError(f"{where}: wav file {wav} does not exist (id {row['id']!r})")
@@ -171,7 +191,10 @@ def read_manifest(path, *, labels=None, check_wavs: bool = True, on_error: str =
         ``Records`` (a list of ``Record``) in file order.
     """
     check_on_error(on_error)
-    path = Path(path)
+    path = as_path("path", path)
+    if isinstance(labels, str) or (labels is not None and not hasattr(labels, "__contains__")):
+        raise TypeError(f"labels must be a collection of label names (e.g. a tuple), got "
+                        f"{type(labels).__name__} {labels!r}")
     if not path.is_file():
         raise DataError(f"manifest {path} does not exist")
     records, skipped, seen = [], [], {}

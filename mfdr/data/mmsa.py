@@ -13,11 +13,10 @@ from __future__ import annotations
 import logging
 import pickle
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from .manifest import DataError
+from .manifest import DataError, as_path
 
 log = logging.getLogger("mfdr.data")
 
@@ -53,7 +52,9 @@ def _valid_rows(x: np.ndarray) -> np.ndarray:
     return last.astype(np.int64)
 
 
-def _array(split: dict, key: str, where: str, ndim: int) -> np.ndarray:
+def _array(split: dict, key: str, where: str, ndim: int, dtype=np.float32) -> np.ndarray:
+    """``split[key]`` as a numpy array of ``ndim`` dims and ``dtype``; a DataError naming the key if it
+    is missing, ragged, of another rank or not numeric."""
     if key not in split:
         raise DataError(f"{where}: missing key {key!r}; found keys {sorted(split)}")
     try:
@@ -62,7 +63,10 @@ def _array(split: dict, key: str, where: str, ndim: int) -> np.ndarray:
         raise DataError(f"{where}: {key!r} is not a rectangular array ({e})") from e
     if x.ndim != ndim:
         raise DataError(f"{where}: {key!r} must have {ndim} dims, got shape {x.shape}")
-    return x
+    try:
+        return x.astype(dtype)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{where}: {key!r} must hold numbers, got dtype {x.dtype} ({e})") from e
 
 
 def _text_lengths(split: dict, text: np.ndarray, where: str) -> np.ndarray:
@@ -78,7 +82,8 @@ def _text_lengths(split: dict, text: np.ndarray, where: str) -> np.ndarray:
 def _audio_lengths(split: dict, audio: np.ndarray, where: str) -> np.ndarray:
     if split.get("audio_lengths") is None:
         return _valid_rows(audio)
-    lengths = np.asarray(split["audio_lengths"]).reshape(-1).astype(np.int64)
+    raw = np.asarray(split["audio_lengths"]).reshape(-1)
+    lengths = _array({"audio_lengths": raw}, "audio_lengths", where, 1, np.int64)
     if lengths.shape[0] != audio.shape[0]:
         raise DataError(f"{where}: audio_lengths has {lengths.shape[0]} entries, expected "
                         f"{audio.shape[0]} (audio's first dim)")
@@ -91,14 +96,25 @@ def _read_split(split: dict, where: str, label_key: str) -> MMSASplit:
     for key in ("id", label_key):
         if key not in split:
             raise DataError(f"{where}: missing key {key!r}; found keys {sorted(split)}")
-    ids = np.asarray([str(i) for i in split["id"]])
-    text = _array(split, "text", where, 3).astype(np.float32)
-    audio = _array(split, "audio", where, 3).astype(np.float32)
-    label = np.asarray(split[label_key], dtype=np.float32).reshape(-1)
+    ids = split["id"]
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+        raise DataError(f"{where}: 'id' must be a sequence of ids, got {type(ids).__name__}")
+    ids = np.asarray([str(i) for i in ids])
+    text = _array(split, "text", where, 3)
+    audio = _array(split, "audio", where, 3)
+    label = _array({label_key: np.asarray(split[label_key]).reshape(-1)}, label_key, where, 1)
     n = len(ids)
     for name, x in (("text", text), ("audio", audio), (label_key, label)):
         if x.shape[0] != n:
             raise DataError(f"{where}: {name!r} has {x.shape[0]} entries, expected {n} (len of 'id')")
+    for name, x in (("text", text), ("audio", audio)):
+        if x.shape[1] == 0:
+            raise DataError(f"{where}: {name!r} has no rows (shape {x.shape}); every utterance needs "
+                            "at least one")
+    bad = np.flatnonzero(~np.isfinite(label))
+    if bad.size:
+        raise DataError(f"{where}: {label_key!r} holds NaN/Inf for {bad.size} utterance(s), e.g. id "
+                        f"{str(ids[bad[0]])!r}")
     audio = np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)
     text = np.nan_to_num(text, nan=0.0, posinf=0.0, neginf=0.0)
     return MMSASplit(id=ids, text=text, audio=audio, text_lengths=_text_lengths(split, text, where),
@@ -115,7 +131,9 @@ def read_mmsa(path, *, splits=MMSA_SPLITS, label_key: str = "regression_labels")
         label_key: the label array to use (``regression_labels``; ``classification_labels`` works
             too for pickles that carry it).
     """
-    path = Path(path)
+    path = as_path("path", path)
+    if isinstance(splits, str):
+        splits = (splits,)
     if not path.is_file():
         raise DataError(f"MMSA pickle {path} does not exist")
     try:

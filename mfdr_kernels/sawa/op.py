@@ -153,6 +153,13 @@ def _prepare(q, k, v, window, hop, levels, normalize, scale, q_lens, k_lens, win
     if levels > 0 and window % 2:
         raise ValueError(f"window must be even when levels > 0 (half windows are sliced), got {window}")
     hop = max(1, window // 2) if hop is None else _checks.positive_int("hop", hop)
+    # Bound window and hop by the keys without changing any result, so that no huge value reaches a
+    # kernel (buffers of 3ω per row, int32 offsets in Triton, i * hop overflowing int64). Starts are
+    # clipped to T, so a hop > T only ever gives starts i * hop >= T. With ω >= 2T + 2, half >= T + 1
+    # exceeds every |S0| <= T (no expansion is ever decided), S0 = [s, k_len), S1 = [0, s) and S2 is
+    # empty, the same for every such ω (forced levels included).
+    window = min(window, 2 * T + 2)
+    hop = min(hop, T + 1)
     joint = _checks.choice("normalize", normalize, NORMALIZE) == "joint"
     scale = 1.0 / math.sqrt(d) if scale is None else _checks.finite_float("scale", scale)
     dev = q.device
@@ -220,6 +227,7 @@ def sawa_attention_map(
     window, levels, joint, scale, q_lens, k_lens, starts, force_level = _prepare(
         q, k, None, window, hop, levels, normalize, scale, q_lens, k_lens, window_starts, force_level)
     starts = _checked_values(q_lens, k_lens, starts, force_level, q.shape[2], k.shape[2], levels)
+    _checks.finite_if_asked(q=q, k=k)
     att, level = reference.sawa_attention_map_reference(
         q, k, window=window, levels=levels, joint=joint, scale=scale, q_lens=q_lens, k_lens=k_lens,
         starts=starts, force_level=force_level)

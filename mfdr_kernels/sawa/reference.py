@@ -86,6 +86,11 @@ def _loop(q, k, v, *, window, levels, joint, scale, q_lens, k_lens, starts, forc
                     rows.append(weights @ v[b, h, frames] if frames else v[b, h, :0].sum(0))
     shape = (B, H, L, T) if dense else (B, H, L, v.shape[-1])
     out = torch.stack(rows).reshape(shape) if rows else q.new_zeros(shape)
+    # With empty inputs, keep every input in the graph (gradient 0, as the other backends give), so
+    # backward works; the sums are 0 (empty tensor) or land in an empty output (no rows), never NaN.
+    links = [x for x in (q, k, v) if x is not None and (not rows or x.numel() == 0)]
+    if links:
+        out = out + sum(x.sum() * 0 for x in links)
     return out, level
 
 
