@@ -39,7 +39,7 @@ SCRIPTS = {
     "dfc": lambda t, r: ["bench_dfc.py", "--threads", t, "--out", str(r / "dfc.json")],
     "sweep": lambda t, r: ["sweep.py", "--threads", t, "--out", str(r / "sweep.json")],
     "model": lambda t, r: ["bench_model.py", "--threads", t, "--backends", "reference,torch,default",
-                           "--reference-steps", "3", "--steps", "7", "--json", str(r / "model.json")],
+                           "--reference-steps", "2", "--steps", "7", "--json", str(r / "model.json")],
 }
 FAST = {"sawa": "cpp", "dfc": "cpp", "model": "default"}  # the row every ratio divides by (CPU)
 TARGETS = {"sawa_vs_sdpa_window": 3.0, "sawa_vs_torch": 5.0, "dfc_vs_unfold": 2.0, "growth_time": 20.0}
@@ -121,9 +121,9 @@ def pytest_section(data) -> str:
                 "(it writes `benchmarks/results/pytest_benchmark.json`).*")
     groups, meta = pytest_groups(data)
     parts = [f"pytest-benchmark {data.get('version', '?')}, run {data.get('datetime', '?')[:19]}; medians "
-             "in ms (pytest-benchmark's own rounds; the reference one round). **÷ cpp**: the provider's time "
-             "over the cpp backend's in the same run (> 1: cpp is faster). Providers ran one after another, "
-             "not interleaved."]
+             "in ms (pytest-benchmark's own rounds; the reference loops one round). **÷ cpp**: the "
+             "provider's time over the cpp backend's in the same run (> 1: cpp is faster). Providers ran one "
+             "after another, not interleaved."]
     order = {"sawa": 0, "dfc": 1, "model": 2}
     for (op, shape, device), provs in sorted(groups.items(), key=lambda kv: order.get(kv[0][0], 3)):
         info = meta[(op, shape, device)]

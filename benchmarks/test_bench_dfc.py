@@ -7,7 +7,8 @@ Shapes, inputs and providers come from ``bench_dfc`` (float32, kernel shared by 
 paper's two DFC layers (B=32, L=50 and 24, C=256, frame 3, hops 2 and 3) and a long sequence
 (L=4096). Providers: ``cpp`` (fused C++), ``torch`` (the unfold-based backend: the baseline),
 ``autograd`` (plain autograd through ``x.unfold``: what one writes by hand), ``reference`` (the loop;
-one round at L=4096, where it loops over 65k frames), ``triton`` when CUDA is present.
+paper shapes only: at L=4096 its autograd graph of 65k frame rows takes minutes to run backward),
+``triton`` when CUDA is present.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ MODES = ("fwd", "bwd", "fwd+bwd")
 CASES = [
     pytest.param(shape, device, name, mode, id=f"{bd.shape_id(*shape)}-{device}-{name}-{mode}")
     for shape in SHAPES for device in DEVICES for name in PROVIDERS[device] for mode in MODES
+    if not (name == "reference" and shape[1] > 512)
 ]
 
 
@@ -45,8 +47,7 @@ def test_dfc(bench, shape, device, name, mode):
     B, L, C, frame, hop = shape
     x, kernel, gy = bd.inputs(*shape, device=device)
     fn = closures(name, x, kernel, gy, frame, hop)[mode]
-    bench(fn, group=f"dfc {bd.shape_id(*shape)} {device} {mode}", slow=name == "reference" and L > 512,
-          device=device,
+    bench(fn, group=f"dfc {bd.shape_id(*shape)} {device} {mode}", device=device,
           op="dfc", provider=name, mode=mode, shape=bd.shape_id(*shape),
           dims=dict(B=B, L=L, C=C, frame=frame, hop=hop, N=(L - frame) // hop + 1), dtype="float32",
           kernel="shared (N, frame, C)")

@@ -7,7 +7,8 @@ The paper configuration (``MFDRConfig()``: T=255, L=50, 768-dim inputs, d_model 
 float32, batch 32, random features and lengths (``bench_model.make_batch``). ``train``: one step of
 forward, cross-entropy, backward and Adam (``bench_model.setup``); ``infer``: ``model.eval()`` forward
 under ``torch.no_grad``. Backends: ``default`` (``backend=None``: cpp on the CPU, triton on CUDA),
-``torch`` and ``reference`` (the readable loops). Same weights and batch for every backend.
+``torch`` and ``reference`` (the readable loops; one round: its SAWA backward takes seconds). Same
+weights and batch for every backend.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def test_model(bench, device, backend, mode):
     else:
         fn = inference(backend, batch, dev)
     resolved = mfdr_kernels.default_backend(dev) if backend == "default" else backend
-    bench(fn, group=f"model {device} {mode}", device=device, op="model",
+    bench(fn, group=f"model {device} {mode}", slow=backend == "reference", device=device, op="model",
           provider=backend, backend=resolved, mode=mode, batch=batch, dtype="float32",
           dims=dict(B=batch, T=CONFIG.audio_len, L=CONFIG.text_len, audio_dim=CONFIG.audio_dim,
                     text_dim=CONFIG.text_dim, d_model=CONFIG.d_model, levels=CONFIG.levels))

@@ -6,7 +6,8 @@
 Providers and inputs: ``bench_sawa_cpu`` (cpp levels 2 and 0, torch, reference, dense SDPA with a
 window mask and without, compiled FlexAttention with a sliding-window block mask; Triton when CUDA
 is present). Shapes: ``paper`` B=32, H=1, L=50, T=255, d=256 (the kernel issue's) and ``long`` B=1,
-H=4, T=4096, L=T/5, d=64; float32. Benchmarks of one shape, device and mode share a group; report.py
+H=4, T=4096, L=T/5, d=64; float32. The reference is timed in one round (its backward takes seconds).
+Benchmarks of one shape, device and mode share a group; report.py
 turns each group into ratios.
 """
 
@@ -63,7 +64,8 @@ def test_sawa(bench, levels, shape, device, name, mode):
     dims = SHAPES[shape]
     q, k, v, do = sb.inputs(**dims, device=device)
     fn = sb.closures(name, q, k, v, do)[mode]
-    bench(fn, group=f"sawa {shape} {sb.shape_id(**dims)} {device} {mode}", device=device, op="sawa",
+    bench(fn, group=f"sawa {shape} {sb.shape_id(**dims)} {device} {mode}", slow=name == "reference",
+          device=device, op="sawa",
           provider=name, mode=mode, shape=shape, dims=dims, dtype="float32", window=sb.WINDOW, hop=sb.HOP,
           levels=0 if name == "cpp-lv0" else 2, levels_fraction=levels[shape])
 

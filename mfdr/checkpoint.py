@@ -19,8 +19,8 @@ import os
 import random
 from pathlib import Path
 
-import numpy as np
-import torch
+# numpy and torch are imported where they are used: the command line reads and checks configs (which
+# write through this module) without paying for importing torch.
 
 
 class CheckpointError(ValueError):
@@ -45,6 +45,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def json_safe(x):
     """NaN/Inf -> None, numpy scalars -> Python, tuples -> lists (strict JSON)."""
+    import numpy as np
+
     if isinstance(x, dict):
         return {str(k): json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -67,6 +69,8 @@ MAGIC = b"MFDR-CHECKPOINT 1\n"
 
 def save_checkpoint(path, payload: dict) -> Path:
     """``torch.save(payload)`` behind a header holding its sha256; written atomically."""
+    import torch
+
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getvalue()
@@ -78,6 +82,8 @@ def load_checkpoint(path) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`; ``CheckpointError`` naming the file if it
     is not one, is truncated or corrupt (sha256 mismatch), or holds anything but tensors and plain data
     (``torch.load(weights_only=True)``)."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -98,6 +104,9 @@ def load_checkpoint(path) -> dict:
 
 def rng_state() -> dict:
     """Python, numpy, torch (and CUDA) RNG states as plain data and tensors (``weights_only``-safe)."""
+    import numpy as np
+    import torch
+
     _, keys, pos, has_gauss, gauss = np.random.get_state()
     return {"python": random.getstate(), "numpy": [keys.tolist(), int(pos), int(has_gauss), float(gauss)],
             "torch": torch.get_rng_state(),
@@ -105,6 +114,9 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     keys, pos, has_gauss, gauss = state["numpy"]
@@ -115,6 +127,9 @@ def set_rng_state(state: dict) -> None:
 
 
 def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

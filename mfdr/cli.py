@@ -59,8 +59,6 @@ def build_encoders(cfg, device=None):
 
 def read_records(cfg, on_error: str = "raise"):
     """The utterances of ``cfg.data`` (IEMOCAP release or manifest) as ``Record``s."""
-    from .data import read_iemocap, read_manifest
-
     d = cfg.data
     if d.dataset == "mmsa":
         raise UserError("data.dataset 'mmsa': MMSA pickles already hold features; nothing to extract "
@@ -68,6 +66,8 @@ def read_records(cfg, on_error: str = "raise"):
     if not d.path:
         what = "IEMOCAP folder" if d.dataset == "iemocap" else "manifest"
         raise UserError(f"data.path is not set: give the {what} with --path (or in the config)")
+    from .data import read_iemocap, read_manifest  # (imports torch: after the checks, which answer at once)
+
     if d.dataset == "iemocap":
         return read_iemocap(d.path, on_error=on_error)
     labels = d.classes if cfg.model.task == "classification" else None
@@ -77,11 +77,11 @@ def read_records(cfg, on_error: str = "raise"):
 def extract(cfg, *, device=None, on_error: str = "raise", overwrite: bool = False, progress: bool = True,
             encoders=None):
     """Extract the features of ``cfg.data`` into ``cfg.data.features``; returns the FeatureCache."""
-    from .features import extract_features
-
     if not cfg.data.features:
         raise UserError("data.features is not set: where should the feature cache go? (--out DIR)")
     records = read_records(cfg, on_error)
+    from .features import extract_features
+
     print(f"{len(records)} utterances: {records.summary()}", flush=True)
     audio, text = encoders or build_encoders(cfg, device)
     return extract_features(records, cfg.data.features, audio_encoder=audio, text_encoder=text,
@@ -115,11 +115,10 @@ def cmd_extract(args) -> int:
 
 # ====================================================================== train
 def cmd_train(args) -> int:
-    from .train import run_training
-
     cfg = _load_config(args.config, args.set, {
         "data.features": args.features, "data.protocol": args.protocol, "data.folds": args.folds,
         "train.device": args.device, "train.epochs": args.epochs})
+    from .train import run_training  # (imports torch: after the config is read and checked)
     out = args.out or f"runs/{Path(args.config).stem if args.config else 'mfdr'}"
     summary = run_training(cfg, out, resume=args.resume, overwrite=args.overwrite, folds=args.fold or None,
                            stop_after=args.stop_after_epoch, progress=not args.quiet,
@@ -513,6 +512,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raised_errors() -> tuple[type[Exception], ...]:
+    """The input errors that are not ValueErrors, of the modules that are loaded (only a loaded module can
+    have raised one; importing the others would cost an import of torch on every error)."""
+    names = {"mfdr.train": "TrainingError", "mfdr.data.synthetic": "EspeakNotFoundError"}
+    return tuple(getattr(sys.modules[m], n) for m, n in names.items() if m in sys.modules)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -520,14 +526,10 @@ def main(argv: list[str] | None = None) -> int:
     _threads(args.threads)
     if args.debug:
         return args.func(args)
-    from .checkpoint import CheckpointError
-    from .data import CacheConfigError, DataError, EspeakNotFoundError
-    from .train import RunDirError, TrainingError
-
     try:
         return args.func(args)
-    except (UserError, CheckpointError, CacheConfigError, DataError, EspeakNotFoundError, RunDirError,
-            TrainingError, FileNotFoundError, ValueError, TypeError) as e:
+    except (UserError, FileNotFoundError, ValueError, TypeError, *_raised_errors()) as e:
+        # (CheckpointError, DataError, CacheConfigError and RunDirError are ValueErrors)
         message = " ".join(str(e).split())  # one line, whatever the exception's text
         print(f"mfdr {args.command}: error: {message}", file=sys.stderr)
         print("(--debug shows the traceback)", file=sys.stderr)

@@ -42,8 +42,10 @@ def _check_z(module: nn.Module, z) -> None:
     """``z (B, L >= 1, dim)``, floating, on the device (and, outside autocast, of the dtype) of the
     module's parameters."""
     _checks.tensor("z", z, 3)
-    if z.shape[-1] != module.dim or z.shape[1] == 0:
-        raise ValueError(f"z must have shape (B, L >= 1, {module.dim}), got {tuple(z.shape)}")
+    if z.shape[-1] != module.dim:
+        raise ValueError(f"z must have shape (B, L, {module.dim}), got {tuple(z.shape)}")
+    if z.shape[1] == 0:
+        raise ValueError(f"z must have at least one step (L >= 1), got shape {tuple(z.shape)}")
     _checks.like("z", z, next(module.parameters()))
 
 
@@ -157,7 +159,7 @@ class GCPU(nn.Module):
             _checks.like("g", g, z, "z")
         B, L, D = z.shape
         if h0 is not None:
-            _checks.tensor("h0", h0, 2)
+            _checks.tensor("h0", h0, range(9))  # any rank: the shape check below names the one expected
             if h0.shape != (B, D):
                 raise ValueError(f"h0 must have shape ({B}, {D}), got {tuple(h0.shape)}")
             _checks.like("h0", h0, z, "z")
@@ -226,7 +228,7 @@ class GRUContext(nn.Module):
                 h0: torch.Tensor | None = None) -> torch.Tensor:
         _check_z(self, z)
         if h0 is not None:
-            _checks.tensor("h0", h0, 2)
+            _checks.tensor("h0", h0, range(9))
             if h0.shape != (z.shape[0], self.dim):
                 raise ValueError(f"h0 must have shape ({z.shape[0]}, {self.dim}), got {tuple(h0.shape)}")
             _checks.like("h0", h0, z, "z")

@@ -274,6 +274,7 @@ class MFDR(nn.Module):
         param = next(self.parameters())
         _checks.like("audio", audio, param)
         _checks.like("text", text, param)
+        _checks.finite_if_asked(audio=audio, text=text)
         if audio_lengths is not None:
             audio_lengths = _checks.int_tensor("audio_lengths", audio_lengths, (B,), audio.device)
             _checks.in_range("audio_lengths", audio_lengths, 1, T)
