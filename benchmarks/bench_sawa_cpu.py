@@ -18,8 +18,9 @@ Providers (float32, window ω=10, hop 5; levels 2 unless named):
                    forward only (torch 2.13 has no FlexAttention backward on the CPU)
 Inputs: q is scaled by 0.08 so that the base-window weights are flat enough for all three levels to
 occur (the fractions are recorded). Times are medians of forward (grad enabled), backward (of a
-retained graph) and forward+backward, providers interleaved repetition by repetition; ratios are the
-baseline's time over cpp's from the same run. Peak memory: tensor allocations during one
+retained graph) and forward+backward, providers interleaved repetition by repetition (each runs a
+block of ~100 ms of whole calls per repetition: warm caches and allocator, fair under noise);
+ratios are the baseline's time over cpp's from the same run. Peak memory: tensor allocations during one
 forward+backward (``_timing.tensor_peak_mb``, the profiler's allocation records).
 """
 
@@ -126,13 +127,16 @@ def levels_present(B, H, L, T, d):
     return [round(float((level == i).float().mean()), 3) for i in range(3)]
 
 
-def measure(shape: dict, names, reps: int) -> list[dict]:
-    """Interleaved medians (ms) of each mode of each provider at one shape, plus tensor peak memory."""
+def measure(shape: dict, names, reps: int, block_s: float = 0.1) -> list[dict]:
+    """Interleaved medians (ms) of each mode of each provider at one shape, plus tensor peak memory.
+    Each repetition runs every provider for a block of about ``block_s`` (whole calls, at least one), so
+    most calls find caches and the allocator warm, as in a training loop, not after another provider."""
     q, k, v, do = inputs(**shape)
     fns = {n: closures(n, q, k, v, do) for n in names}
     times = {}
     for mode in ("fwd", "bwd", "fwd+bwd"):
-        times[mode] = _timing.interleaved({n: c[mode] for n, c in fns.items() if mode in c}, reps=reps)
+        times[mode] = _timing.interleaved({n: c[mode] for n, c in fns.items() if mode in c}, reps=reps,
+                                          target_s=block_s)
     rows = []
     for n in names:
         last = "fwd+bwd" if "fwd+bwd" in fns[n] else "fwd"
@@ -156,16 +160,17 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny sizes, two repetitions (CI smoke)")
     ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--block-ms", type=float, default=100.0, help="time per provider per repetition")
     ap.add_argument("--no-flex", action="store_true", help="leave out FlexAttention (compiles for ~20 s)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sawa_cpu.json"))
     args = ap.parse_args(argv)
     threads = _timing.set_threads(args.threads)
     shape = QUICK_PAPER if args.quick else PAPER
     names = [n for n in PROVIDERS if n != "reference" and not (args.no_flex and n == "flex-window")]
-    rows = measure(shape, names, 2 if args.quick else args.reps)
+    rows = measure(shape, names, 2 if args.quick else args.reps, args.block_ms / 1e3)
     result = {"machine": _timing.machine(), "threads": threads, "dtype": "float32", "window": WINDOW,
               "hop": HOP, "levels_fraction": levels_present(**shape), "shape": shape,
-              "reps": 2 if args.quick else args.reps, "rows": rows}
+              "reps": 2 if args.quick else args.reps, "block_ms": args.block_ms, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"machine: {result['machine']}")

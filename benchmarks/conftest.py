@@ -60,6 +60,12 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["mfdr"]["quick"] = QUICK
 
 
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """Keep the JSON small enough to commit: the statistics, not every round's raw time."""
+    for b in output_json.get("benchmarks", []):
+        b.get("stats", {}).pop("data", None)
+
+
 def versions() -> dict:
     import mfdr_kernels
 

@@ -191,6 +191,8 @@ def machine_section(infos, run_log) -> str:
     loads = [f"{n}: {v['load_before']}→{v['load_after']} ({v['seconds']} s)" for n, v in run_log.items()]
     loads += [f"{n} start: {i['load_avg_1m']}" for n, i in zip(("sawa", "dfc", "sweep"), infos, strict=False)
               if i and "load_avg_1m" in i and not run_log]
+    if len(infos) > 3 and infos[3] and "load_avg_1m" in infos[3]:
+        loads.insert(0, f"pytest suite end: {infos[3]['load_avg_1m']}")
     if loads:
         rows.append(["1-min load average (2 cores)", "; ".join(loads)])
     return _table(["", ""], rows)

@@ -10,12 +10,13 @@ CPU flash kernel, which streams the L×T scores), sdpa-window (the fixed-window 
 torch turns into an L×T float bias: 4 bytes per score).
 
 Time: medians of forward and forward+backward, providers interleaved at each T (7 repetitions while a
-call takes < 0.5 s, 3 below 5 s, then 1). Peak memory, two ways: ``rss_mb`` the rise of the peak RSS
-of a fresh process across one forward+backward, beyond its inputs and after a warm-up at a tiny size
-(``getrusage``; everything, page-granular); ``tensor_mb`` the most bytes held at once by tensors
-allocated during one forward+backward (the profiler's allocation records; blind to a kernel's
-std::vector scratch). A size is skipped, and marked "skipped (memory/time)", when its forward+backward
-extrapolated from the previous size (T² for SDPA, T for SAWA, never below the measured growth) would
+call takes < 0.5 s, 3 below 5 s, then 1; each a block of ~100 ms of whole calls per provider).
+Peak memory, two ways: ``rss_mb`` the rise of the peak RSS (``VmHWM``, reset first) of a fresh process
+across one forward+backward, beyond its inputs and after a warm-up at a tiny size (everything,
+page-granular); ``tensor_mb`` the most bytes held at once by tensors allocated during one
+forward+backward (the profiler's allocation records; blind to a kernel's std::vector scratch).
+A size is skipped, and marked "skipped (memory/time)", when its forward+backward extrapolated from the
+previous size (T² for SDPA, T for SAWA, or the measured growth when steeper) would
 exceed ``--max-seconds`` (60) or its memory would exceed ``--max-gb`` (8) or 70% of available RAM.
 """
 
@@ -73,7 +74,7 @@ def _predict(prev: dict | None, name: str, T: int) -> tuple[float, float]:
     return seconds, mem_mb / 1024 * grow ** (2 if name == "sdpa-window" else 1)
 
 
-def sweep(Ts, names, threads, max_seconds, max_gb, log=print, rss=True) -> list[dict]:
+def sweep(Ts, names, threads, max_seconds, max_gb, log=print, rss=True, block_s=0.1) -> list[dict]:
     rows, last = [], {n: None for n in names}
     skipped = set()
     for T in Ts:
@@ -97,8 +98,8 @@ def sweep(Ts, names, threads, max_seconds, max_gb, log=print, rss=True) -> list[
         slowest = max((last[n]["fwd+bwd_ms"] / 1e3 * (T / last[n]["T"]) ** (2 if n in QUADRATIC else 1)
                        for n in active if last[n]), default=0.0)
         reps = 7 if slowest < 0.5 else 3 if slowest < 5 else 1
-        fwd = _timing.interleaved({n: fns[n]["fwd"] for n in active}, reps=reps)
-        both = _timing.interleaved({n: fns[n]["fwd+bwd"] for n in active}, reps=reps)
+        fwd = _timing.interleaved({n: fns[n]["fwd"] for n in active}, reps=reps, target_s=block_s)
+        both = _timing.interleaved({n: fns[n]["fwd+bwd"] for n in active}, reps=reps, target_s=block_s)
         for n in active:
             row = {"provider": n, "T": T, "L": L, "reps": reps,
                    "fwd_ms": fwd[n]["median"] * 1e3, "fwd+bwd_ms": both[n]["median"] * 1e3,
@@ -184,7 +185,7 @@ def plot(rows, names, out_dir: Path) -> list[str]:
         ax.set_ylabel(ylabel + (": solid fwd+bwd, dotted fwd" if extra == "fwd_ms"
                                 else ": solid RSS, dotted tensors"))
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, ncol=2, loc="upper left" if key == "fwd+bwd_ms" else "lower right")
         fig.tight_layout()
         path = out_dir / fname
         fig.savefig(path, dpi=110)
@@ -201,20 +202,27 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="T = 256 ... 1,024 (CI smoke)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--max-seconds", type=float, default=60.0)
+    ap.add_argument("--block-ms", type=float, default=100.0, help="time per provider per repetition")
     ap.add_argument("--max-gb", type=float, default=8.0)
     ap.add_argument("--out", default=str(RESULTS / "sweep.json"))
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--no-rss", action="store_true", help="skip the fresh-process RSS probes (smoke tests)")
     ap.add_argument("--T", type=int, nargs="+", default=None, help="sizes instead of 256 ... 65,536")
+    ap.add_argument("--replot", action="store_true", help="only redraw the plots from --out's JSON")
     ap.add_argument("--probe", nargs=2, metavar=("PROVIDER", "T"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.probe:
         return _probe(args.probe[0], int(args.probe[1]), args.threads)
+    if args.replot:
+        data = json.loads(Path(args.out).read_text())
+        names = list(dict.fromkeys(r["provider"] for r in data["rows"]))
+        return plot(data["rows"], names, Path(args.out).parent)
     threads = _timing.set_threads(args.threads)
     names = list(PROVIDERS)
     machine = _timing.machine()
     Ts = args.T or (QUICK_T if args.quick else SWEEP_T)
-    rows = sweep(Ts, names, threads, args.max_seconds, args.max_gb, rss=not args.no_rss)
+    rows = sweep(Ts, names, threads, args.max_seconds, args.max_gb, rss=not args.no_rss,
+                 block_s=args.block_ms / 1e3)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     g = growth(rows, names, *(GROWTH if set(GROWTH) <= set(Ts) else (Ts[0], Ts[-1])))

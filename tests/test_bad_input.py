@@ -268,8 +268,8 @@ def sawa_truth(q, k, v, *, window=2, hop=None, levels=2, normalize="segment", q_
         starts = torch.as_tensor(window_starts).long()
     lens = lambda x, n: torch.full((B,), n) if x is None else torch.as_tensor(x).long()  # noqa: E731
     return sawa_reference(q, k, v, window=window, levels=levels, joint=normalize == "joint",
-                          scale=1 / math.sqrt(d), q_lens=lens(q_lens, L), k_lens=lens(k_lens, T), starts=starts,
-                          force_level=force_level)
+                          scale=1 / math.sqrt(d), q_lens=lens(q_lens, L), k_lens=lens(k_lens, T),
+                          starts=starts, force_level=force_level)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -406,7 +406,7 @@ def test_dfc_bad_input(call, exc, fragment, env, xfail, backend, monkeypatch, re
         call(backend)
 
 
-# name, () -> ((x leaf, x), (kernel leaf, kernel), None or (bias leaf, bias)), kwargs, backends with a known bug
+# name, () -> ((x leaf, x), (kernel leaf, kernel), None or (bias leaf, bias)), kwargs, backends with a bug
 DFC_OK = [
     ("expanded-x", lambda: (leaf((1, 7, 3), lambda b: b.expand(2, 7, 3)), leaf((3, 3, 3)), None), {}, ()),
     ("stride-0-rows-in-x", lambda: (leaf((2, 1, 3), lambda b: b.expand(2, 7, 3)), leaf((3, 3, 3)), None),
