@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from mfdr_kernels import _checks, dynamic_frame_conv
+from mfdr_kernels._env import BACKENDS
 from mfdr_kernels.dfc.reference import num_frames
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -57,6 +58,8 @@ class DynamicFrameConv(nn.Module):
         if self.length < self.frame:
             raise ValueError(f"length must be >= frame = {self.frame}, got {self.length}")
         self.out_length = num_frames(self.length, self.frame, self.hop)  # N
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
         self.backend = backend
         act = ACTIVATIONS[activation]
         self.kernel_map = nn.Parameter(torch.randn(channels, length))  # M: (D, L)
@@ -112,5 +115,6 @@ class DynamicFrameConv(nn.Module):
         if tuple(x.shape[1:]) != (self.length, self.channels):
             raise ValueError(f"x must have shape (B, length={self.length}, channels={self.channels}), "
                              f"got {tuple(x.shape)}")
+        _checks.like("x", x, self.kernel_map)
         return dynamic_frame_conv(x, self.phi(), frame=self.frame, hop=self.hop, bias=self.bias,
                                   backend=self.backend)  # (B, N, D)

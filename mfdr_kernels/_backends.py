@@ -76,7 +76,8 @@ def choose(
         if name in checks and checks[name](*tensors) is None:
             ext_missing = can_run_cpp(*tensors) if name == "torch" and not tensors[0].is_cuda else None
             if ext_missing and "cpp" in checks:
-                _ext.warn_once("cpp-fallback", f"mfdr_kernels: falling back to the slower `torch` backend: {ext_missing}")
+                _ext.warn_once("cpp-fallback",
+                               f"mfdr_kernels: falling back to the slower `torch` backend: {ext_missing}")
             return name
     return "torch"
 

@@ -375,15 +375,11 @@ DFC_BAD = [
     row("hop-0", lambda be: dfc(be, hop=0), ValueError, "hop must be >= 1, got 0"),
     row("hop-float", lambda be: dfc(be, hop=2.0), TypeError, "hop must be an int, got float"),
     row("x-nan-checked", lambda be: dfc(be, x=nan_at(x_(), 0, 1, 2)), ValueError, "x contains NaN or Inf",
-        env={"MFDR_KERNELS_CHECK_FINITE": "1"},
-        xfail=DFC_OWNED + "dynamic_frame_conv ignores MFDR_KERNELS_CHECK_FINITE; call "
-              "_checks.finite_if_asked(x=x, kernel=kernel, bias=bias) in _check"),
+        env={"MFDR_KERNELS_CHECK_FINITE": "1"}),
     row("kernel-inf-checked", lambda be: dfc(be, kernel=nan_at(kernel_(), 2, 0, 0, value=INF)), ValueError,
-        "kernel contains NaN or Inf", env={"MFDR_KERNELS_CHECK_FINITE": "1"},
-        xfail=DFC_OWNED + "dynamic_frame_conv ignores MFDR_KERNELS_CHECK_FINITE"),
+        "kernel contains NaN or Inf", env={"MFDR_KERNELS_CHECK_FINITE": "1"}),
     row("bias-nan-checked", lambda be: dfc(be, bias=torch.full((3,), NAN, dtype=F64)), ValueError,
-        "bias contains NaN or Inf", env={"MFDR_KERNELS_CHECK_FINITE": "1"},
-        xfail=DFC_OWNED + "dynamic_frame_conv ignores MFDR_KERNELS_CHECK_FINITE"),
+        "bias contains NaN or Inf", env={"MFDR_KERNELS_CHECK_FINITE": "1"}),
     row("backend-unknown", lambda be: dfc("gpu"), ValueError, "dynamic_frame_conv: backend= must be one of"),
     row("backend-not-a-str", lambda be: dfc(1),
         TypeError, "backend= must be a backend name (str) or None, got int"),
@@ -422,9 +418,8 @@ DFC_OK = [
      lambda: (leaf((2, 7, 3)), leaf((3, 3, 3)), leaf((3,), lambda b: b.expand(3, 3))), {}, ()),
     ("empty-batch", lambda: (leaf((0, 7, 3)), leaf((3, 3, 3)), leaf((3,))), {}, ()),
     ("no-channels", lambda: (leaf((2, 7, 0)), leaf((3, 3, 0)), None), {}, ()),
-    ("hop-2**31", lambda: (leaf((2, 7, 3)), leaf((1, 3, 3)), None), {"hop": 2**31}, ("triton",)),
-    ("hop-2**63", lambda: (leaf((2, 7, 3)), leaf((1, 3, 3)), None), {"hop": 2**63},
-     ("cpp", "torch", "triton")),
+    ("hop-2**31", lambda: (leaf((2, 7, 3)), leaf((1, 3, 3)), None), {"hop": 2**31}, ()),
+    ("hop-2**63", lambda: (leaf((2, 7, 3)), leaf((1, 3, 3)), None), {"hop": 2**63}, ()),
 ]
 DFC_HOP_BUG = (DFC_OWNED + "a hop past L - frame reaches the kernels as is (int32 overflow in Triton; "
                "int64 schema error past 2**63); clamp hop to L - frame + 1 in _check (same N = 1)")
@@ -453,6 +448,11 @@ def test_dfc_edge_input_matches_reference(build, kwargs, buggy, backend, request
 
 
 # ====================================================================== mfdr.DynamicFrameConv
+def _with_backend(module, backend):
+    module.backend = backend
+    return module
+
+
 def dfc_module(x, **kw):
     return DynamicFrameConv(7, 3, hidden=2, **kw)(x)
 
@@ -468,8 +468,7 @@ DFC_MODULE_BAD = [
     row("activation-unknown", lambda: DynamicFrameConv(7, 3, activation="swish"), ValueError,
         "activation must be one of ('relu', 'gelu', 'silu', 'tanh'), got 'swish'"),
     row("backend-unknown-at-construction", lambda: DynamicFrameConv(7, 3, backend="cuda"), ValueError,
-        "backend must be one of", xfail=DFC_MODULE_OWNED + "backend= is accepted as is and only fails in "
-        "forward; check it in __init__ (None or one of mfdr_kernels._env.BACKENDS)"),
+        "backend must be one of"),
     row("x-not-a-tensor", lambda: dfc_module([[0.0] * 3] * 7),
         TypeError, "x must be a torch.Tensor, got list"),
     row("x-2d", lambda: dfc_module(torch.randn(7, 3)), ValueError, "x must be 3-D, got shape (7, 3)"),
@@ -480,16 +479,12 @@ DFC_MODULE_BAD = [
     row("x-int", lambda: dfc_module(torch.ones(2, 7, 3, dtype=torch.long)), TypeError,
         "x must have a floating dtype, got torch.int64"),
     row("x-dtype-differs-from-parameters", lambda: dfc_module(torch.randn(2, 7, 3, dtype=F64)), TypeError,
-        "x must have the dtype of the module's parameters (torch.float32), got torch.float64",
-        xfail=DFC_MODULE_OWNED + "the error names `kernel`, an internal of the module (\"kernel must have "
-        "the dtype of x\"); check x against the parameters in forward (mfdr_kernels._checks.like)"),
+        "x must have the dtype of the module's parameters (torch.float32), got torch.float64"),
     row("x-device-differs-from-parameters", lambda: dfc_module(torch.empty(2, 7, 3, device="meta")),
         ValueError,
-        "x must be on the device of the module's parameters (cpu), got meta",
-        xfail=DFC_MODULE_OWNED + "the error names `kernel` (\"kernel must be on the device of x\"); check x "
-        "against the parameters in forward (mfdr_kernels._checks.like)"),
-    row("backend-unknown-in-forward", lambda: dfc_module(torch.randn(2, 7, 3), backend="cuda"), ValueError,
-        "dynamic_frame_conv: backend= must be one of"),
+        "x must be on the device of the module's parameters (cpu), got meta"),
+    row("backend-set-unknown-after-construction", lambda: _with_backend(DynamicFrameConv(7, 3, hidden=2), "cuda")(
+        torch.randn(2, 7, 3)), ValueError, "dynamic_frame_conv: backend= must be one of"),
 ]
 
 

@@ -57,6 +57,7 @@ def _impl(backend: str):
 def dfc_forward(
     x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None, frame: int, hop: int, backend: str
 ) -> torch.Tensor:
+    _checks.finite_if_asked(x=x, kernel=kernel, bias=bias)  # data-dependent: inside the opaque op
     return _impl(backend).dfc_forward(x, kernel, bias, frame, hop)
 
 
@@ -120,7 +121,8 @@ def _check(x, kernel, bias, frame, hop):
             f"hop={hop} (N = (L - frame) // hop + 1 = {N}), got {tuple(kernel.shape)}")
     if bias is not None and tuple(bias.shape) not in ((C,), (N, C)):
         raise ValueError(f"bias must have shape (C,) = {(C,)} or (N, C) = {(N, C)}, got {tuple(bias.shape)}")
-    return frame, hop
+    # any hop past L - frame gives one frame: cap it so no huge integer reaches a kernel (same N = 1)
+    return frame, min(hop, L - frame + 1)
 
 
 def dynamic_frame_conv(
@@ -151,6 +153,7 @@ def dynamic_frame_conv(
     frame, hop = _check(x, kernel, bias, frame, hop)
     name = _backends.choose("dynamic_frame_conv", backend, CHECKS, (x, kernel))
     if name == "reference":
+        _checks.finite_if_asked(x=x, kernel=kernel, bias=bias)
         return reference.dfc_reference(x, kernel, bias, frame=frame, hop=hop)
     bias = None if bias is None else bias.contiguous()
     return dfc_forward(x.contiguous(), kernel.contiguous(), bias, frame, hop, name)

@@ -130,7 +130,8 @@ def decision_margins(q, k, *, window, levels, joint, scale, q_lens, k_lens, star
                 s0, s1, _ = segments(int(starts[b, i]), window, int(k_lens[b]))
                 if not s0 or levels == 0:
                     continue
-                x = lambda frames: scale * (k[b, h, frames] @ q[b, h, i])  # noqa: E731
+                k_bh, q_i = k[b, h], q[b, h, i]
+                x = lambda frames: scale * (k_bh[frames] @ q_i)  # noqa: E731, B023 (used in this iteration)
                 a0 = torch.softmax(x(s0), 0)
                 margin = float((a0 - 1.0 / len(s0)).abs().min())
                 if levels >= 2 and s1 and int((a0 > 1.0 / len(s0)).sum()) >= window // 2:

@@ -8,7 +8,8 @@ from mfdr_kernels import sliding_adaptive_window_attention as sawa
 
 
 def qkv(B=2, H=1, L=5, T=20, d=4, dv=3, dtype=torch.float32):
-    return torch.randn(B, H, L, d, dtype=dtype), torch.randn(B, H, T, d, dtype=dtype), torch.randn(B, H, T, dv, dtype=dtype)
+    return (torch.randn(B, H, L, d, dtype=dtype), torch.randn(B, H, T, d, dtype=dtype),
+            torch.randn(B, H, T, dv, dtype=dtype))
 
 
 q, k, v = qkv()
@@ -23,7 +24,8 @@ BAD = [
     ("batch mismatch", dict(k=k[:1]), ValueError, "k must have batch and heads"),
     ("head dim mismatch", dict(k=torch.randn(2, 1, 20, 5)), ValueError, "k must have head dim 4"),
     ("v frames mismatch", dict(v=torch.randn(2, 1, 19, 3)), ValueError, "v must have shape (B, H, T, dv)"),
-    ("zero head dim", dict(q=torch.randn(2, 1, 5, 0), k=torch.randn(2, 1, 20, 0)), ValueError, "head dims must be >= 1"),
+    ("zero head dim", dict(q=torch.randn(2, 1, 5, 0), k=torch.randn(2, 1, 20, 0)), ValueError,
+     "head dims must be >= 1"),
     ("odd window", dict(window=5), ValueError, "window must be even when levels > 0"),
     ("window zero", dict(window=0), ValueError, "window must be >= 1"),
     ("window float", dict(window=4.0), TypeError, "window must be an int"),
