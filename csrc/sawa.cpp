@@ -21,10 +21,6 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
-#if defined(__AVX__)
-#include <immintrin.h>
-#endif
-
 #include <algorithm>
 #include <cstdint>
 #include <cmath>
@@ -60,23 +56,6 @@ template <typename T>
 inline void vstore(T* p, typename Vec<T>::type v) {
   __builtin_memcpy(p, &v, sizeof(v));
 }
-// A store that bypasses the cache where the CPU has one (AVX) and p is aligned: for outputs written
-// once and not read again soon (dk, dv), it saves reading each line before writing it.
-template <typename T>
-inline void vstream(T* p, typename Vec<T>::type v) {
-#if defined(__AVX__)
-  if ((reinterpret_cast<uintptr_t>(p) & 31) == 0) {
-    if constexpr (std::is_same<T, float>::value) {
-      _mm256_stream_ps(p, reinterpret_cast<__m256>(v));
-    } else {
-      _mm256_stream_pd(p, reinterpret_cast<__m256d>(v));
-    }
-    return;
-  }
-#endif
-  vstore(p, v);
-}
-
 // <a, b> over n elements, four vector accumulators.
 template <typename T, typename A>
 inline A dot(const T* a, const T* b, int64_t n) {
@@ -100,7 +79,7 @@ inline A dot(const T* a, const T* b, int64_t n) {
 
 // y = sum_m alpha[m] * x_m over rows x_m given by pointers; each chunk of 4 vectors of y is summed in
 // registers (one load and one FMA per term; no read-modify-write of y per term).
-template <typename T, typename A, bool Stream = false>
+template <typename T, typename A>
 inline void combine(const A* alpha, const T* const* x, int64_t m, T* y, int64_t n) {
   using V = typename Vec<T>::type;
   constexpr int64_t W = Vec<T>::W;
@@ -115,17 +94,10 @@ inline void combine(const A* alpha, const T* const* x, int64_t m, T* y, int64_t 
       a2 += c * vload(xr + 2 * W);
       a3 += c * vload(xr + 3 * W);
     }
-    if constexpr (Stream) {
-      vstream(y + t, a0);
-      vstream(y + t + W, a1);
-      vstream(y + t + 2 * W, a2);
-      vstream(y + t + 3 * W, a3);
-    } else {
-      vstore(y + t, a0);
-      vstore(y + t + W, a1);
-      vstore(y + t + 2 * W, a2);
-      vstore(y + t + 3 * W, a3);
-    }
+    vstore(y + t, a0);
+    vstore(y + t + W, a1);
+    vstore(y + t + 2 * W, a2);
+    vstore(y + t + 3 * W, a3);
   }
   for (; t < n; ++t) {
     A acc = 0;
@@ -364,9 +336,6 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
         combine<T, A>(cv.data(), rv.data(), (int64_t)cv.size(), dvp + (bh * Tk + j) * dv, dv);
       }
     }
-#if defined(__AVX__)
-    _mm_sfence();  // order the streaming stores before the results are read
-#endif
   });
 }
 
