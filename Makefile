@@ -31,8 +31,10 @@ espeak:
 	    (apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null) || echo "could not install espeak-ng"; \
 	  else echo "espeak-ng is missing: sudo apt-get install espeak-ng (tests that need it are skipped)"; fi; }
 
+# The whole suite, then the benchmark suites in their quick mode (small sizes, one round) so they never rot.
 test: install espeak
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider --benchmark-disable
+	MFDR_BENCH_QUICK=1 $(BIN)/python -m pytest benchmarks -q -p no:cacheprovider --benchmark-disable
 
 demo: install espeak
 	$(BIN)/python -m mfdr demo --out runs/demo
