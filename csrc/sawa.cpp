@@ -273,7 +273,12 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
   const T *qp = q.data_ptr<T>(), *kp = k.data_ptr<T>(), *vp = v.data_ptr<T>(), *gp = go.data_ptr<T>();
   const int64_t *ql = q_lens.data_ptr<int64_t>(), *kl = k_lens.data_ptr<int64_t>(), *sp = starts.data_ptr<int64_t>();
   const int8_t* lvp = level.data_ptr<int8_t>();
-  std::vector<A> P(B * H * L * S, A(0)), DS(B * H * L * S, A(0));
+  // Per-slot weights P and score gradients DS of every row: scratch reused across calls (per calling
+  // thread), so that no call allocates and page-faults it afresh. Pass 1 zeroes the rows it reads.
+  static thread_local std::vector<A> P_buf, DS_buf;
+  if ((int64_t)P_buf.size() < B * H * L * S) P_buf.resize(B * H * L * S), DS_buf.resize(B * H * L * S);
+  A* const P = P_buf.data();
+  A* const DS = DS_buf.data();
   T* dqp = dq.data_ptr<T>();
 
   // Pass 1: per query row.
@@ -285,7 +290,11 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
       const int64_t b = r / (H * L), bh = r / L, i = r % L;
       T* dqr = dqp + r * d;
       std::fill(dqr, dqr + d, T(0));
-      if (i >= ql[b]) continue;
+      if (i >= ql[b]) continue;  // pass 2 reads valid rows only
+      A* Pr = P + r * S;
+      A* Dr = DS + r * S;
+      std::fill(Pr, Pr + S, A(0));
+      std::fill(Dr, Dr + S, A(0));
       const int64_t s = sp[b * L + i];
       const int lev = build_row<T, A>(row, qp + r * d, kp + bh * Tk * d, d, s, kl[b], w, 2, joint,
                                       static_cast<A>(scale), (int)lvp[r]);
@@ -297,8 +306,6 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
         dot_v[t] = dot<T, A>(g, vp + (bh * Tk + row.frame[t]) * dv, dv);
         gsum[joint ? 0 : row.ring[t]] += row.w[t] * dot_v[t];
       }
-      A* Pr = P.data() + r * S;
-      A* Dr = DS.data() + r * S;
       for (size_t t = 0; t < n; ++t) {
         ds[t] = row.w[t] * (dot_v[t] - gsum[joint ? 0 : row.ring[t]]) * static_cast<A>(scale);
         rows[t] = kp + (bh * Tk + row.frame[t]) * d;
