@@ -48,6 +48,35 @@ def can_run_torch(*tensors: torch.Tensor) -> str | None:
     return None
 
 
+def checks(*, cpp: tuple, triton_cuda: tuple, triton_cpu: tuple) -> dict[str, CanRun]:
+    """The ``CHECKS`` table of an op: which dtypes its cpp and triton (CUDA / interpreter) kernels take."""
+
+    def can_run_cpp_dtype(x, *rest):
+        if x.dtype not in cpp:
+            return f"the cpp backend takes {' or '.join(str(d).removeprefix('torch.') for d in cpp)}, got {x.dtype}"
+        return can_run_cpp(x, *rest)
+
+    def can_run_triton_dtype(x, *rest):
+        why = can_run_triton(x, *rest)
+        if why:
+            return why
+        ok = triton_cuda if x.is_cuda else triton_cpu
+        if x.dtype not in ok:
+            return f"the triton backend on {x.device.type} takes {ok}, got {x.dtype}"
+        return None
+
+    return {"triton": can_run_triton_dtype, "cpp": can_run_cpp_dtype, "torch": can_run_torch,
+            "reference": can_run_torch}
+
+
+def implementation(package: str, backend: str):
+    """The launcher module of ``backend`` in an op folder: ``triton_impl``, ``cpp_impl`` or ``torch_impl``."""
+    import importlib
+
+    name = {"triton": "triton_impl", "cpp": "cpp_impl"}.get(backend, "torch_impl")
+    return importlib.import_module(f"{package}.{name}")
+
+
 def choose(
     op: str,
     requested: str | None,

@@ -16,41 +16,15 @@ from .. import _backends, _checks
 from . import reference
 from .reference import num_frames
 
-
-def _can_run_cpp(x, *rest):
-    if x.dtype not in (torch.float32, torch.float64):
-        return f"the cpp backend takes float32 or float64, got {x.dtype}"
-    return _backends.can_run_cpp(x, *rest)
-
-
-def _can_run_triton(x, *rest):
-    why = _backends.can_run_triton(x, *rest)
-    if why:
-        return why
-    ok = (torch.float32, torch.float64)
-    if x.is_cuda:
-        ok = (torch.float16, torch.bfloat16) + ok
-    if x.dtype not in ok:
-        return f"the triton backend on {x.device.type} takes {ok}, got {x.dtype}"
-    return None
-
-
-CHECKS = {
-    "triton": _can_run_triton,
-    "cpp": _can_run_cpp,
-    "torch": _backends.can_run_torch,
-    "reference": _backends.can_run_torch,
-}
+CHECKS = _backends.checks(
+    cpp=(torch.float32, torch.float64),
+    triton_cuda=(torch.float16, torch.bfloat16, torch.float32, torch.float64),
+    triton_cpu=(torch.float32, torch.float64),
+)
 
 
 def _impl(backend: str):
-    if backend == "triton":
-        from . import triton_impl as impl
-    elif backend == "cpp":
-        from . import cpp_impl as impl
-    else:
-        from . import torch_impl as impl
-    return impl
+    return _backends.implementation(__package__, backend)
 
 
 @torch.library.custom_op("mfdr_kernels::dfc_forward", mutates_args=())

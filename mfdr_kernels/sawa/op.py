@@ -21,38 +21,15 @@ from . import reference
 NORMALIZE = ("segment", "joint")
 
 
-def _can_run_cpp(q, *rest):
-    if q.dtype not in (torch.float32, torch.float64):
-        return f"the cpp backend takes float32 or float64, got {q.dtype}"
-    return _backends.can_run_cpp(q, *rest)
-
-
-def _can_run_triton(q, *rest):
-    why = _backends.can_run_triton(q, *rest)
-    if why:
-        return why
-    ok = (torch.float16, torch.bfloat16, torch.float32) if q.is_cuda else (torch.float32, torch.float64)
-    if q.dtype not in ok:
-        return f"the triton backend on {q.device.type} takes {ok}, got {q.dtype}"
-    return None
-
-
-CHECKS = {
-    "triton": _can_run_triton,
-    "cpp": _can_run_cpp,
-    "torch": _backends.can_run_torch,
-    "reference": _backends.can_run_torch,
-}
+CHECKS = _backends.checks(
+    cpp=(torch.float32, torch.float64),
+    triton_cuda=(torch.float16, torch.bfloat16, torch.float32),
+    triton_cpu=(torch.float32, torch.float64),
+)
 
 
 def _impl(backend: str):
-    if backend == "triton":
-        from . import triton_impl as impl
-    elif backend == "cpp":
-        from . import cpp_impl as impl
-    else:
-        from . import torch_impl as impl
-    return impl
+    return _backends.implementation(__package__, backend)
 
 
 def _checked_values(q_lens, k_lens, starts, force_level, L, T, levels):
