@@ -33,6 +33,7 @@ espeak:
 
 # The whole suite, then the benchmark suites in their quick mode (small sizes, one round) so they never rot.
 test: install espeak
+	$(BIN)/ruff check mfdr mfdr_kernels tests benchmarks
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider --benchmark-disable
 	MFDR_BENCH_QUICK=1 $(BIN)/python -m pytest benchmarks -q -p no:cacheprovider --benchmark-disable
 
