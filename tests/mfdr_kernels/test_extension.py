@@ -1,5 +1,6 @@
 """The compiled extension missing: the package imports, reports why, and falls back with one warning."""
 
+import os
 import subprocess
 import sys
 import warnings
@@ -50,3 +51,26 @@ def test_import_without_extension_and_without_jit(tmp_path):
     res = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, env=env,
                          timeout=120)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr
+
+
+def test_builds_on_first_use(tmp_path):
+    # a fresh interpreter where the library of `pip install -e .` is hidden: the extension is built with
+    # torch.utils.cpp_extension.load (ninja) into MFDR_KERNELS_BUILD_DIR, then used
+    code = (
+        "import torch\n"
+        "import mfdr_kernels._ext as e\n"
+        "e._load_prebuilt = lambda: None\n"
+        "import mfdr_kernels as mk\n"
+        "r = mk.backends()['sliding_adaptive_window_attention']\n"
+        "assert r['cpp'] is None, r\n"
+        "assert e.status()[1].startswith('loaded from " + str(tmp_path) + "'), e.status()\n"
+        "q, k, v = torch.randn(1, 1, 4, 3), torch.randn(1, 1, 12, 3), torch.randn(1, 1, 12, 3)\n"
+        "a = mk.sliding_adaptive_window_attention(q, k, v, window=2, backend='cpp')\n"
+        "b = mk.sliding_adaptive_window_attention(q, k, v, window=2, backend='torch')\n"
+        "torch.testing.assert_close(a, b)\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "MFDR_KERNELS_BUILD_DIR": str(tmp_path), "MFDR_KERNELS_NO_JIT": "0"}
+    res = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
