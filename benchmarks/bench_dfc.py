@@ -88,29 +88,6 @@ def _interleaved(fns: dict, device, reps: int, target_s: float = 0.01) -> dict:
     return {name: min(t) for name, t in times.items()}
 
 
-def peak_mb(fn, device) -> float:
-    """Peak bytes held beyond what was allocated before ``fn()`` runs, in MiB."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    # the raw allocation (+) and free (-) records, in time order (the per-op totals misplace the frees)
-    records = prof.profiler.kineto_results.events()
-    events = sorted((e.start_ns(), e.nbytes()) for e in records if e.name() == "[memory]")
-    held = peak = 0
-    for _, nbytes in events:
-        held += nbytes
-        peak = max(peak, held)
-    return peak / 2**20
-
-
 def measure(shape, device="cpu", reps=15, names=None):
     B, L, C, frame, hop = shape
     N = (L - frame) // hop + 1
@@ -128,7 +105,7 @@ def measure(shape, device="cpu", reps=15, names=None):
     unfolded_mb = B * N * frame * C * x.element_size() / 2**20
     results_mb = (B * N * C + x.numel() + kernel.numel()) * x.element_size() / 2**20  # y, dx, dkernel
     for n in names:
-        mem = peak_mb(lambda f=fs[n]: torch.autograd.grad(f(x, kernel), (x, kernel), gy), device)
+        mem = _timing.tensor_peak_mb(lambda f=fs[n]: torch.autograd.grad(f(x, kernel), (x, kernel), gy), device)
         rows.append({
             "shape": shape_id(*shape), "provider": n,
             "fwd_ms": fwd[n] * 1e3, "bwd_ms": bwd[n] * 1e3, "fwd+bwd_ms": both[n] * 1e3,
