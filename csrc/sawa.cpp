@@ -21,6 +21,8 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include "output_cache.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <cmath>
@@ -365,7 +367,7 @@ std::tuple<at::Tensor, at::Tensor> sawa_forward(const at::Tensor& q, const at::T
                                                 const at::Tensor& starts, const std::optional<at::Tensor>& force_level,
                                                 int64_t window, int64_t levels, bool joint, double scale) {
   check_inputs(q, k, v, q_lens, k_lens, starts);
-  auto out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
+  auto out = cached_empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
   auto lvl = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kChar));
   at::Tensor force = force_level.has_value() ? force_level->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "mfdr_sawa_forward", [&] {
@@ -382,7 +384,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sawa_backward(const at::Tensor& g
   check_inputs(q, k, v, q_lens, k_lens, starts);
   TORCH_CHECK(grad_out.is_contiguous() && grad_out.sizes() == at::IntArrayRef({q.size(0), q.size(1), q.size(2), v.size(3)}),
               "mfdr_C::sawa_backward: grad_out must be contiguous (B, H, L, dv)");
-  auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  auto dq = cached_empty(q.sizes(), q.options()), dk = cached_empty(k.sizes(), k.options()),
+       dv = cached_empty(v.sizes(), v.options());
   const at::Tensor lvl = level.contiguous();
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "mfdr_sawa_backward", [&] {
     backward_kernel<scalar_t>(grad_out, q, k, v, q_lens, k_lens, starts, lvl, window, joint, scale, dq, dk, dv);
