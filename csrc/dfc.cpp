@@ -22,6 +22,8 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include "output_cache.h"
+
 #include <algorithm>
 #include <cstring>
 
@@ -162,7 +164,7 @@ at::Tensor dfc_forward(const at::Tensor& x, const at::Tensor& kernel, const std:
                     (bias_dim == 2 && bias_t.size(0) == d.N && bias_t.size(1) == d.C),
                 "mfdr_C::dfc_forward: bias must have shape (C,) or (N, C), got ", bias_t.sizes());
   }
-  auto y = at::empty({d.B, d.N, d.C}, x.options());
+  auto y = cached_empty({d.B, d.N, d.C}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mfdr_dfc_forward", [&] {
     forward_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), kernel.const_data_ptr<scalar_t>(),
                              bias_dim ? bias_t.const_data_ptr<scalar_t>() : nullptr, bias_dim,
@@ -177,8 +179,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dfc_backward(const at::Tensor& gr
   TORCH_CHECK(grad_y.is_contiguous() && grad_y.sizes() == at::IntArrayRef({d.B, d.N, d.C}) &&
                   grad_y.scalar_type() == x.scalar_type(),
               "mfdr_C::dfc_backward: grad_y must be a contiguous (B, N, C) tensor of the dtype of x");
-  auto dx = at::empty_like(x), dk = at::empty_like(kernel);
-  auto dbias = at::empty({d.N, d.C}, x.options());
+  auto dx = cached_empty(x.sizes(), x.options()), dk = cached_empty(kernel.sizes(), kernel.options());
+  auto dbias = cached_empty({d.N, d.C}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mfdr_dfc_backward", [&] {
     const scalar_t *gp = grad_y.const_data_ptr<scalar_t>(), *xp = x.const_data_ptr<scalar_t>(),
                    *kp = kernel.const_data_ptr<scalar_t>();

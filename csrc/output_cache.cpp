@@ -3,7 +3,7 @@
 // glibc returns large freed blocks to the OS, so every call of an op that allocates megabytes of
 // outputs (SAWA's dk and dv: 2 x 8 MiB at the paper's shape) page-faults them back in: a few thousand
 // minor faults per call, a large part of the backward's time (BENCHMARKS.md, "Allocator sensitivity").
-// Like PyTorch's CUDA caching allocator, this keeps freed output blocks of 1 MiB or more, by size, up
+// Like PyTorch's CUDA caching allocator, this keeps freed output blocks of 256 KiB or more, by size, up
 // to a limit (MFDR_KERNELS_OUTPUT_CACHE_MB, default 256; 0 turns it off), and hands them out again.
 // The tensors are ordinary CPU tensors with resizable storage; only where their memory goes when
 // freed differs.
@@ -23,7 +23,7 @@
 namespace mfdr {
 namespace {
 
-constexpr size_t kMinBytes = size_t(1) << 20;
+constexpr size_t kMinBytes = size_t(256) << 10;  // smaller blocks come from malloc's own free lists
 
 struct Cache {
   std::mutex mu;

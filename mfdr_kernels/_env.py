@@ -7,7 +7,7 @@
 | ``MFDR_KERNELS_BUILD_DIR`` | where the on-first-use build of the extension goes | ``~/.cache/mfdr_kernels`` |
 | ``MFDR_KERNELS_VERBOSE_BUILD`` | ``1``: show the compiler output of the on-first-use build | ``0`` |
 | ``TRITON_INTERPRET`` | ``1``: run Triton kernels on the CPU (tests); read, never set, here | ``0`` |
-| ``MFDR_KERNELS_OUTPUT_CACHE_MB`` | MiB of freed output buffers (of 1 MiB or more) the C++ kernels keep for reuse instead of page-faulting fresh memory on every call; ``0`` turns the cache off | ``256`` |
+| ``MFDR_KERNELS_OUTPUT_CACHE_MB`` | MiB of freed output buffers (of 256 KiB or more) the C++ kernels keep for reuse instead of page-faulting fresh memory on every call; ``0`` turns the cache off | ``256`` |
 | ``MFDR_KERNELS_CHECK_FINITE`` | ``1``: every op checks its float inputs for NaN/Inf and raises ValueError naming the argument (costs a pass over the inputs); by default NaN/Inf propagate to the outputs that read them, as in PyTorch | ``0`` |
 | ``MFDR_HYPOTHESIS_PROFILE`` | ``ci`` (bounded examples) or ``thorough`` for the property tests | ``ci`` |
 | ``MFDR_KERNELS_PORTABLE_BUILD`` | ``1``: compile the C++ kernels without ``-march=native`` (for a binary that moves between machines); read by ``setup.py`` too | ``0`` |

@@ -31,6 +31,10 @@ def _impl(backend: str):
 def dfc_forward(
     x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None, frame: int, hop: int, backend: str
 ) -> torch.Tensor:
+    return _forward_body(x, kernel, bias, frame, hop, backend)
+
+
+def _forward_body(x, kernel, bias, frame, hop, backend):
     _checks.finite_if_asked(x=x, kernel=kernel, bias=bias)  # data-dependent: inside the opaque op
     return _impl(backend).dfc_forward(x, kernel, bias, frame, hop)
 
@@ -45,6 +49,10 @@ def _(x, kernel, bias, frame, hop, backend):
 def dfc_backward(
     grad_y: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, frame: int, hop: int, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward_body(grad_y, x, kernel, frame, hop, backend)
+
+
+def _backward_body(grad_y, x, kernel, frame, hop, backend):
     return _impl(backend).dfc_backward(grad_y.contiguous(), x, kernel, frame, hop)
 
 
@@ -59,15 +67,30 @@ def _setup_context(ctx, inputs, output):
     ctx.args = (frame, hop, backend, 0 if bias is None else bias.dim())
 
 
-def _backward(ctx, grad_y):
+def _backward(ctx, grad_y, backward=dfc_backward):
     x, kernel = ctx.saved_tensors
     frame, hop, backend, bias_dim = ctx.args
-    dx, dk, dbias = dfc_backward(grad_y.contiguous(), x, kernel, frame, hop, backend)  # dbias (N, C)
+    dx, dk, dbias = backward(grad_y.contiguous(), x, kernel, frame, hop, backend)  # dbias (N, C)
     dbias = None if bias_dim == 0 else dbias.sum(0) if bias_dim == 1 else dbias
     return dx, dk, dbias, None, None, None
 
 
 dfc_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerDFC(torch.autograd.Function):
+    """The eager fast path: the custom op's own body, context and backward, without the dispatcher's
+    per-call cost (~0.13 ms per forward+backward on the CPU); tracers get the custom op instead."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, bias, frame, hop, backend):
+        y = _forward_body(x, kernel, bias, frame, hop, backend)
+        _setup_context(ctx, (x, kernel, bias, frame, hop, backend), y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        return _backward(ctx, grad_y, backward=_backward_body)
 
 
 def _check(x, kernel, bias, frame, hop):
@@ -130,4 +153,5 @@ def dynamic_frame_conv(
         _checks.finite_if_asked(x=x, kernel=kernel, bias=bias)
         return reference.dfc_reference(x, kernel, bias, frame=frame, hop=hop)
     bias = None if bias is None else bias.contiguous()
-    return dfc_forward(x.contiguous(), kernel.contiguous(), bias, frame, hop, name)
+    run = _EagerDFC.apply if _backends.eager(x, kernel, bias) else dfc_forward
+    return run(x.contiguous(), kernel.contiguous(), bias, frame, hop, name)

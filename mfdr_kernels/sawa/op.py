@@ -52,6 +52,10 @@ def sawa_forward(
     starts: torch.Tensor, force_level: torch.Tensor | None, window: int, levels: int, joint: bool,
     scale: float, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward_body(q, k, v, q_lens, k_lens, starts, force_level, window, levels, joint, scale, backend)
+
+
+def _forward_body(q, k, v, q_lens, k_lens, starts, force_level, window, levels, joint, scale, backend):
     B, H, L, _ = q.shape
     T = k.shape[2]
     starts = _checked_values(q_lens, k_lens, starts, force_level, L, T, levels)
@@ -75,6 +79,10 @@ def sawa_backward(
     k_lens: torch.Tensor, starts: torch.Tensor, level: torch.Tensor, window: int, joint: bool, scale: float,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward_body(grad_out, q, k, v, q_lens, k_lens, starts, level, window, joint, scale, backend)
+
+
+def _backward_body(grad_out, q, k, v, q_lens, k_lens, starts, level, window, joint, scale, backend):
     L, T = q.shape[2], k.shape[2]
     starts = _checked_values(q_lens, k_lens, starts, None, L, T, 2)
     if q.numel() == 0 or k.numel() == 0:
@@ -95,15 +103,31 @@ def _setup_context(ctx, inputs, output):
     ctx.args = (window, joint, scale, backend)
 
 
-def _backward(ctx, grad_out, _grad_level):
+def _backward(ctx, grad_out, _grad_level, backward=sawa_backward):
     q, k, v, q_lens, k_lens, starts, level = ctx.saved_tensors
     window, joint, scale, backend = ctx.args
-    dq, dk, dv = sawa_backward(grad_out.contiguous(), q, k, v, q_lens, k_lens, starts, level, window, joint, scale,
-                               backend)
+    dq, dk, dv = backward(grad_out.contiguous(), q, k, v, q_lens, k_lens, starts, level, window, joint, scale,
+                          backend)
     return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
 sawa_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerSAWA(torch.autograd.Function):
+    """The eager fast path: the custom op's own body, context and backward, without the dispatcher's
+    per-call cost (~0.13 ms per forward+backward on the CPU); tracers get the custom op instead."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        out, level = _forward_body(*inputs)
+        ctx.mark_non_differentiable(level)
+        _setup_context(ctx, inputs, (out, level))
+        return out, level
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_level):
+        return _backward(ctx, grad_out, grad_level, backward=_backward_body)
 
 
 def _prepare(q, k, v, window, hop, levels, normalize, scale, q_lens, k_lens, window_starts, force_level):
@@ -190,8 +214,9 @@ def sliding_adaptive_window_attention(
         out, level = reference.sawa_reference(q, k, v, window=window, levels=levels, joint=joint, scale=scale,
                                               q_lens=q_lens, k_lens=k_lens, starts=starts, force_level=force_level)
     else:
-        out, level = sawa_forward(q.contiguous(), k.contiguous(), v.contiguous(), q_lens, k_lens, starts,
-                                  force_level, window, levels, joint, scale, name)
+        run = _EagerSAWA.apply if _backends.eager(q, k, v) else sawa_forward
+        out, level = run(q.contiguous(), k.contiguous(), v.contiguous(), q_lens, k_lens, starts, force_level,
+                         window, levels, joint, scale, name)
     return (out, level) if return_level else out
 
 
