@@ -278,9 +278,11 @@ def malloc_section(sawa, kept) -> str:
     env = " ".join(f"{k}={v}" for k, v in MALLOC_KEEP.items())
     return ("The same script run again in a process whose glibc keeps freed memory "
             f"(`{env}`), so that no call page-faults fresh memory for its outputs and gradients. With the "
-            "default glibc settings, freeing the 18 MiB of gradients lets glibc return them to the OS and "
-            "the next call faults them in again: that is a large part of cpp's forward+backward at this "
-            "shape. The targets above are judged with the default allocator, which is what a user gets.\n\n"
+            "default glibc settings, freed blocks of megabytes go back to the OS and the next call faults "
+            "them in again (18 MiB of gradients per SAWA call at this shape). The C++ kernels avoid this with "
+            "their output cache (`MFDR_KERNELS_OUTPUT_CACHE_MB`, README \"Backends\"), so `cpp` barely "
+            "changes between the two columns while the others gain. The targets above are judged with the "
+            "default allocator, which is what a user gets.\n\n"
             + _table(["provider", "fwd+bwd ms (default)", "fwd+bwd ms (memory kept)", "÷ cpp (default)",
                       "÷ cpp (memory kept)"], rows))
 
