@@ -101,7 +101,6 @@ def _decide(x, exists, ring, base, window, levels, joint):
 def sawa_backward(grad_out, q, k, v, q_lens, k_lens, starts, level, window, joint, scale):
     """Gradients ``(dq, dk, dv)`` given the forward's levels (the decisions are not differentiated)."""
     B, H, L, _ = q.shape
-    T = k.shape[2]
     reach = int(level.max()) if level.numel() else 0
     idx, exists, ring, _ = _setup(q, k, q_lens, k_lens, starts, window, reach)
     kg, vg = _gather(k, idx), _gather(v, idx)
@@ -122,5 +121,4 @@ def sawa_backward(grad_out, q, k, v, q_lens, k_lens, starts, level, window, join
     dv = torch.zeros_like(v).scatter_add_(
         2, flat.unsqueeze(-1).expand(-1, -1, -1, v.shape[-1]),
         (w.unsqueeze(-1) * grad_out.unsqueeze(3)).reshape(B, H, -1, v.shape[-1]))
-    del T
     return dq, dk, dv
