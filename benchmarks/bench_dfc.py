@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -69,23 +68,8 @@ def _interleaved(fns: dict, device, reps: int, target_s: float = 0.01) -> dict:
     """Seconds per call of each ``fns[name]()``: the best block of ``reps``, each repetition running every
     provider in turn (other processes only ever add time, so the minimum is the steadiest estimate on a
     shared machine)."""
-    inner = {}
-    for name, fn in fns.items():  # warm up, then size each block to ~target_s
-        fn()
-        _timing.sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _timing.sync(device)
-        inner[name] = max(1, min(200, int(target_s / max(time.perf_counter() - t0, 1e-7))))
-    times = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(inner[name]):
-                fn()
-            _timing.sync(device)
-            times[name].append((time.perf_counter() - t0) / inner[name])
-    return {name: min(t) for name, t in times.items()}
+    times = _timing.interleaved(fns, reps=reps, device=device, target_s=target_s, warmup=2)
+    return {name: t["min"] for name, t in times.items()}
 
 
 def measure(shape, device="cpu", reps=15, names=None):
