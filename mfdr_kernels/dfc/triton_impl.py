@@ -100,7 +100,8 @@ def _dfc_backward_dk_kernel(
     p_g, p_x, p_k = gy + o_g, x + o_x, dk + o_k  # sample 0; advanced by one sample per step
     acc = tl.zeros([BLOCK_N, BLOCK_C], dtype=ACC)
     acc_b = tl.zeros([BLOCK_N, BLOCK_C], dtype=ACC)
-    for _ in range(B):
+    b = 0
+    while b < B:  # not `range(B)`: the triton 3.6 interpreter cannot index with a runtime argument (numpy 2.4)
         b_g = tl.load(p_g, mask=m, other=0.0).to(ACC)  # [BN, BC]: gy[b, n]
         b_x = tl.load(p_x, mask=m, other=0.0).to(ACC)  # [BN, BC]: x[b, n*HOP + j]
         if PER_SAMPLE:
@@ -111,6 +112,7 @@ def _dfc_backward_dk_kernel(
         acc_b += b_g
         p_g += N * C
         p_x += L * C
+        b += 1
     if not PER_SAMPLE:
         tl.store(dk + o_k, acc.to(dk.dtype.element_ty), mask=m)
     tl.store(dbias + o_g, acc_b.to(dbias.dtype.element_ty), mask=m & (j == 0))

@@ -1,53 +1,66 @@
 """Triton SAWA: forward and backward kernels and their launchers (SPEC §1).
 
 CUDA tensors in fp16, bf16 or fp32; CPU tensors in fp32 or fp64 under ``TRITON_INTERPRET=1`` (tests).
-Scores, softmaxes and sums accumulate in fp32 (fp64 for fp64 inputs).
+Scores, softmax statistics and sums accumulate in fp32 (fp64 for fp64 inputs).
 
-**Tiles.** One program per (block of ``BLOCK_Q`` queries, batch·head). Each query ``i`` with start
-``s`` sees three rings of exactly ω slots each, addressed by index from its window start (the paper's
-"expansion by index slicing"; ``RW = next_power_of_2(ω)`` lanes per ring, the tail masked)::
+**Tiles.** One program per (block of ``BLOCK_Q`` queries, batch·head), as flash-attention. The block's
+queries, with window starts ``s_i``, reach the frames ``[s_i - ω, s_i + 2ω)``; the program walks the
+block's span ``[s_first - ω, s_last + 2ω) ∩ [0, k_len)`` in chunks of ``BLOCK_N`` frames. A chunk is one
+``[BLOCK_N, d]`` tile of K read by index from the frame (the paper's "expansion by index slicing": a
+neighbour half-window is a range of frame offsets from the window start, nothing is re-windowed) and
+one ``tl.dot`` gives the ``[BLOCK_Q, BLOCK_N]`` scores. Which ring a score belongs to is its offset
+``o = j - s_i`` from the query's window start::
 
-    ring 0  slot t -> frame s + t                                        S0 = [s, s+ω)
-    ring r  slot t -> frame s - r·ω/2 + t             (t <  ω/2)         left half-window of S_r
-                     frame s + ω + (r-1)·ω/2 + t - ω/2 (t >= ω/2)        right half-window of S_r
+    ring 0  (S0)  0 <= o < ω
+    ring 1  (S1)  -ω/2 <= o < 0      or  ω <= o < ω + ω/2
+    ring 2  (S2)  -ω <= o < -ω/2     or  ω + ω/2 <= o < 2ω
 
-A ring's scores and weights are ``[BLOCK_Q, RW]`` tensors. Its keys are read by a loop over its slots,
-``SB`` at a time: each step gathers the rows ``k[s_i + o_t]`` of the block's queries as one
-``[BLOCK_Q, SB, d]`` tile (whole contiguous rows: vectorized loads) and reduces it against q, held in
-registers: ``tl.sum(q[:, None, :] * k, axis=2)``. The output and the gradients are the same loop with
-``acc += w[:, t] * v[s_i + o_t]``. We gather per query instead of loading the block's contiguous span
-``[s_first - ω, s_last + 2ω)`` and masking a band of ``tl.dot`` scores because ``window_starts`` are
-arbitrary non-decreasing frames: a block's span is unbounded (a jump in the starts), a query's is 3ω.
-Overlapping spans re-read frames from L1/L2, not from DRAM. Nothing of size ``L×T`` and no
+so the three segment softmaxes are masked reductions of the same tile. With regular starts (hop h)
+a block's span is ``(BLOCK_Q - 1)·h + 3ω`` frames: one or two chunks at the paper's shape. Starts are
+arbitrary non-decreasing frames, so a span can be long (a jump in forced alignments): chunks that no
+row of the block reaches are skipped by a scalar test, never loaded. Nothing of size ``L×T`` and no
 re-windowed K exists; the forward allocates only ``out``, ``level`` and the scale (one element in the
 accumulation dtype: a float argument would be fp32, inexact for fp64 runs).
 
-**Lazy expansion.** The forward computes ring 0, its softmax and key-point count, decides level 1 per
-row (``tl.where``), then gathers ring 1 *only for the rows that expanded* (masked loads move no bytes;
-a block with no expanded row skips the ring's loop), decides level 2, then ring 2 likewise. V is
-read only for the active frames. ``force_level`` replaces the decisions.
+**Forward passes** over the span (``while`` loops: runtime bounds, see below):
 
-**Backward.** Pass 1 (same grid) recomputes the weights of the saved levels, ``dL/dw_j = <do_i, v_j>``,
-``ds_j = w_j (dL/dw_j - Σ_seg w dL/dw) · scale`` and ``dq``. dk/dv then come from one of:
+1. per-ring running max and normalizer (online softmax, as flash-attention) of every row;
+2. the decisions, Alg. 1 lines 5-6 and 11-12: ``c0 = #{a_j > 1/|S0|}`` over ring 0 and
+   ``c1 = #{w_j > mean}`` over rings 0 ∪ 1 with the statistics of pass 1 (the mean over ``A1`` is
+   ``2/|A1|`` for segment softmaxes and ``1/|A1|`` for the joint one: they sum to 2 and 1). Skipped for
+   ``levels = 0`` and ``force_level``;
+3. the output ``out = W V`` with ``tl.dot`` over the frames of the decided levels only: a chunk that no
+   row's active window reaches is not read (lazy expansion: V is read only where a row expanded).
 
-- ``"blocks"`` (default): pass 1 stores the weights P and the score gradients DS per slot,
-  ``(B·H, L, 3, RW)`` in fp32 (24·RW bytes per query: 384 B at ω = 10, q's row at d = 192 in fp16);
-  pass 2, one program per (key block of ``BLOCK_K`` frames, batch·head), sums
-  ``dk = DSᵀ q`` and ``dv = Pᵀ do`` with ``tl.dot`` over the queries whose span holds the block.
-  Starts are non-decreasing (the op validates it; padded entries are ``T``), so those queries are a
-  contiguous range, found on the host by ``torch.searchsorted`` (O(B·T/BLOCK_K), no sync).
-- ``"atomic"``: pass 1 adds ``ds·q`` and ``w·do`` into fp32 dk/dv buffers with ``tl.atomic_add``.
+When the span fits one chunk the scores of the three passes come from the same K tile (L1/L2 hits).
 
-"blocks" is the default: it is deterministic, needs no fp32 copies of dk/dv (8·T·d bytes per head in
-the atomic flavour, plus a cast), does dk/dv on tensor cores (``tl.dot``; fp16/bf16 operands with fp32
-accumulation, as flash-attention's backward) instead of 3ω scattered atomic rows per query, and each
-frame receives ~3ω/hop contributions, which atomics would serialize.
-The choice is by reasoning, not yet by measurement: ``benchmarks/gpu_check.py`` times both on a GPU.
+**Backward.** Pass 1 (same grid) recomputes the statistics of the saved levels, then
+``g = dL/dw = do Vᵀ``, ``Σ_seg w g``, ``ds = w (g - Σ_seg w g) · scale`` and ``dq = DS K`` (``tl.dot``).
+dk/dv then come from one of:
 
-**Tuning.** ``triton.autotune`` over a few configs on CUDA (all compiled offline for sm_90 without
-register spills; none timed yet); a single config under the interpreter.
-``T`` and ``L`` are not specialized (no recompile per length). ``torch.compile`` sees these
-launchers only through the opaque custom op of ``op.py``.
+- ``"blocks"`` (default): pass 1 stores the weights P and score gradients DS per slot,
+  ``(B·H, L, 3, ω)`` in fp32 (12·ω bytes each per query); pass 2, one program per (key block of
+  ``BLOCK_K`` frames, batch·head), sums ``dk = DSᵀ q`` and ``dv = Pᵀ do`` with ``tl.dot`` over the
+  queries whose span holds the block. Starts are non-decreasing (the op validates it; padded entries
+  are ``T``), so those queries are a contiguous range, found on the host by ``torch.searchsorted``
+  (O(B·T/BLOCK_K), no sync).
+- ``"atomic"``: pass 1 adds the ``[BLOCK_N, d]`` tiles ``DSᵀ Q`` and ``Pᵀ dO`` of each chunk into fp32
+  dk/dv buffers with ``tl.atomic_add``.
+
+"blocks" is the default: it is deterministic and needs no fp32 copies of dk/dv (8·T·d bytes per head in
+the atomic flavour, plus a cast); each frame is reached by the spans of ~3ω/hop + BLOCK_Q queries'
+blocks, whose atomic tiles would collide. The choice is by reasoning, not yet by measurement:
+``benchmarks/gpu_check.py`` times both on a GPU.
+
+**Precision.** fp16/bf16: ``tl.dot`` on tensor cores with fp32 accumulation; the weights and score
+gradients are cast to the input dtype for ``W V``, ``DS K`` and pass 2, as flash-attention does. fp32
+and fp64: ``input_precision="ieee"`` (no TF32: results match the fp32 PyTorch backends).
+
+**Tuning.** ``triton.autotune`` over a few configs on CUDA (none timed yet: no GPU in the sessions that
+wrote this); a single config under the interpreter. ``T`` and ``L`` are not specialized (no recompile
+per length). Loops with runtime bounds are ``while`` loops: the triton 3.6 interpreter cannot take a
+loaded scalar as a ``range`` bound with numpy >= 2.4. ``torch.compile`` sees these launchers only
+through the opaque custom op of ``op.py``.
 """
 
 from __future__ import annotations
@@ -68,125 +81,13 @@ DKDV = ("blocks", "atomic")
 
 
 @triton.jit
-def _offset(t, R: tl.constexpr, W: tl.constexpr, HALF: tl.constexpr):
-    """Offset from the window start of slot ``t`` (scalar or tensor) of ring R (module docstring)."""
-    if R == 0:
-        o = t
+def _dot(a, b, LOW: tl.constexpr):
+    """a @ b accumulated in fp32 (fp64 for fp64); fp16/bf16 operands go to the tensor cores as they are."""
+    if LOW:
+        r = tl.dot(a, b)
     else:
-        o = tl.where(t < HALF, t - R * HALF, W + (R - 1) * HALF + t - HALF)
-    return o
-
-
-@triton.jit
-def _ring(s, rows, k_len, R: tl.constexpr, W: tl.constexpr, HALF: tl.constexpr, RW: tl.constexpr):
-    """``[BQ, RW]``: which slots of ring R hold an existing frame, for the rows on the mask ``rows [BQ]``."""
-    t = tl.arange(0, RW)
-    frame = s[:, None] + _offset(t, R, W, HALF)[None, :]  # [BQ, RW] int64
-    return (t[None, :] < W) & (frame >= 0) & (frame < k_len) & rows[:, None]
-
-
-@triton.jit
-def _slots(s, rows, k_len, t0, R: tl.constexpr, W: tl.constexpr, HALF: tl.constexpr, SB: tl.constexpr):
-    """Slots ``t = t0 + [0, SB)`` of ring R: ``t [SB]``, frames ``[BQ, SB]`` and which of them exist."""
-    t = t0 + tl.arange(0, SB)
-    f = s[:, None] + _offset(t, R, W, HALF)[None, :]
-    return t, f, rows[:, None] & (t < W)[None, :] & (f >= 0) & (f < k_len)
-
-
-@triton.jit
-def _gather(b_base, f, ok, E: tl.constexpr, EP: tl.constexpr):
-    """``[BQ, SB, EP]``: rows ``f`` of a (T, E) matrix (the keys/values by index), 0 where not ``ok``."""
-    e = tl.arange(0, EP)
-    mask = ok[:, :, None] & (e < E)[None, None, :]
-    return tl.load(b_base + f[:, :, None] * E + e[None, None, :], mask=mask, other=0)
-
-
-@triton.jit
-def _columns(c, t, RW: tl.constexpr):
-    """``[BQ, SB]``: the columns ``t [SB]`` of ``c [BQ, RW]``."""
-    tid = tl.arange(0, RW)
-    return tl.sum(tl.where(tid[None, None, :] == t[None, :, None], c[:, None, :], 0), axis=2)
-
-
-@triton.jit
-def _ring_dots(a, b_base, s, rows, k_len, R: tl.constexpr, W: tl.constexpr, HALF: tl.constexpr,
-               RW: tl.constexpr, E: tl.constexpr, EP: tl.constexpr, ACC: tl.constexpr, SB: tl.constexpr):
-    """``[BQ, RW]``: <a_i, b_{s_i + o_t}> for the slots t of ring R (0 off ``rows`` and missing frames).
-
-    ``a [BQ, EP]`` stays in registers; SB slots per step, each a gathered ``[BQ, SB, EP]`` load.
-    """
-    x = tl.zeros([a.shape[0], RW], ACC)
-    tid = tl.arange(0, RW)
-    for t0 in range(0, W, SB):
-        t, f, ok = _slots(s, rows, k_len, t0, R, W, HALF, SB)
-        xc = tl.sum(a[:, None, :] * _gather(b_base, f, ok, E, EP).to(ACC), axis=2)  # [BQ, SB]
-        x += tl.sum(tl.where(tid[None, None, :] == t[None, :, None], xc[:, :, None], 0), axis=1)  # columns t
-    return x
-
-
-@triton.jit
-def _ring_combine(acc, c, b_base, s, rows, k_len, R: tl.constexpr, W: tl.constexpr, HALF: tl.constexpr,
-                  RW: tl.constexpr, E: tl.constexpr, EP: tl.constexpr, ACC: tl.constexpr, SB: tl.constexpr):
-    """``acc [BQ, EP] + Σ_t c[:, t] b_{s + o_t}`` over the slots t of ring R."""
-    for t0 in range(0, W, SB):
-        t, f, ok = _slots(s, rows, k_len, t0, R, W, HALF, SB)
-        acc += tl.sum(_columns(c, t, RW)[:, :, None] * _gather(b_base, f, ok, E, EP).to(ACC), axis=1)
-    return acc
-
-
-@triton.jit
-def _ring_scatter(dst_base, c, a, s, rows, k_len, R: tl.constexpr, W: tl.constexpr, HALF: tl.constexpr,
-                  RW: tl.constexpr, E: tl.constexpr, EP: tl.constexpr, SB: tl.constexpr):
-    """Atomic flavour: ``dst_{s_i + o_t} += c[i, t] a_i`` over the slots t of ring R."""
-    e = tl.arange(0, EP)
-    for t0 in range(0, W, SB):
-        t, f, ok = _slots(s, rows, k_len, t0, R, W, HALF, SB)
-        val = _columns(c, t, RW)[:, :, None] * a[:, None, :]  # [BQ, SB, EP]
-        mask = ok[:, :, None] & (e < E)[None, None, :]
-        tl.atomic_add(dst_base + f[:, :, None] * E + e[None, None, :], val, mask=mask)
-
-
-@triton.jit
-def _mmax(x, m):
-    """Row max of x over the mask ``m``; -inf for empty rows."""
-    return tl.max(tl.where(m, x, float("-inf")), axis=1)
-
-
-@triton.jit
-def _mexp(x, m, mx):
-    """exp(x - mx) on the mask, 0 elsewhere (no inf - inf: masked lanes take exp(-inf))."""
-    return tl.exp(tl.where(m, x - mx[:, None], float("-inf")))
-
-
-@triton.jit
-def _norm(p, z):
-    return p / tl.where(z > 0, z, 1)[:, None]
-
-
-@triton.jit
-def _softmax(x, m):
-    """Softmax of each row of x over the mask ``m``; 0 off the mask and on empty rows."""
-    p = _mexp(x, m, _mmax(x, m))
-    return _norm(p, tl.sum(p, axis=1))
-
-
-@triton.jit
-def _weights(x0, x1, x2, m0, m1, m2, JOINT: tl.constexpr):
-    """Weights of the active frames: one softmax per ring (segment) or one over all of them (joint)."""
-    if JOINT:
-        mx = tl.maximum(tl.maximum(_mmax(x0, m0), _mmax(x1, m1)), _mmax(x2, m2))
-        p0, p1, p2 = _mexp(x0, m0, mx), _mexp(x1, m1, mx), _mexp(x2, m2, mx)
-        z = tl.sum(p0, axis=1) + tl.sum(p1, axis=1) + tl.sum(p2, axis=1)
-        w0, w1, w2 = _norm(p0, z), _norm(p1, z), _norm(p2, z)
-    else:
-        w0, w1, w2 = _softmax(x0, m0), _softmax(x1, m1), _softmax(x2, m2)
-    return w0, w1, w2
-
-
-@triton.jit
-def _count(m, x, thr):
-    """Per row: #{j on the mask: x_j > thr} (strict, SPEC §1)."""
-    return tl.sum((m & (x > thr[:, None])).to(tl.int32), axis=1)
+        r = tl.dot(a, b, input_precision="ieee")
+    return r
 
 
 @triton.jit
@@ -201,11 +102,143 @@ def _rows(q_lens_ptr, k_lens_ptr, starts_ptr, bh, H, L, BLOCK_Q: tl.constexpr):
 
 
 @triton.jit
-def _load_rows(base, row, rows, E: tl.constexpr, EP: tl.constexpr, ACC: tl.constexpr):
-    """``[BQ, EP]`` rows ``row`` of a (·, E) matrix, 0 off the mask ``rows`` and past E."""
+def _load_rows(base, row, rows, E: tl.constexpr, EP: tl.constexpr):
+    """``[BQ, EP]`` rows ``row`` of a (·, E) matrix in its dtype, 0 off the mask ``rows`` and past E."""
     e = tl.arange(0, EP)
-    mask = rows[:, None] & (e < E)[None, :]
-    return tl.load(base + row[:, None] * E + e[None, :], mask=mask, other=0).to(ACC)
+    return tl.load(base + row[:, None] * E + e[None, :], mask=rows[:, None] & (e < E)[None, :], other=0)
+
+
+@triton.jit
+def _tile(base, j, jm, E: tl.constexpr, EP: tl.constexpr):
+    """``[BN, EP]``: frames ``j`` of a (T, E) matrix (K or V read by index), 0 off ``jm`` and past E."""
+    e = tl.arange(0, EP)
+    return tl.load(base + j[:, None] * E + e[None, :], mask=jm[:, None] & (e < E)[None, :], other=0)
+
+
+@triton.jit
+def _nrange(a, b, k_len):
+    """Per row: the number of frames of ``[a, b) ∩ [0, k_len)``."""
+    return tl.maximum(tl.minimum(b, k_len) - tl.maximum(a, 0), 0)
+
+
+@triton.jit
+def _span(lo_i, hi_i, rows, k_len):
+    """``[lo, hi)``: the union of the rows' ranges ``[lo_i, hi_i)`` on the mask, clipped to the frames."""
+    lo = tl.maximum(tl.min(tl.where(rows, lo_i, k_len), axis=0), 0)
+    hi = tl.minimum(tl.max(tl.where(rows, hi_i, 0), axis=0), k_len)
+    return lo, hi
+
+
+@triton.jit
+def _touches(lo_i, hi_i, rows, c, BLOCK_N: tl.constexpr):
+    """Whether a row on the mask reaches a frame of the chunk ``[c, c + BLOCK_N)``."""
+    return tl.sum((rows & (lo_i < c + BLOCK_N) & (hi_i > c)).to(tl.int32), axis=0) > 0
+
+
+@triton.jit
+def _rings(s, rows, j, jm, W: tl.constexpr, HALF: tl.constexpr):
+    """``[BQ, BN]`` masks of rings 0, 1, 2 (module docstring) for the rows on the mask and frames ``jm``."""
+    o = j[None, :] - s[:, None]
+    ok = rows[:, None] & jm[None, :]
+    r0 = ok & (o >= 0) & (o < W)
+    r1 = ok & (((o >= -HALF) & (o < 0)) | ((o >= W) & (o < W + HALF)))
+    r2 = ok & (((o >= -W) & (o < -HALF)) | ((o >= W + HALF) & (o < 2 * W)))
+    return r0, r1, r2
+
+
+@triton.jit
+def _slot(o, W: tl.constexpr, HALF: tl.constexpr):
+    """Ring and slot (``[0, ω)``: left half then right half) of the frame at offset ``o`` from the start."""
+    ring = tl.where((o >= 0) & (o < W), 0, tl.where((o >= -HALF) & (o < W + HALF), 1, 2))
+    t = tl.where(ring == 0, o, tl.where(o < 0, o + ring * HALF, o - W - (ring - 1) * HALF + HALF))
+    return ring, t
+
+
+@triton.jit
+def _finite(m):
+    """A row max with -inf (empty row) replaced by 0: ``m' - _finite(m)`` is -inf, never inf - inf."""
+    return tl.where(m > float("-inf"), m, 0)
+
+
+@triton.jit
+def _online(m, z, x, mask):
+    """One chunk of an online softmax: running row max ``m`` and normalizer ``z`` over the mask."""
+    mn = tl.maximum(m, tl.max(tl.where(mask, x, float("-inf")), axis=1))
+    alpha = tl.exp(m - _finite(mn))  # 0 while m = -inf (then z = 0 too)
+    p = tl.exp(tl.where(mask, x - mn[:, None], float("-inf")))
+    return mn, z * alpha + tl.sum(p, axis=1)
+
+
+@triton.jit
+def _rescale(z, m, mx):
+    """A normalizer of max ``m`` brought to the max ``mx >= m`` (0 for an empty segment)."""
+    return z * tl.exp(m - _finite(mx))
+
+
+@triton.jit
+def _w(x, mask, m, z):
+    """Softmax weights from the statistics (max m, normalizer z) on the mask, 0 elsewhere."""
+    p = tl.exp(tl.where(mask, x - m[:, None], float("-inf")))
+    return p / tl.where(z > 0, z, 1)[:, None]
+
+
+@triton.jit
+def _count(mask, w, thr):
+    """Per row: #{j on the mask: w_j > thr} (strict, SPEC §1)."""
+    return tl.sum((mask & (w > thr[:, None])).to(tl.int32), axis=1)
+
+
+@triton.jit
+def _joint_stats(m0, z0, m1, z1, m2, z2, level):
+    """Max and normalizer of one softmax over the rings of each row's level."""
+    mx = tl.maximum(m0, tl.maximum(tl.where(level >= 1, m1, float("-inf")), tl.where(level >= 2, m2, float("-inf"))))
+    z = _rescale(z0, m0, mx)
+    z += tl.where(level >= 1, _rescale(z1, m1, mx), 0)
+    z += tl.where(level >= 2, _rescale(z2, m2, mx), 0)
+    return mx, z
+
+
+@triton.jit
+def _weights(x, r0, r1, r2, m0, z0, m1, z1, m2, z2, mx, zz, JOINT: tl.constexpr):
+    """Weights of rings 0, 1, 2 (masks of the active frames): one softmax per ring, or one joint one."""
+    if JOINT:
+        w0, w1, w2 = _w(x, r0, mx, zz), _w(x, r1, mx, zz), _w(x, r2, mx, zz)
+    else:
+        w0, w1, w2 = _w(x, r0, m0, z0), _w(x, r1, m1, z1), _w(x, r2, m2, z2)
+    return w0, w1, w2
+
+
+@triton.jit
+def _chunk(q, k_base, s, rows, c, hi, scale, W: tl.constexpr, HALF: tl.constexpr, D: tl.constexpr,
+           DP: tl.constexpr, LOW: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Frames ``j = c + [0, BLOCK_N)`` (``jm``: below ``hi``), their K tile, scores and ring masks."""
+    j = c + tl.arange(0, BLOCK_N)
+    jm = j < hi
+    kc = _tile(k_base, j, jm, D, DP)  # [BN, DP]
+    x = _dot(q, tl.trans(kc), LOW) * scale  # [BQ, BN]
+    r0, r1, r2 = _rings(s, rows, j, jm, W, HALF)
+    return j, jm, kc, x, r0, r1, r2
+
+
+@triton.jit
+def _stats(q, k_base, s, rows, lo_i, hi_i, k_len, scale, W: tl.constexpr, HALF: tl.constexpr,
+           RINGS: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, LOW: tl.constexpr, ACC: tl.constexpr,
+           BLOCK_N: tl.constexpr):
+    """Per-ring max and normalizer (rings ``0..RINGS``) of the rows on the mask over ``[lo_i, hi_i)``."""
+    m0 = tl.full([q.shape[0]], float("-inf"), ACC)
+    z0 = tl.zeros([q.shape[0]], ACC)
+    m1, m2, z1, z2 = m0, m0, z0, z0
+    c, hi = _span(lo_i, hi_i, rows, k_len)
+    while c < hi:
+        if _touches(lo_i, hi_i, rows, c, BLOCK_N):
+            _, _, _, x, r0, r1, r2 = _chunk(q, k_base, s, rows, c, hi, scale, W, HALF, D, DP, LOW, BLOCK_N)
+            m0, z0 = _online(m0, z0, x, r0)
+            if RINGS >= 1:
+                m1, z1 = _online(m1, z1, x, r1)
+            if RINGS >= 2:
+                m2, z2 = _online(m2, z2, x, r2)
+        c += BLOCK_N
+    return m0, z0, m1, z1, m2, z2
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -216,9 +249,9 @@ def _load_rows(base, row, rows, E: tl.constexpr, EP: tl.constexpr, ACC: tl.const
 def _sawa_fwd_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, level_ptr, force_ptr, q_lens_ptr, k_lens_ptr, starts_ptr, scale_ptr,
     T, L, H,
-    W: tl.constexpr, HALF: tl.constexpr, RW: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
-    DV: tl.constexpr, DVP: tl.constexpr, LEVELS: tl.constexpr, JOINT: tl.constexpr, FORCED: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_Q: tl.constexpr, SB: tl.constexpr,
+    W: tl.constexpr, HALF: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr,
+    DVP: tl.constexpr, LEVELS: tl.constexpr, JOINT: tl.constexpr, FORCED: tl.constexpr, LOW: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Grid ``(cdiv(L, BLOCK_Q), B·H)``: out ``(B, H, L, DV)`` and int8 level ``(B, H, L)`` of a block."""
     bh = tl.program_id(1).to(tl.int64)
@@ -226,54 +259,62 @@ def _sawa_fwd_kernel(
     scale = tl.load(scale_ptr)
     k_base = k_ptr + bh * T * D
     v_base = v_ptr + bh * T * DV
-    q = _load_rows(q_ptr, row, row_ok, D, DP, ACC)  # [BQ, DP]
-
-    # Ring 0 (S0): base-window scores and softmax, Alg. 1 lines 2-4.
-    m0 = _ring(s, row_ok, k_len, 0, W, HALF, RW)  # [BQ, RW]
-    n0 = tl.sum(m0.to(tl.int32), axis=1)  # [BQ]
+    q = _load_rows(q_ptr, row, row_ok, D, DP)  # [BQ, DP]
+    n0 = _nrange(s, s + W, k_len)
+    n1 = _nrange(s - HALF, s, k_len) + _nrange(s + W, s + W + HALF, k_len)
+    n2 = _nrange(s - W, s - HALF, k_len) + _nrange(s + W + HALF, s + 2 * W, k_len)
     base = row_ok & (n0 > 0)  # else: empty S0 (start at or past k_len) or padded query -> 0, level 0
-    x0 = _ring_dots(q, k_base, s, row_ok, k_len, 0, W, HALF, RW, D, DP, ACC, SB) * scale
-    a0 = _softmax(x0, m0)
+
+    # Pass 1: statistics of every ring a row may reach.
+    m0, z0, m1, z1, m2, z2 = _stats(q, k_base, s, base, s - LEVELS * HALF, s + W + LEVELS * HALF, k_len,
+                                    scale, W, HALF, LEVELS, D, DP, LOW, ACC, BLOCK_N)
+
+    # Pass 2: the decisions (Alg. 1 lines 5-6 and 11-12).
     level = tl.zeros([BLOCK_Q], tl.int32)
     if FORCED:
         level = tl.where(base, tl.load(force_ptr + row, mask=in_l, other=0).to(tl.int32), 0)
-    x1 = tl.zeros([BLOCK_Q, RW], ACC)
-    x2 = tl.zeros([BLOCK_Q, RW], ACC)
-    m1 = tl.zeros([BLOCK_Q, RW], tl.int32) > 0  # rings 1 and 2: inactive until decided
-    m2 = m1
-    if LEVELS >= 1:
-        e1 = _ring(s, base, k_len, 1, W, HALF, RW)
-        e2 = _ring(s, base, k_len, 2, W, HALF, RW)
-        if not FORCED:  # lines 5-6: expand iff #{a_j > 1/|S0|} >= ω/2 and S1 is non-empty
-            c0 = _count(m0, a0, 1.0 / tl.maximum(n0, 1).to(ACC))
-            level = tl.where(base & (c0 >= HALF) & (tl.sum(e1.to(tl.int32), axis=1) > 0), 1, 0)
-        rows1 = base & (level >= 1)  # only the expanded rows read their ring-1 keys
-        m1 = e1 & rows1[:, None]
-        if tl.max(level, axis=0) >= 1:
-            x1 = _ring_dots(q, k_base, s, rows1, k_len, 1, W, HALF, RW, D, DP, ACC, SB) * scale
+    elif LEVELS >= 1:
+        thr0 = 1.0 / tl.maximum(n0, 1).to(ACC)  # a_j > 1/|S0|
+        if JOINT:  # w over A1 = S0 ∪ S1 sums to 1 (one softmax) or 2 (one per segment): mean = that / |A1|
+            mean = 1.0 / tl.maximum(n0 + n1, 1).to(ACC)
+        else:
+            mean = 2.0 / tl.maximum(n0 + n1, 1).to(ACC)
+        m01 = tl.maximum(m0, m1)
+        z01 = _rescale(z0, m0, m01) + _rescale(z1, m1, m01)
+        c0 = tl.zeros([BLOCK_Q], tl.int32)
+        c1 = tl.zeros([BLOCK_Q], tl.int32)
+        lo_i = s - (LEVELS - 1) * HALF  # ring 0, and ring 1 for the level-2 count
+        hi_i = s + W + (LEVELS - 1) * HALF
+        c, hi = _span(lo_i, hi_i, base, k_len)
+        while c < hi:
+            if _touches(lo_i, hi_i, base, c, BLOCK_N):
+                _, _, _, x, r0, r1, _ = _chunk(q, k_base, s, base, c, hi, scale, W, HALF, D, DP, LOW, BLOCK_N)
+                a0 = _w(x, r0, m0, z0)
+                c0 += _count(r0, a0, thr0)
+                if LEVELS >= 2:
+                    if JOINT:
+                        c1 += _count(r0, _w(x, r0, m01, z01), mean) + _count(r1, _w(x, r1, m01, z01), mean)
+                    else:
+                        c1 += _count(r0, a0, mean) + _count(r1, _w(x, r1, m1, z1), mean)
+            c += BLOCK_N
+        level = tl.where(base & (c0 >= HALF) & (n1 > 0), 1, 0)  # expand iff c0 >= ω/2 and S1 non-empty
         if LEVELS >= 2:
-            if not FORCED:  # lines 11-12: over A1 = S0 ∪ S1, #{w_j > mean(w)} >= ω and S2 non-empty
-                w0, w1, _ = _weights(x0, x1, x2, m0, m1, m2, JOINT)
-                n1 = tl.sum(m0.to(tl.int32), axis=1) + tl.sum(m1.to(tl.int32), axis=1)
-                mean = (tl.sum(w0, axis=1) + tl.sum(w1, axis=1)) / tl.maximum(n1, 1).to(ACC)
-                c1 = _count(m0, w0, mean) + _count(m1, w1, mean)
-                n2 = tl.sum(e2.to(tl.int32), axis=1)
-                level = tl.where((level >= 1) & (c1 >= W) & (n2 > 0), 2, level)
-            rows2 = base & (level >= 2)
-            m2 = e2 & rows2[:, None]
-            if tl.max(level, axis=0) >= 2:
-                x2 = _ring_dots(q, k_base, s, rows2, k_len, 2, W, HALF, RW, D, DP, ACC, SB) * scale
+            level = tl.where((level >= 1) & (c1 >= W) & (n2 > 0), 2, level)
 
-    # out_i = Σ_j w_j v_j over the active frames; V is read only there.
-    w0, w1, w2 = _weights(x0, x1, x2, m0, m1, m2, JOINT)
+    # Pass 3: out_i = Σ_j w_j v_j over the active frames; V (and K) read only where a row's level reaches.
+    mx, zz = _joint_stats(m0, z0, m1, z1, m2, z2, level)
+    lo_i = s - level * HALF
+    hi_i = s + W + level * HALF
     acc = tl.zeros([BLOCK_Q, DVP], ACC)
-    acc = _ring_combine(acc, w0, v_base, s, row_ok, k_len, 0, W, HALF, RW, DV, DVP, ACC, SB)
-    if LEVELS >= 1:
-        if tl.max(level, axis=0) >= 1:
-            acc = _ring_combine(acc, w1, v_base, s, rows1, k_len, 1, W, HALF, RW, DV, DVP, ACC, SB)
-    if LEVELS >= 2:
-        if tl.max(level, axis=0) >= 2:
-            acc = _ring_combine(acc, w2, v_base, s, rows2, k_len, 2, W, HALF, RW, DV, DVP, ACC, SB)
+    c, hi = _span(lo_i, hi_i, base, k_len)
+    while c < hi:
+        if _touches(lo_i, hi_i, base, c, BLOCK_N):
+            j, jm, _, x, r0, r1, r2 = _chunk(q, k_base, s, base, c, hi, scale, W, HALF, D, DP, LOW, BLOCK_N)
+            w0, w1, w2 = _weights(x, r0, r1 & (level >= 1)[:, None], r2 & (level >= 2)[:, None],
+                                  m0, z0, m1, z1, m2, z2, mx, zz, JOINT)
+            vc = _tile(v_base, j, jm, DV, DVP)  # [BN, DVP]
+            acc += _dot((w0 + w1 + w2).to(vc.dtype), vc, LOW)
+        c += BLOCK_N
     e = tl.arange(0, DVP)
     tl.store(out_ptr + row[:, None] * DV + e[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=in_l[:, None] & (e < DV)[None, :])
@@ -289,9 +330,9 @@ def _sawa_bwd_q_kernel(
     do_ptr, q_ptr, k_ptr, v_ptr, level_ptr, q_lens_ptr, k_lens_ptr, starts_ptr, scale_ptr,
     dq_ptr, p_ptr, ds_ptr, dk_ptr, dv_ptr,
     T, L, H,
-    W: tl.constexpr, HALF: tl.constexpr, RW: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
-    DV: tl.constexpr, DVP: tl.constexpr, REACH: tl.constexpr, JOINT: tl.constexpr, ATOMIC: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_Q: tl.constexpr, SB: tl.constexpr,
+    W: tl.constexpr, HALF: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr,
+    DVP: tl.constexpr, REACH: tl.constexpr, JOINT: tl.constexpr, ATOMIC: tl.constexpr, LOW: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Pass 1, grid ``(cdiv(L, BLOCK_Q), B·H)``: dq; then P and DS per slot (blocks) or atomic dk/dv."""
     bh = tl.program_id(1).to(tl.int64)
@@ -299,122 +340,116 @@ def _sawa_bwd_q_kernel(
     scale = tl.load(scale_ptr)
     k_base = k_ptr + bh * T * D
     v_base = v_ptr + bh * T * DV
-    q = _load_rows(q_ptr, row, row_ok, D, DP, ACC)  # [BQ, DP]
-    do = _load_rows(do_ptr, row, row_ok, DV, DVP, ACC)  # [BQ, DVP]
-
-    m0 = _ring(s, row_ok, k_len, 0, W, HALF, RW)
-    base = row_ok & (tl.sum(m0.to(tl.int32), axis=1) > 0)
+    q = _load_rows(q_ptr, row, row_ok, D, DP)  # [BQ, DP]
+    do = _load_rows(do_ptr, row, row_ok, DV, DVP)  # [BQ, DVP]
+    base = row_ok & (_nrange(s, s + W, k_len) > 0)
     level = tl.where(base, tl.load(level_ptr + row, mask=in_l, other=0).to(tl.int32), 0)
-    rows1 = base & (level >= 1)
-    rows2 = base & (level >= 2)
-    m1 = _ring(s, rows1, k_len, 1, W, HALF, RW)
-    m2 = _ring(s, rows2, k_len, 2, W, HALF, RW)
+    lo_i = s - level * HALF  # the active frames of each row
+    hi_i = s + W + level * HALF
 
-    # Recompute the weights of the saved levels; g_j = dL/dw_j = <do_i, v_j>.
-    x0 = _ring_dots(q, k_base, s, row_ok, k_len, 0, W, HALF, RW, D, DP, ACC, SB) * scale
-    g0 = _ring_dots(do, v_base, s, row_ok, k_len, 0, W, HALF, RW, DV, DVP, ACC, SB)
-    x1 = tl.zeros([BLOCK_Q, RW], ACC)
-    x2 = tl.zeros([BLOCK_Q, RW], ACC)
-    g1 = tl.zeros([BLOCK_Q, RW], ACC)
-    g2 = tl.zeros([BLOCK_Q, RW], ACC)
-    if REACH >= 1:
-        if tl.max(level, axis=0) >= 1:
-            x1 = _ring_dots(q, k_base, s, rows1, k_len, 1, W, HALF, RW, D, DP, ACC, SB) * scale
-            g1 = _ring_dots(do, v_base, s, rows1, k_len, 1, W, HALF, RW, DV, DVP, ACC, SB)
-        if tl.max(level, axis=0) >= 2:
-            x2 = _ring_dots(q, k_base, s, rows2, k_len, 2, W, HALF, RW, D, DP, ACC, SB) * scale
-            g2 = _ring_dots(do, v_base, s, rows2, k_len, 2, W, HALF, RW, DV, DVP, ACC, SB)
-    w0, w1, w2 = _weights(x0, x1, x2, m0, m1, m2, JOINT)
-
-    # ds_j = dL/dx_j · scale = w_j (g_j - Σ_{j' in j's softmax} w_j' g_j') · scale; 0 off the active frames.
-    s0 = tl.sum(w0 * g0, axis=1)
-    s1 = tl.sum(w1 * g1, axis=1)
-    s2 = tl.sum(w2 * g2, axis=1)
+    # Statistics of the saved levels; then Σ_seg w g with g_j = dL/dw_j = <do_i, v_j>.
+    m0, z0, m1, z1, m2, z2 = _stats(q, k_base, s, base, lo_i, hi_i, k_len, scale, W, HALF, REACH, D, DP, LOW,
+                                    ACC, BLOCK_N)
+    mx, zz = _joint_stats(m0, z0, m1, z1, m2, z2, level)
+    sg0 = tl.zeros([BLOCK_Q], ACC)
+    sg1 = sg0
+    sg2 = sg0
+    c, hi = _span(lo_i, hi_i, base, k_len)
+    while c < hi:
+        if _touches(lo_i, hi_i, base, c, BLOCK_N):
+            j, jm, _, x, r0, r1, r2 = _chunk(q, k_base, s, base, c, hi, scale, W, HALF, D, DP, LOW, BLOCK_N)
+            w0, w1, w2 = _weights(x, r0, r1 & (level >= 1)[:, None], r2 & (level >= 2)[:, None],
+                                  m0, z0, m1, z1, m2, z2, mx, zz, JOINT)
+            g = _dot(do, tl.trans(_tile(v_base, j, jm, DV, DVP)), LOW)  # [BQ, BN]
+            sg0 += tl.sum(w0 * g, axis=1)
+            sg1 += tl.sum(w1 * g, axis=1)
+            sg2 += tl.sum(w2 * g, axis=1)
+        c += BLOCK_N
     if JOINT:
-        s0 = s0 + s1 + s2
-        s1 = s0
-        s2 = s0
-    ds0 = w0 * (g0 - s0[:, None]) * scale  # [BQ, RW]
-    ds1 = w1 * (g1 - s1[:, None]) * scale
-    ds2 = w2 * (g2 - s2[:, None]) * scale
+        sg0 = sg0 + sg1 + sg2
+        sg1 = sg0
+        sg2 = sg0
 
-    # dq_i = Σ_j ds_ij k_j
+    # ds_j = dL/dx_j · scale = w_j (g_j - Σ_{j' in j's softmax} w_j' g_j') · scale; dq = DS K.
+    # The blocks flavour walks every row's whole reach [s - ω·REACH/2, s + ω + ω·REACH/2): pass 2 reads
+    # every slot there, so the inactive ones are written too (zeros).
+    if ATOMIC:
+        lo_w, hi_w, rows_w = lo_i, hi_i, base
+    else:
+        lo_w, hi_w, rows_w = s - REACH * HALF, s + W + REACH * HALF, row_ok
     dq = tl.zeros([BLOCK_Q, DP], ACC)
-    dq = _ring_combine(dq, ds0, k_base, s, row_ok, k_len, 0, W, HALF, RW, D, DP, ACC, SB)
-    if REACH >= 1:
-        if tl.max(level, axis=0) >= 1:
-            dq = _ring_combine(dq, ds1, k_base, s, rows1, k_len, 1, W, HALF, RW, D, DP, ACC, SB)
-        if tl.max(level, axis=0) >= 2:
-            dq = _ring_combine(dq, ds2, k_base, s, rows2, k_len, 2, W, HALF, RW, D, DP, ACC, SB)
+    c, hi = _span(lo_w, hi_w, rows_w, k_len)
+    while c < hi:
+        if _touches(lo_w, hi_w, rows_w, c, BLOCK_N):
+            j, jm, kc, x, r0, r1, r2 = _chunk(q, k_base, s, base, c, hi, scale, W, HALF, D, DP, LOW, BLOCK_N)
+            w0, w1, w2 = _weights(x, r0, r1 & (level >= 1)[:, None], r2 & (level >= 2)[:, None],
+                                  m0, z0, m1, z1, m2, z2, mx, zz, JOINT)
+            g = _dot(do, tl.trans(_tile(v_base, j, jm, DV, DVP)), LOW)
+            ds = (w0 * (g - sg0[:, None]) + w1 * (g - sg1[:, None]) + w2 * (g - sg2[:, None])) * scale
+            w = w0 + w1 + w2
+            dq += _dot(ds.to(kc.dtype), kc, LOW)
+            if ATOMIC:  # dk_j += Σ_i ds_ij q_i, dv_j += Σ_i w_ij do_i: one [BN, d] tile each
+                e = tl.arange(0, DP)
+                tl.atomic_add(dk_ptr + bh * T * D + j[:, None] * D + e[None, :],
+                              _dot(tl.trans(ds).to(q.dtype), q, LOW), mask=jm[:, None] & (e < D)[None, :])
+                ev = tl.arange(0, DVP)
+                tl.atomic_add(dv_ptr + bh * T * DV + j[:, None] * DV + ev[None, :],
+                              _dot(tl.trans(w).to(do.dtype), do, LOW), mask=jm[:, None] & (ev < DV)[None, :])
+            else:  # P, DS: (B·H, L, 3, ω); each (row, frame) of the reach is one slot
+                o = j[None, :] - s[:, None]
+                ring, t = _slot(o, W, HALF)
+                slot = (row[:, None] * 3 + ring) * W + t
+                keep = row_ok[:, None] & jm[None, :] & (o >= -REACH * HALF) & (o < W + REACH * HALF)
+                tl.store(p_ptr + slot, w, mask=keep)
+                tl.store(ds_ptr + slot, ds, mask=keep)
+        c += BLOCK_N
     e = tl.arange(0, DP)
     tl.store(dq_ptr + row[:, None] * D + e[None, :], dq.to(dq_ptr.dtype.element_ty),
              mask=in_l[:, None] & (e < D)[None, :])
 
-    if ATOMIC:  # dk_j += ds_ij q_i, dv_j += w_ij do_i
-        dk_base = dk_ptr + bh * T * D
-        dv_base = dv_ptr + bh * T * DV
-        _ring_scatter(dk_base, ds0, q, s, row_ok, k_len, 0, W, HALF, RW, D, DP, SB)
-        _ring_scatter(dv_base, w0, do, s, row_ok, k_len, 0, W, HALF, RW, DV, DVP, SB)
-        if REACH >= 1:
-            if tl.max(level, axis=0) >= 1:
-                _ring_scatter(dk_base, ds1, q, s, rows1, k_len, 1, W, HALF, RW, D, DP, SB)
-                _ring_scatter(dv_base, w1, do, s, rows1, k_len, 1, W, HALF, RW, DV, DVP, SB)
-            if tl.max(level, axis=0) >= 2:
-                _ring_scatter(dk_base, ds2, q, s, rows2, k_len, 2, W, HALF, RW, D, DP, SB)
-                _ring_scatter(dv_base, w2, do, s, rows2, k_len, 2, W, HALF, RW, DV, DVP, SB)
-    else:  # P, DS: (B·H, L, 3, RW), every slot written (zeros off the active frames)
-        t = tl.arange(0, RW)
-        slot = row[:, None] * (3 * RW) + t[None, :]  # [BQ, RW]
-        keep = in_l[:, None] & (t[None, :] < RW)
-        tl.store(p_ptr + slot, w0, mask=keep)
-        tl.store(p_ptr + slot + RW, w1, mask=keep)
-        tl.store(p_ptr + slot + 2 * RW, w2, mask=keep)
-        tl.store(ds_ptr + slot, ds0, mask=keep)
-        tl.store(ds_ptr + slot + RW, ds1, mask=keep)
-        tl.store(ds_ptr + slot + 2 * RW, ds2, mask=keep)
-
 
 @triton.jit
-def _kv_block(src_ptr, g_ptr, dst_ptr, starts_row, bh, i0, i1, j, jm, L,
-              W: tl.constexpr, HALF: tl.constexpr, RW: tl.constexpr, LO: tl.constexpr, HI: tl.constexpr,
-              E: tl.constexpr, LOW_DOT: tl.constexpr, ACC: tl.constexpr,
+def _kv_block(src_ptr, g_ptr, dst_ptr, starts_row, bh, i0, i1, j, jm, jt, L,
+              W: tl.constexpr, HALF: tl.constexpr, LO: tl.constexpr, HI: tl.constexpr,
+              E: tl.constexpr, LOW: tl.constexpr, ACC: tl.constexpr,
               BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
-    """dst[j] = Σ_i S_ij g_i over the queries i in [i0, i1): S per slot (P or DS), g rows (do or q)."""
+    """dst[j] = Σ_i S_ij g_i over the queries i in [i0, i1) for the frames ``jm`` (0 for the rest of ``jt``).
+
+    S per slot (P or DS), g rows (do or q).
+    """
     for e0 in range(0, E, BLOCK_D):
         e = e0 + tl.arange(0, BLOCK_D)
         em = e < E
         acc = tl.zeros([BLOCK_K, BLOCK_D], ACC)
-        for q0 in range(i0, i1, BLOCK_Q):
+        q0 = i0
+        while q0 < i1:
             ii = q0 + tl.arange(0, BLOCK_Q)  # [BQ]
             im = ii < i1
             s = tl.load(starts_row + ii, mask=im, other=0)
             o = j[None, :] - s[:, None]  # [BQ, BK] offset of frame j from query i's window start
-            ring = tl.where((o >= 0) & (o < W), 0, tl.where((o >= -HALF) & (o < W + HALF), 1, 2))
-            t = tl.where(ring == 0, o, tl.where(o < 0, o + ring * HALF, o - W - (ring - 1) * HALF + HALF))
+            ring, t = _slot(o, W, HALF)
             m = im[:, None] & jm[None, :] & (o >= LO) & (o < HI)
             r = bh * L + ii  # [BQ] int64
-            sv = tl.load(src_ptr + (r[:, None] * 3 + ring) * RW + t, mask=m, other=0)  # [BQ, BK]
-            gm = im[:, None] & em[None, :]
-            g = tl.load(g_ptr + r[:, None] * E + e[None, :], mask=gm, other=0)  # [BQ, BD]
-            if LOW_DOT:  # fp16/bf16: tensor-core dot in the input dtype, fp32 accumulation (flash-attention)
-                acc += tl.dot(tl.trans(sv.to(g.dtype)), g)
-            else:
-                acc += tl.dot(tl.trans(sv), g.to(ACC), input_precision="ieee")  # [BK, BQ] @ [BQ, BD]
+            sv = tl.load(src_ptr + (r[:, None] * 3 + ring) * W + t, mask=m, other=0)  # [BQ, BK]
+            g = tl.load(g_ptr + r[:, None] * E + e[None, :], mask=im[:, None] & em[None, :], other=0)  # [BQ, BD]
+            acc += _dot(tl.trans(sv).to(g.dtype), g, LOW)  # [BK, BQ] @ [BQ, BD]
+            q0 += BLOCK_Q
         tl.store(dst_ptr + j[:, None] * E + e[None, :], acc.to(dst_ptr.dtype.element_ty),
-                 mask=jm[:, None] & em[None, :])
+                 mask=jt[:, None] & em[None, :])
 
 
 @triton.jit(do_not_specialize=["T", "L"])
 def _sawa_bwd_kv_kernel(
-    do_ptr, q_ptr, p_ptr, ds_ptr, ranges_ptr, starts_ptr, dk_ptr, dv_ptr,
+    do_ptr, q_ptr, p_ptr, ds_ptr, ranges_ptr, starts_ptr, k_lens_ptr, dk_ptr, dv_ptr,
     T, L, H, NKB,
-    W: tl.constexpr, HALF: tl.constexpr, RW: tl.constexpr, LO: tl.constexpr, HI: tl.constexpr,
-    D: tl.constexpr, DV: tl.constexpr, LOW_DOT: tl.constexpr, ACC: tl.constexpr,
+    W: tl.constexpr, HALF: tl.constexpr, LO: tl.constexpr, HI: tl.constexpr,
+    D: tl.constexpr, DV: tl.constexpr, LOW: tl.constexpr, ACC: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Pass 2, grid ``(cdiv(T, BLOCK_K), B·H)``: dk = DSᵀ q, dv = Pᵀ do for a block of frames.
 
-    The queries whose span ``[s_i + LO, s_i + HI)`` meets the block are ``[i0, i1)`` from ``ranges``.
+    The queries whose span ``[s_i + LO, s_i + HI)`` meets the block are ``[i0, i1)`` from ``ranges``;
+    frames at or past ``k_len`` get 0 (pass 1 wrote no slot for them).
     """
     kb = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -422,12 +457,13 @@ def _sawa_bwd_kv_kernel(
     i0 = tl.load(ranges_ptr + (b * NKB + kb) * 2)
     i1 = tl.load(ranges_ptr + (b * NKB + kb) * 2 + 1)
     j = kb * BLOCK_K + tl.arange(0, BLOCK_K)  # [BK] frames
-    jm = j < T
+    jt = j < T
+    jm = j < tl.minimum(T, tl.load(k_lens_ptr + b))
     starts_row = starts_ptr + b * L
-    _kv_block(ds_ptr, q_ptr, dk_ptr + bh * T * D, starts_row, bh, i0, i1, j, jm, L, W, HALF, RW, LO, HI, D,
-              LOW_DOT, ACC, BLOCK_K, BLOCK_Q, BLOCK_D)
-    _kv_block(p_ptr, do_ptr, dv_ptr + bh * T * DV, starts_row, bh, i0, i1, j, jm, L, W, HALF, RW, LO, HI, DV,
-              LOW_DOT, ACC, BLOCK_K, BLOCK_Q, BLOCK_D)
+    _kv_block(ds_ptr, q_ptr, dk_ptr + bh * T * D, starts_row, bh, i0, i1, j, jm, jt, L, W, HALF, LO, HI, D,
+              LOW, ACC, BLOCK_K, BLOCK_Q, BLOCK_D)
+    _kv_block(p_ptr, do_ptr, dv_ptr + bh * T * DV, starts_row, bh, i0, i1, j, jm, jt, L, W, HALF, LO, HI, DV,
+              LOW, ACC, BLOCK_K, BLOCK_Q, BLOCK_D)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -446,25 +482,21 @@ def _tuned(cuda_configs, interpret_config, key, **kw):
     return triton.autotune(configs, key=key, **kw)
 
 
-# SB: slots gathered per step ([BLOCK_Q, SB, head dim] tiles): one on the GPU, all RW at once under the
-# interpreter (numpy is fast per op, slow per op count). On the GPU the registers grow with the rows per
-# thread (BLOCK_Q / num_warps, each holding its [RW] score/weight rows): offline compiles for sm_90
-# (fp16, d=256, ω=10) showed no spills at <= 2 rows per thread and spills at 4, or with SB = 2.
-_fwd = _tuned(
-    [triton.Config({"BLOCK_Q": bq, "SB": 1}, num_warps=nw, num_stages=1)
-     for bq, nw in [(4, 4), (8, 4), (8, 8), (16, 8)]],
-    triton.Config({"BLOCK_Q": 16}), ["W", "D", "DV", "JOINT", "LEVELS", "FORCED"],
-)(_sawa_fwd_kernel)
+# Query blocks of 16-64 rows (tl.dot needs >= 16) against chunks of 32-128 frames: at the paper's hop
+# (5) a block of 16 queries spans 105 frames, of 32 queries 185.
+_QUERY_CONFIGS = [triton.Config({"BLOCK_Q": bq, "BLOCK_N": bn}, num_warps=nw, num_stages=1)
+                  for bq, bn, nw in [(16, 64, 4), (16, 128, 4), (32, 64, 4), (32, 128, 8), (64, 128, 8)]]
+_INTERPRET_CONFIG = triton.Config({"BLOCK_Q": 16, "BLOCK_N": 16})  # small chunks: every span takes several
+_fwd = _tuned(_QUERY_CONFIGS, _INTERPRET_CONFIG, ["W", "D", "DV", "JOINT", "LEVELS", "FORCED", "LOW"])(
+    _sawa_fwd_kernel)
 _bwd_q = _tuned(
-    [triton.Config({"BLOCK_Q": bq, "SB": 1}, num_warps=nw, num_stages=1)
-     for bq, nw in [(4, 4), (8, 8), (16, 8)]],
-    triton.Config({"BLOCK_Q": 16}), ["W", "D", "DV", "JOINT", "REACH", "ATOMIC"],
+    _QUERY_CONFIGS, _INTERPRET_CONFIG, ["W", "D", "DV", "JOINT", "REACH", "ATOMIC", "LOW"],
     reset_to_zero=["dk_ptr", "dv_ptr"],  # the atomic flavour accumulates: every benchmark run starts from 0
 )(_sawa_bwd_q_kernel)
 _bwd_kv = _tuned(
     [triton.Config({"BLOCK_Q": bq, "BLOCK_D": bd}, num_warps=nw, num_stages=ns)
      for bq, bd, nw, ns in [(16, 64, 4, 2), (16, 128, 8, 2), (32, 128, 8, 2), (32, 64, 8, 3)]],
-    triton.Config({"BLOCK_Q": 16, "BLOCK_D": 16}), ["W", "D", "DV"],
+    triton.Config({"BLOCK_Q": 16, "BLOCK_D": 16}), ["W", "D", "DV", "LOW"],
     prune_configs_by={"early_config_prune": _prune_kv},
 )(_sawa_bwd_kv_kernel)
 
@@ -474,27 +506,30 @@ _bwd_kv = _tuned(
 # padded entries = T, force_level None or int8 (B, H, L)).
 
 
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _scale(q: torch.Tensor, scale: float) -> torch.Tensor:
     """The scale as a 1-element tensor in the accumulation dtype (a float argument would be fp32)."""
-    return torch.full((1,), scale, dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
-                      device=q.device)
+    return torch.full((1,), scale, dtype=_acc_dtype(q.dtype), device=q.device)
 
 
 def _consts(q: torch.Tensor, window: int, D: int, DV: int) -> dict:
-    """Compile-time arguments shared by the query-block kernels (head dims padded to a power of 2)."""
-    rw = triton.next_power_of_2(window)
-    slots = {"SB": rw} if _INTERPRET else {}  # the interpreter's config leaves SB to the launcher
-    return dict(W=window, HALF=window // 2, RW=rw, D=D, DP=triton.next_power_of_2(D), DV=DV,
-                DVP=triton.next_power_of_2(DV), ACC=_acc(q.dtype), **slots)
+    """Compile-time arguments shared by the query-block kernels (head dims padded to a power of 2, >= 16)."""
+    low = q.dtype in (torch.float16, torch.bfloat16)
+    return dict(W=window, HALF=window // 2, D=D, DP=max(16, triton.next_power_of_2(D)), DV=DV,
+                DVP=max(16, triton.next_power_of_2(DV)), LOW=low,
+                ACC=tl.float64 if q.dtype == torch.float64 else tl.float32)
 
 
 def _check_grid(B: int, H: int) -> None:
     if B * H > 65535:
         raise ValueError(f"the triton SAWA kernels take B*H <= 65535 (grid axis 1), got B*H = {B * H}")
+
+
+def _query_grid(L: int, BH: int):
+    return lambda meta: (triton.cdiv(L, meta["BLOCK_Q"]), BH)
 
 
 def sawa_forward(q, k, v, q_lens, k_lens, starts, force_level, window, levels, joint, scale):
@@ -505,11 +540,7 @@ def sawa_forward(q, k, v, q_lens, k_lens, starts, force_level, window, levels, j
     out = torch.empty(B, H, L, DV, dtype=q.dtype, device=q.device)
     level = torch.empty(B, H, L, dtype=torch.int8, device=q.device)
     forced = force_level is not None
-
-    def grid(meta):
-        return (triton.cdiv(L, meta["BLOCK_Q"]), B * H)
-
-    _fwd[grid](
+    _fwd[_query_grid(L, B * H)](
         q, k, v, out, level, force_level if forced else level, q_lens, k_lens, starts, _scale(q, scale),
         T, L, H, LEVELS=levels, JOINT=joint, FORCED=forced, **_consts(q, window, D, DV),
     )
@@ -537,11 +568,8 @@ def sawa_backward(grad_out, q, k, v, q_lens, k_lens, starts, level, window, join
     B, H, L, D = q.shape
     T, DV = k.shape[2], v.shape[3]
     _check_grid(B, H)
-    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    RW = triton.next_power_of_2(window)
-    expandable = window % 2 == 0  # levels > 0 needs an even window; an odd one only ever has ring 0
-    reach = 2 if expandable else 0
-    lo, hi = (-window, 2 * window) if expandable else (0, window)
+    acc_dtype = _acc_dtype(q.dtype)
+    reach = 2 if window % 2 == 0 else 0  # levels > 0 needs an even window; an odd one only ever has ring 0
     dq = torch.empty_like(q)
     atomic = dkdv == "atomic"
     if atomic:
@@ -549,27 +577,24 @@ def sawa_backward(grad_out, q, k, v, q_lens, k_lens, starts, level, window, join
         dv_acc = torch.zeros(B, H, T, DV, dtype=acc_dtype, device=q.device)
         p = ds = dk_acc  # unused
     else:
-        p = torch.empty(B * H, L, 3, RW, dtype=acc_dtype, device=q.device)
+        p = torch.empty(B * H, L, 3, window, dtype=acc_dtype, device=q.device)
         ds = torch.empty_like(p)
         dk_acc, dv_acc = p, ds  # unused (reset_to_zero only during autotuning; pass 1 rewrites them)
 
-    def grid_q(meta):
-        return (triton.cdiv(L, meta["BLOCK_Q"]), B * H)
-
     consts = _consts(q, window, D, DV)
-    _bwd_q[grid_q](
+    _bwd_q[_query_grid(L, B * H)](
         grad_out, q, k, v, level, q_lens, k_lens, starts, _scale(q, scale), dq, p, ds, dk_acc, dv_acc,
         T, L, H, REACH=reach, JOINT=joint, ATOMIC=atomic, **consts,
     )
     if atomic:
         return dq, dk_acc.to(k.dtype), dv_acc.to(v.dtype)
 
+    lo, hi = -reach * (window // 2), window + reach * (window // 2)
     nkb = triton.cdiv(T, BLOCK_K)
     ranges = _query_ranges(starts, q_lens, T, lo, hi, nkb)
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     _bwd_kv[(nkb, B * H)](
-        grad_out, q, p, ds, ranges, starts, dk, dv, T, L, H, nkb, W=window, HALF=window // 2, RW=RW,
-        LO=lo, HI=hi, D=D, DV=DV, LOW_DOT=q.dtype in (torch.float16, torch.bfloat16), ACC=consts["ACC"],
-        BLOCK_K=BLOCK_K,
+        grad_out, q, p, ds, ranges, starts, k_lens, dk, dv, T, L, H, nkb, W=window, HALF=window // 2,
+        LO=lo, HI=hi, D=D, DV=DV, LOW=consts["LOW"], ACC=consts["ACC"], BLOCK_K=BLOCK_K,
     )
     return dq, dk, dv
