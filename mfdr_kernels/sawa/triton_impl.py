@@ -81,24 +81,21 @@ DKDV = ("blocks", "atomic")
 
 
 @triton.jit
-def _dot(a, b, LOW: tl.constexpr):
-    """a @ b accumulated in fp32 (fp64 for fp64); fp16/bf16 operands go to the tensor cores as they are."""
-    if LOW:
-        r = tl.dot(a, b)
-    else:
-        r = tl.dot(a, b, input_precision="ieee")
-    return r
+def _dot(a, b, PREC: tl.constexpr):
+    """a @ b accumulated in fp32 (fp64 for fp64) at the launcher's ``input_precision`` (``_PRECISION``)."""
+    return tl.dot(a, b, input_precision=PREC)
 
 
 @triton.jit
 def _rows(q_lens_ptr, k_lens_ptr, starts_ptr, bh, H, L, BLOCK_Q: tl.constexpr):
-    """The block's query indices, in-range and valid-query masks, window starts, k_len, row ids (int64)."""
+    """The block's query indices, in-range and valid-query masks, window starts and k_len (int32: frame
+    arithmetic stays in 32 bits, the launcher checks T·d < 2**31) and row ids (int64)."""
     b = bh // H
     offs = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)  # [BQ]
     in_l = offs < L
     row_ok = in_l & (offs < tl.load(q_lens_ptr + b))
-    s = tl.load(starts_ptr + b * L + offs, mask=in_l, other=0)  # [BQ] int64
-    return offs, in_l, row_ok, s, tl.load(k_lens_ptr + b), bh * L + offs
+    s = tl.load(starts_ptr + b * L + offs, mask=in_l, other=0).to(tl.int32)  # [BQ]
+    return offs, in_l, row_ok, s, tl.load(k_lens_ptr + b).to(tl.int32), bh * L + offs
 
 
 @triton.jit
@@ -136,22 +133,23 @@ def _touches(lo_i, hi_i, rows, c, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _rings(s, rows, j, jm, W: tl.constexpr, HALF: tl.constexpr):
-    """``[BQ, BN]`` masks of rings 0, 1, 2 (module docstring) for the rows on the mask and frames ``jm``."""
-    o = j[None, :] - s[:, None]
-    ok = rows[:, None] & jm[None, :]
-    r0 = ok & (o >= 0) & (o < W)
-    r1 = ok & (((o >= -HALF) & (o < 0)) | ((o >= W) & (o < W + HALF)))
-    r2 = ok & (((o >= -W) & (o < -HALF)) | ((o >= W + HALF) & (o < 2 * W)))
-    return r0, r1, r2
+def _ring_id(s, rows, j, jm, W: tl.constexpr, HALF: tl.constexpr, RINGS: tl.constexpr):
+    """``[BQ, BN]`` int32: the ring (0, 1, 2; module docstring) of frame j for row i, 3 where the frame is
+    in no ring up to ``RINGS``, off the rows on the mask, or off ``jm``."""
+    o = j[None, :] - s[:, None]  # offset from the window start
+    inner = (o >= 0) & (o < W)
+    if RINGS == 0:
+        ring = tl.where(inner, 0, 3)
+    else:
+        d = tl.where(o < 0, -o - 1, o - W)  # distance outside S0: [0, ω/2) ring 1, [ω/2, ω) ring 2
+        ring = tl.where(inner, 0, tl.minimum(1 + d // HALF, 3))
+    return tl.where(rows[:, None] & jm[None, :] & (ring <= RINGS), ring, 3)
 
 
 @triton.jit
-def _slot(o, W: tl.constexpr, HALF: tl.constexpr):
-    """Ring and slot (``[0, ω)``: left half then right half) of the frame at offset ``o`` from the start."""
-    ring = tl.where((o >= 0) & (o < W), 0, tl.where((o >= -HALF) & (o < W + HALF), 1, 2))
-    t = tl.where(ring == 0, o, tl.where(o < 0, o + ring * HALF, o - W - (ring - 1) * HALF + HALF))
-    return ring, t
+def _select(rid, a0, a1, a2):
+    """``[BQ, BN]``: the per-row value of each element's ring (a2 for ring 3: masked by the callers)."""
+    return tl.where(rid == 0, a0[:, None], tl.where(rid == 1, a1[:, None], a2[:, None]))
 
 
 @triton.jit
@@ -161,12 +159,13 @@ def _finite(m):
 
 
 @triton.jit
-def _online(m, z, x, mask):
-    """One chunk of an online softmax: running row max ``m`` and normalizer ``z`` over the mask."""
-    mn = tl.maximum(m, tl.max(tl.where(mask, x, float("-inf")), axis=1))
-    alpha = tl.exp(m - _finite(mn))  # 0 while m = -inf (then z = 0 too)
-    p = tl.exp(tl.where(mask, x - mn[:, None], float("-inf")))
-    return mn, z * alpha + tl.sum(p, axis=1)
+def _ringsum(v, rid, R: tl.constexpr):
+    return tl.sum(tl.where(rid == R, v, 0), axis=1)
+
+
+@triton.jit
+def _ringmax(m, x, rid, R: tl.constexpr):
+    return tl.maximum(m, tl.max(tl.where(rid == R, x, float("-inf")), axis=1))
 
 
 @triton.jit
@@ -176,10 +175,8 @@ def _rescale(z, m, mx):
 
 
 @triton.jit
-def _w(x, mask, m, z):
-    """Softmax weights from the statistics (max m, normalizer z) on the mask, 0 elsewhere."""
-    p = tl.exp(tl.where(mask, x - m[:, None], float("-inf")))
-    return p / tl.where(z > 0, z, 1)[:, None]
+def _nz(z):
+    return tl.where(z > 0, z, 1)
 
 
 @triton.jit
@@ -199,44 +196,50 @@ def _joint_stats(m0, z0, m1, z1, m2, z2, level):
 
 
 @triton.jit
-def _weights(x, r0, r1, r2, m0, z0, m1, z1, m2, z2, mx, zz, JOINT: tl.constexpr):
-    """Weights of rings 0, 1, 2 (masks of the active frames): one softmax per ring, or one joint one."""
+def _weights(x, rid, level, m0, z0, m1, z1, m2, z2, mx, zz, JOINT: tl.constexpr):
+    """``[BQ, BN]`` weights of the active frames (ring <= the row's level): one softmax per ring, or one
+    joint one; 0 elsewhere."""
+    active = rid <= level[:, None]
     if JOINT:
-        w0, w1, w2 = _w(x, r0, mx, zz), _w(x, r1, mx, zz), _w(x, r2, mx, zz)
+        w = tl.exp(tl.where(active, x - mx[:, None], float("-inf"))) / _nz(zz)[:, None]
     else:
-        w0, w1, w2 = _w(x, r0, m0, z0), _w(x, r1, m1, z1), _w(x, r2, m2, z2)
-    return w0, w1, w2
+        w = tl.exp(tl.where(active, x - _select(rid, m0, m1, m2), float("-inf"))) / _select(rid, _nz(z0), _nz(z1),
+                                                                                            _nz(z2))
+    return w
 
 
 @triton.jit
-def _chunk(q, k_base, s, rows, c, hi, scale, W: tl.constexpr, HALF: tl.constexpr, D: tl.constexpr,
-           DP: tl.constexpr, LOW: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Frames ``j = c + [0, BLOCK_N)`` (``jm``: below ``hi``), their K tile, scores and ring masks."""
+def _chunk(q, k_base, s, rows, c, hi, scale, W: tl.constexpr, HALF: tl.constexpr, RINGS: tl.constexpr,
+           D: tl.constexpr, DP: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Frames ``j = c + [0, BLOCK_N)`` (``jm``: below ``hi``), their K tile, scores and ring ids."""
     j = c + tl.arange(0, BLOCK_N)
     jm = j < hi
     kc = _tile(k_base, j, jm, D, DP)  # [BN, DP]
-    x = _dot(q, tl.trans(kc), LOW) * scale  # [BQ, BN]
-    r0, r1, r2 = _rings(s, rows, j, jm, W, HALF)
-    return j, jm, kc, x, r0, r1, r2
+    x = _dot(q, tl.trans(kc), PREC) * scale  # [BQ, BN]
+    return j, jm, kc, x, _ring_id(s, rows, j, jm, W, HALF, RINGS)
 
 
 @triton.jit
 def _stats(q, k_base, s, rows, lo_i, hi_i, k_len, scale, W: tl.constexpr, HALF: tl.constexpr,
-           RINGS: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, LOW: tl.constexpr, ACC: tl.constexpr,
+           RINGS: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr,
            BLOCK_N: tl.constexpr):
-    """Per-ring max and normalizer (rings ``0..RINGS``) of the rows on the mask over ``[lo_i, hi_i)``."""
+    """Per-ring max and normalizer (rings ``0..RINGS``; online softmax) of the rows on the mask over
+    ``[lo_i, hi_i)``."""
     m0 = tl.full([q.shape[0]], float("-inf"), ACC)
     z0 = tl.zeros([q.shape[0]], ACC)
     m1, m2, z1, z2 = m0, m0, z0, z0
     c, hi = _span(lo_i, hi_i, rows, k_len)
     while c < hi:
         if _touches(lo_i, hi_i, rows, c, BLOCK_N):
-            _, _, _, x, r0, r1, r2 = _chunk(q, k_base, s, rows, c, hi, scale, W, HALF, D, DP, LOW, BLOCK_N)
-            m0, z0 = _online(m0, z0, x, r0)
-            if RINGS >= 1:
-                m1, z1 = _online(m1, z1, x, r1)
-            if RINGS >= 2:
-                m2, z2 = _online(m2, z2, x, r2)
+            _, _, _, x, rid = _chunk(q, k_base, s, rows, c, hi, scale, W, HALF, RINGS, D, DP, PREC, BLOCK_N)
+            n0 = _ringmax(m0, x, rid, 0)
+            n1 = _ringmax(m1, x, rid, 1)
+            n2 = _ringmax(m2, x, rid, 2)
+            p = tl.exp(tl.where(rid < 3, x - _select(rid, n0, n1, n2), float("-inf")))
+            z0 = _rescale(z0, m0, n0) + _ringsum(p, rid, 0)
+            z1 = _rescale(z1, m1, n1) + _ringsum(p, rid, 1)
+            z2 = _rescale(z2, m2, n2) + _ringsum(p, rid, 2)
+            m0, m1, m2 = n0, n1, n2
         c += BLOCK_N
     return m0, z0, m1, z1, m2, z2
 
@@ -250,7 +253,7 @@ def _sawa_fwd_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, level_ptr, force_ptr, q_lens_ptr, k_lens_ptr, starts_ptr, scale_ptr,
     T, L, H,
     W: tl.constexpr, HALF: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr,
-    DVP: tl.constexpr, LEVELS: tl.constexpr, JOINT: tl.constexpr, FORCED: tl.constexpr, LOW: tl.constexpr,
+    DVP: tl.constexpr, LEVELS: tl.constexpr, JOINT: tl.constexpr, FORCED: tl.constexpr, PREC: tl.constexpr,
     ACC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Grid ``(cdiv(L, BLOCK_Q), B·H)``: out ``(B, H, L, DV)`` and int8 level ``(B, H, L)`` of a block."""
@@ -267,7 +270,7 @@ def _sawa_fwd_kernel(
 
     # Pass 1: statistics of every ring a row may reach.
     m0, z0, m1, z1, m2, z2 = _stats(q, k_base, s, base, s - LEVELS * HALF, s + W + LEVELS * HALF, k_len,
-                                    scale, W, HALF, LEVELS, D, DP, LOW, ACC, BLOCK_N)
+                                    scale, W, HALF, LEVELS, D, DP, PREC, ACC, BLOCK_N)
 
     # Pass 2: the decisions (Alg. 1 lines 5-6 and 11-12).
     level = tl.zeros([BLOCK_Q], tl.int32)
@@ -280,7 +283,7 @@ def _sawa_fwd_kernel(
         else:
             mean = 2.0 / tl.maximum(n0 + n1, 1).to(ACC)
         m01 = tl.maximum(m0, m1)
-        z01 = _rescale(z0, m0, m01) + _rescale(z1, m1, m01)
+        z01 = _nz(_rescale(z0, m0, m01) + _rescale(z1, m1, m01))
         c0 = tl.zeros([BLOCK_Q], tl.int32)
         c1 = tl.zeros([BLOCK_Q], tl.int32)
         lo_i = s - (LEVELS - 1) * HALF  # ring 0, and ring 1 for the level-2 count
@@ -288,14 +291,16 @@ def _sawa_fwd_kernel(
         c, hi = _span(lo_i, hi_i, base, k_len)
         while c < hi:
             if _touches(lo_i, hi_i, base, c, BLOCK_N):
-                _, _, _, x, r0, r1, _ = _chunk(q, k_base, s, base, c, hi, scale, W, HALF, D, DP, LOW, BLOCK_N)
-                a0 = _w(x, r0, m0, z0)
-                c0 += _count(r0, a0, thr0)
+                _, _, _, x, rid = _chunk(q, k_base, s, base, c, hi, scale, W, HALF, LEVELS - 1, D, DP, PREC, BLOCK_N)
+                on = rid < 3
+                a = tl.exp(tl.where(on, x - _select(rid, m0, m1, m1), float("-inf")))
+                a = a / _select(rid, _nz(z0), _nz(z1), _nz(z1))  # a0 on ring 0, the S1 softmax on ring 1
+                c0 += _count(rid == 0, a, thr0)
                 if LEVELS >= 2:
                     if JOINT:
-                        c1 += _count(r0, _w(x, r0, m01, z01), mean) + _count(r1, _w(x, r1, m01, z01), mean)
+                        c1 += _count(on, tl.exp(tl.where(on, x - m01[:, None], float("-inf"))) / z01[:, None], mean)
                     else:
-                        c1 += _count(r0, a0, mean) + _count(r1, _w(x, r1, m1, z1), mean)
+                        c1 += _count(on, a, mean)
             c += BLOCK_N
         level = tl.where(base & (c0 >= HALF) & (n1 > 0), 1, 0)  # expand iff c0 >= ω/2 and S1 non-empty
         if LEVELS >= 2:
@@ -309,11 +314,10 @@ def _sawa_fwd_kernel(
     c, hi = _span(lo_i, hi_i, base, k_len)
     while c < hi:
         if _touches(lo_i, hi_i, base, c, BLOCK_N):
-            j, jm, _, x, r0, r1, r2 = _chunk(q, k_base, s, base, c, hi, scale, W, HALF, D, DP, LOW, BLOCK_N)
-            w0, w1, w2 = _weights(x, r0, r1 & (level >= 1)[:, None], r2 & (level >= 2)[:, None],
-                                  m0, z0, m1, z1, m2, z2, mx, zz, JOINT)
+            j, jm, _, x, rid = _chunk(q, k_base, s, base, c, hi, scale, W, HALF, LEVELS, D, DP, PREC, BLOCK_N)
+            w = _weights(x, rid, level, m0, z0, m1, z1, m2, z2, mx, zz, JOINT)
             vc = _tile(v_base, j, jm, DV, DVP)  # [BN, DVP]
-            acc += _dot((w0 + w1 + w2).to(vc.dtype), vc, LOW)
+            acc += _dot(w.to(vc.dtype), vc, PREC)
         c += BLOCK_N
     e = tl.arange(0, DVP)
     tl.store(out_ptr + row[:, None] * DV + e[None, :], acc.to(out_ptr.dtype.element_ty),
@@ -331,8 +335,8 @@ def _sawa_bwd_q_kernel(
     dq_ptr, p_ptr, ds_ptr, dk_ptr, dv_ptr,
     T, L, H,
     W: tl.constexpr, HALF: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr,
-    DVP: tl.constexpr, REACH: tl.constexpr, JOINT: tl.constexpr, ATOMIC: tl.constexpr, LOW: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+    DVP: tl.constexpr, REACH: tl.constexpr, SPAN: tl.constexpr, JOINT: tl.constexpr, ATOMIC: tl.constexpr,
+    PREC: tl.constexpr, ACC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Pass 1, grid ``(cdiv(L, BLOCK_Q), B·H)``: dq; then P and DS per slot (blocks) or atomic dk/dv."""
     bh = tl.program_id(1).to(tl.int64)
@@ -348,7 +352,7 @@ def _sawa_bwd_q_kernel(
     hi_i = s + W + level * HALF
 
     # Statistics of the saved levels; then Σ_seg w g with g_j = dL/dw_j = <do_i, v_j>.
-    m0, z0, m1, z1, m2, z2 = _stats(q, k_base, s, base, lo_i, hi_i, k_len, scale, W, HALF, REACH, D, DP, LOW,
+    m0, z0, m1, z1, m2, z2 = _stats(q, k_base, s, base, lo_i, hi_i, k_len, scale, W, HALF, REACH, D, DP, PREC,
                                     ACC, BLOCK_N)
     mx, zz = _joint_stats(m0, z0, m1, z1, m2, z2, level)
     sg0 = tl.zeros([BLOCK_Q], ACC)
@@ -357,16 +361,17 @@ def _sawa_bwd_q_kernel(
     c, hi = _span(lo_i, hi_i, base, k_len)
     while c < hi:
         if _touches(lo_i, hi_i, base, c, BLOCK_N):
-            j, jm, _, x, r0, r1, r2 = _chunk(q, k_base, s, base, c, hi, scale, W, HALF, D, DP, LOW, BLOCK_N)
-            w0, w1, w2 = _weights(x, r0, r1 & (level >= 1)[:, None], r2 & (level >= 2)[:, None],
-                                  m0, z0, m1, z1, m2, z2, mx, zz, JOINT)
-            g = _dot(do, tl.trans(_tile(v_base, j, jm, DV, DVP)), LOW)  # [BQ, BN]
-            sg0 += tl.sum(w0 * g, axis=1)
-            sg1 += tl.sum(w1 * g, axis=1)
-            sg2 += tl.sum(w2 * g, axis=1)
+            j, jm, _, x, rid = _chunk(q, k_base, s, base, c, hi, scale, W, HALF, REACH, D, DP, PREC, BLOCK_N)
+            w = _weights(x, rid, level, m0, z0, m1, z1, m2, z2, mx, zz, JOINT)
+            wg = w * _dot(do, tl.trans(_tile(v_base, j, jm, DV, DVP)), PREC)  # [BQ, BN]
+            if JOINT:
+                sg0 += tl.sum(wg, axis=1)
+            else:
+                sg0 += _ringsum(wg, rid, 0)
+                sg1 += _ringsum(wg, rid, 1)
+                sg2 += _ringsum(wg, rid, 2)
         c += BLOCK_N
     if JOINT:
-        sg0 = sg0 + sg1 + sg2
         sg1 = sg0
         sg2 = sg0
 
@@ -381,27 +386,23 @@ def _sawa_bwd_q_kernel(
     c, hi = _span(lo_w, hi_w, rows_w, k_len)
     while c < hi:
         if _touches(lo_w, hi_w, rows_w, c, BLOCK_N):
-            j, jm, kc, x, r0, r1, r2 = _chunk(q, k_base, s, base, c, hi, scale, W, HALF, D, DP, LOW, BLOCK_N)
-            w0, w1, w2 = _weights(x, r0, r1 & (level >= 1)[:, None], r2 & (level >= 2)[:, None],
-                                  m0, z0, m1, z1, m2, z2, mx, zz, JOINT)
-            g = _dot(do, tl.trans(_tile(v_base, j, jm, DV, DVP)), LOW)
-            ds = (w0 * (g - sg0[:, None]) + w1 * (g - sg1[:, None]) + w2 * (g - sg2[:, None])) * scale
-            w = w0 + w1 + w2
-            dq += _dot(ds.to(kc.dtype), kc, LOW)
+            j, jm, kc, x, rid = _chunk(q, k_base, s, base, c, hi, scale, W, HALF, REACH, D, DP, PREC, BLOCK_N)
+            w = _weights(x, rid, level, m0, z0, m1, z1, m2, z2, mx, zz, JOINT)
+            g = _dot(do, tl.trans(_tile(v_base, j, jm, DV, DVP)), PREC)
+            ds = w * (g - _select(rid, sg0, sg1, sg2)) * scale
+            dq += _dot(ds.to(kc.dtype), kc, PREC)
             if ATOMIC:  # dk_j += Σ_i ds_ij q_i, dv_j += Σ_i w_ij do_i: one [BN, d] tile each
                 e = tl.arange(0, DP)
                 tl.atomic_add(dk_ptr + bh * T * D + j[:, None] * D + e[None, :],
-                              _dot(tl.trans(ds).to(q.dtype), q, LOW), mask=jm[:, None] & (e < D)[None, :])
+                              _dot(tl.trans(ds).to(q.dtype), q, PREC), mask=jm[:, None] & (e < D)[None, :])
                 ev = tl.arange(0, DVP)
                 tl.atomic_add(dv_ptr + bh * T * DV + j[:, None] * DV + ev[None, :],
-                              _dot(tl.trans(w).to(do.dtype), do, LOW), mask=jm[:, None] & (ev < DV)[None, :])
-            else:  # P, DS: (B·H, L, 3, ω); each (row, frame) of the reach is one slot
-                o = j[None, :] - s[:, None]
-                ring, t = _slot(o, W, HALF)
-                slot = (row[:, None] * 3 + ring) * W + t
-                keep = row_ok[:, None] & jm[None, :] & (o >= -REACH * HALF) & (o < W + REACH * HALF)
-                tl.store(p_ptr + slot, w, mask=keep)
-                tl.store(ds_ptr + slot, ds, mask=keep)
+                              _dot(tl.trans(w).to(do.dtype), do, PREC), mask=jm[:, None] & (ev < DV)[None, :])
+            else:  # P, DS: (B·H, L, SPAN); slot o - LO for the frame at offset o from the window start
+                o = j[None, :] - s[:, None] + REACH * HALF
+                keep = row_ok[:, None] & jm[None, :] & (o >= 0) & (o < SPAN)
+                tl.store((p_ptr + row * SPAN)[:, None] + o, w, mask=keep)
+                tl.store((ds_ptr + row * SPAN)[:, None] + o, ds, mask=keep)
         c += BLOCK_N
     e = tl.arange(0, DP)
     tl.store(dq_ptr + row[:, None] * D + e[None, :], dq.to(dq_ptr.dtype.element_ty),
@@ -411,7 +412,7 @@ def _sawa_bwd_q_kernel(
 @triton.jit
 def _kv_block(src_ptr, g_ptr, dst_ptr, starts_row, bh, i0, i1, j, jm, jt, L,
               W: tl.constexpr, HALF: tl.constexpr, LO: tl.constexpr, HI: tl.constexpr,
-              E: tl.constexpr, LOW: tl.constexpr, ACC: tl.constexpr,
+              E: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr,
               BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
     """dst[j] = Σ_i S_ij g_i over the queries i in [i0, i1) for the frames ``jm`` (0 for the rest of ``jt``).
 
@@ -425,14 +426,13 @@ def _kv_block(src_ptr, g_ptr, dst_ptr, starts_row, bh, i0, i1, j, jm, jt, L,
         while q0 < i1:
             ii = q0 + tl.arange(0, BLOCK_Q)  # [BQ]
             im = ii < i1
-            s = tl.load(starts_row + ii, mask=im, other=0)
-            o = j[None, :] - s[:, None]  # [BQ, BK] offset of frame j from query i's window start
-            ring, t = _slot(o, W, HALF)
-            m = im[:, None] & jm[None, :] & (o >= LO) & (o < HI)
+            s = tl.load(starts_row + ii, mask=im, other=0).to(tl.int32)
+            o = j[None, :] - s[:, None] - LO  # [BQ, BK] slot: offset of frame j from query i's reach start
+            m = im[:, None] & jm[None, :] & (o >= 0) & (o < HI - LO)
             r = bh * L + ii  # [BQ] int64
-            sv = tl.load(src_ptr + (r[:, None] * 3 + ring) * W + t, mask=m, other=0)  # [BQ, BK]
+            sv = tl.load((src_ptr + r * (HI - LO))[:, None] + o, mask=m, other=0)  # [BQ, BK]
             g = tl.load(g_ptr + r[:, None] * E + e[None, :], mask=im[:, None] & em[None, :], other=0)  # [BQ, BD]
-            acc += _dot(tl.trans(sv).to(g.dtype), g, LOW)  # [BK, BQ] @ [BQ, BD]
+            acc += _dot(tl.trans(sv).to(g.dtype), g, PREC)  # [BK, BQ] @ [BQ, BD]
             q0 += BLOCK_Q
         tl.store(dst_ptr + j[:, None] * E + e[None, :], acc.to(dst_ptr.dtype.element_ty),
                  mask=jt[:, None] & em[None, :])
@@ -443,7 +443,7 @@ def _sawa_bwd_kv_kernel(
     do_ptr, q_ptr, p_ptr, ds_ptr, ranges_ptr, starts_ptr, k_lens_ptr, dk_ptr, dv_ptr,
     T, L, H, NKB,
     W: tl.constexpr, HALF: tl.constexpr, LO: tl.constexpr, HI: tl.constexpr,
-    D: tl.constexpr, DV: tl.constexpr, LOW: tl.constexpr, ACC: tl.constexpr,
+    D: tl.constexpr, DV: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Pass 2, grid ``(cdiv(T, BLOCK_K), B·H)``: dk = DSᵀ q, dv = Pᵀ do for a block of frames.
@@ -461,9 +461,9 @@ def _sawa_bwd_kv_kernel(
     jm = j < tl.minimum(T, tl.load(k_lens_ptr + b))
     starts_row = starts_ptr + b * L
     _kv_block(ds_ptr, q_ptr, dk_ptr + bh * T * D, starts_row, bh, i0, i1, j, jm, jt, L, W, HALF, LO, HI, D,
-              LOW, ACC, BLOCK_K, BLOCK_Q, BLOCK_D)
+              PREC, ACC, BLOCK_K, BLOCK_Q, BLOCK_D)
     _kv_block(p_ptr, do_ptr, dv_ptr + bh * T * DV, starts_row, bh, i0, i1, j, jm, jt, L, W, HALF, LO, HI, DV,
-              LOW, ACC, BLOCK_K, BLOCK_Q, BLOCK_D)
+              PREC, ACC, BLOCK_K, BLOCK_Q, BLOCK_D)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -482,21 +482,25 @@ def _tuned(cuda_configs, interpret_config, key, **kw):
     return triton.autotune(configs, key=key, **kw)
 
 
-# Query blocks of 16-64 rows (tl.dot needs >= 16) against chunks of 32-128 frames: at the paper's hop
-# (5) a block of 16 queries spans 105 frames, of 32 queries 185.
-_QUERY_CONFIGS = [triton.Config({"BLOCK_Q": bq, "BLOCK_N": bn}, num_warps=nw, num_stages=1)
-                  for bq, bn, nw in [(16, 64, 4), (16, 128, 4), (32, 64, 4), (32, 128, 8), (64, 128, 8)]]
+# Query blocks of 16-64 rows (tl.dot needs >= 16) against chunks of 32-64 frames: at the paper's hop (5)
+# a block of 16 queries spans 105 frames, of 32 queries 185. Each listed config compiles for sm_90 at
+# d = 64 in fp16/bf16 without register spills (``benchmarks/compile_check.py``); fp32 (tf32x3) spills
+# in the backward at every size tried. None is timed yet (no GPU in the sessions that wrote this).
+_FWD_CONFIGS = [triton.Config({"BLOCK_Q": bq, "BLOCK_N": bn}, num_warps=nw, num_stages=1)
+                for bq, bn, nw in [(16, 32, 4), (32, 32, 4), (32, 64, 8), (64, 32, 8), (64, 64, 8)]]
+_BWD_CONFIGS = [triton.Config({"BLOCK_Q": bq, "BLOCK_N": bn}, num_warps=nw, num_stages=1)
+                for bq, bn, nw in [(16, 32, 4), (16, 64, 4), (32, 64, 8), (64, 32, 8)]]
 _INTERPRET_CONFIG = triton.Config({"BLOCK_Q": 16, "BLOCK_N": 16})  # small chunks: every span takes several
-_fwd = _tuned(_QUERY_CONFIGS, _INTERPRET_CONFIG, ["W", "D", "DV", "JOINT", "LEVELS", "FORCED", "LOW"])(
+_fwd = _tuned(_FWD_CONFIGS, _INTERPRET_CONFIG, ["W", "D", "DV", "JOINT", "LEVELS", "FORCED", "PREC"])(
     _sawa_fwd_kernel)
 _bwd_q = _tuned(
-    _QUERY_CONFIGS, _INTERPRET_CONFIG, ["W", "D", "DV", "JOINT", "REACH", "ATOMIC", "LOW"],
+    _BWD_CONFIGS, _INTERPRET_CONFIG, ["W", "D", "DV", "JOINT", "REACH", "ATOMIC", "PREC"],
     reset_to_zero=["dk_ptr", "dv_ptr"],  # the atomic flavour accumulates: every benchmark run starts from 0
 )(_sawa_bwd_q_kernel)
 _bwd_kv = _tuned(
     [triton.Config({"BLOCK_Q": bq, "BLOCK_D": bd}, num_warps=nw, num_stages=ns)
      for bq, bd, nw, ns in [(16, 64, 4, 2), (16, 128, 8, 2), (32, 128, 8, 2), (32, 64, 8, 3)]],
-    triton.Config({"BLOCK_Q": 16, "BLOCK_D": 16}), ["W", "D", "DV", "LOW"],
+    triton.Config({"BLOCK_Q": 16, "BLOCK_D": 16}), ["W", "D", "DV", "PREC"],
     prune_configs_by={"early_config_prune": _prune_kv},
 )(_sawa_bwd_kv_kernel)
 
@@ -504,6 +508,12 @@ _bwd_kv = _tuned(
 # ----------------------------------------------------------------------------------------------------
 # Launchers (normalized arguments of op.py: contiguous q/k/v, int64 lengths (B,), starts (B, L) with
 # padded entries = T, force_level None or int8 (B, H, L)).
+
+
+# tl.dot input precision: fp16/bf16 on tensor cores as they are; fp32 as three TF32 products ("tf32x3":
+# tensor cores, about fp32 accuracy; plain "ieee" fp32 dots run on CUDA cores and spilled hundreds of
+# registers in offline sm_90 compiles); fp64 exact.
+_PRECISION = {torch.float16: "tf32", torch.bfloat16: "tf32", torch.float32: "tf32x3", torch.float64: "ieee"}
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -517,15 +527,17 @@ def _scale(q: torch.Tensor, scale: float) -> torch.Tensor:
 
 def _consts(q: torch.Tensor, window: int, D: int, DV: int) -> dict:
     """Compile-time arguments shared by the query-block kernels (head dims padded to a power of 2, >= 16)."""
-    low = q.dtype in (torch.float16, torch.bfloat16)
     return dict(W=window, HALF=window // 2, D=D, DP=max(16, triton.next_power_of_2(D)), DV=DV,
-                DVP=max(16, triton.next_power_of_2(DV)), LOW=low,
+                DVP=max(16, triton.next_power_of_2(DV)), PREC=_PRECISION[q.dtype],
                 ACC=tl.float64 if q.dtype == torch.float64 else tl.float32)
 
 
-def _check_grid(B: int, H: int) -> None:
+def _check_sizes(B: int, H: int, T: int, D: int, DV: int) -> None:
     if B * H > 65535:
         raise ValueError(f"the triton SAWA kernels take B*H <= 65535 (grid axis 1), got B*H = {B * H}")
+    if T * max(D, DV) >= 2**31:
+        raise ValueError(f"the triton SAWA kernels index one head's k/v in 32 bits: T*d must be < 2**31, "
+                         f"got T={T}, d={max(D, DV)}")
 
 
 def _query_grid(L: int, BH: int):
@@ -536,7 +548,7 @@ def sawa_forward(q, k, v, q_lens, k_lens, starts, force_level, window, levels, j
     """Returns ``(out (B, H, L, dv), level (B, H, L) int8)``."""
     B, H, L, D = q.shape
     T, DV = k.shape[2], v.shape[3]
-    _check_grid(B, H)
+    _check_sizes(B, H, T, D, DV)
     out = torch.empty(B, H, L, DV, dtype=q.dtype, device=q.device)
     level = torch.empty(B, H, L, dtype=torch.int8, device=q.device)
     forced = force_level is not None
@@ -567,9 +579,10 @@ def sawa_backward(grad_out, q, k, v, q_lens, k_lens, starts, level, window, join
         raise ValueError(f"dkdv must be one of {DKDV}, got {dkdv!r}")
     B, H, L, D = q.shape
     T, DV = k.shape[2], v.shape[3]
-    _check_grid(B, H)
+    _check_sizes(B, H, T, D, DV)
     acc_dtype = _acc_dtype(q.dtype)
     reach = 2 if window % 2 == 0 else 0  # levels > 0 needs an even window; an odd one only ever has ring 0
+    lo, hi = -reach * (window // 2), window + reach * (window // 2)  # a query's reach from its window start
     dq = torch.empty_like(q)
     atomic = dkdv == "atomic"
     if atomic:
@@ -577,24 +590,23 @@ def sawa_backward(grad_out, q, k, v, q_lens, k_lens, starts, level, window, join
         dv_acc = torch.zeros(B, H, T, DV, dtype=acc_dtype, device=q.device)
         p = ds = dk_acc  # unused
     else:
-        p = torch.empty(B * H, L, 3, window, dtype=acc_dtype, device=q.device)
+        p = torch.empty(B * H, L, hi - lo, dtype=acc_dtype, device=q.device)
         ds = torch.empty_like(p)
         dk_acc, dv_acc = p, ds  # unused (reset_to_zero only during autotuning; pass 1 rewrites them)
 
     consts = _consts(q, window, D, DV)
     _bwd_q[_query_grid(L, B * H)](
         grad_out, q, k, v, level, q_lens, k_lens, starts, _scale(q, scale), dq, p, ds, dk_acc, dv_acc,
-        T, L, H, REACH=reach, JOINT=joint, ATOMIC=atomic, **consts,
+        T, L, H, REACH=reach, SPAN=hi - lo, JOINT=joint, ATOMIC=atomic, **consts,
     )
     if atomic:
         return dq, dk_acc.to(k.dtype), dv_acc.to(v.dtype)
 
-    lo, hi = -reach * (window // 2), window + reach * (window // 2)
     nkb = triton.cdiv(T, BLOCK_K)
     ranges = _query_ranges(starts, q_lens, T, lo, hi, nkb)
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     _bwd_kv[(nkb, B * H)](
         grad_out, q, p, ds, ranges, starts, k_lens, dk, dv, T, L, H, nkb, W=window, HALF=window // 2,
-        LO=lo, HI=hi, D=D, DV=DV, LOW=consts["LOW"], ACC=consts["ACC"], BLOCK_K=BLOCK_K,
+        LO=lo, HI=hi, D=D, DV=DV, PREC=consts["PREC"], ACC=consts["ACC"], BLOCK_K=BLOCK_K,
     )
     return dq, dk, dv
