@@ -6,10 +6,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 TRITON_VERSION ?= 3.7.1
+TRITON_OLDEST ?= 3.6.0
+OLD_TRITON := $(VENV)/triton-$(TRITON_OLDEST)
 STAMP := $(VENV)/.mfdr-installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install espeak test demo bench lint clean
+.PHONY: install espeak test test-triton-oldest demo bench lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,6 +26,11 @@ $(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard csrc/*.cpp)
 
 install: $(STAMP)
 
+# The oldest supported triton, beside the venv's (PYTHONPATH puts it first for one pytest run).
+$(OLD_TRITON)/.installed: $(BIN)/python
+	$(BIN)/pip install -q --no-deps --target $(OLD_TRITON) "triton==$(TRITON_OLDEST)"
+	@touch $@
+
 # espeak-ng (Debian) synthesizes the demo corpus; installed when missing and possible.
 espeak:
 	@command -v espeak-ng >/dev/null 2>&1 || { \
@@ -36,6 +43,12 @@ test: install espeak
 	$(BIN)/ruff check mfdr mfdr_kernels tests benchmarks
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider --benchmark-disable
 	MFDR_BENCH_QUICK=1 $(BIN)/python -m pytest benchmarks -q -p no:cacheprovider --benchmark-disable
+	$(MAKE) --no-print-directory test-triton-oldest
+
+# The Triton tests (interpreter, offline sm_90 compiles) again on the oldest triton the package supports.
+test-triton-oldest: install $(OLD_TRITON)/.installed
+	PYTHONPATH=$(OLD_TRITON) $(BIN)/python -m pytest tests/mfdr_kernels -q -p no:cacheprovider \
+	  --benchmark-disable -k triton
 
 demo: install espeak
 	$(BIN)/python -m mfdr demo --out runs/demo

@@ -26,6 +26,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
@@ -38,7 +39,7 @@ from mfdr_kernels.dfc import triton_impl as dfc  # noqa: E402
 from mfdr_kernels.sawa import triton_impl as sawa  # noqa: E402
 
 TL = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
-PREC = {"fp16": "tf32", "bf16": "tf32", "fp32": "tf32x3"}  # as sawa._PRECISION
+TORCH = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def _signature(fn, pointers: dict, consts: dict) -> dict:
@@ -67,7 +68,15 @@ def _ptxas(ptx: str, arch: str) -> tuple[int, int]:
     return int(regs.group(1)) if regs else -1, int(spills.group(1)) if spills else 0
 
 
-def _jobs(dt: str, d: int, quick: bool):
+def _configs(spec: str | None, tuner, quick: bool) -> list:
+    """The tuner's configs (the first only if quick), or ``spec``: "BQxBNxWARPS,..." for the query kernels."""
+    if spec:
+        return [triton.Config({"BLOCK_Q": int(bq), "BLOCK_N": int(bn)}, num_warps=int(nw), num_stages=1)
+                for bq, bn, nw in (item.split("x") for item in spec.split(","))]
+    return tuner.configs[:1] if quick else tuner.configs
+
+
+def _jobs(dt: str, d: int, quick: bool, spec: str | None = None):
     """(label, kernel, pointer types, constexprs, config kwargs, num_warps, num_stages) to compile."""
     acc = tl.float32
     p = f"*{TL[dt]}"
@@ -75,10 +84,10 @@ def _jobs(dt: str, d: int, quick: bool):
     ptr = dict(q_ptr=p, k_ptr=p, v_ptr=p, out_ptr=p, do_ptr=p, dq_ptr=p, level_ptr="*i8", force_ptr="*i8",
                q_lens_ptr="*i64", k_lens_ptr="*i64", starts_ptr="*i64", ranges_ptr="*i64", scale_ptr="*fp32",
                p_ptr="*fp32", ds_ptr="*fp32", dk_ptr="*fp32", dv_ptr="*fp32")
-    query = dict(W=10, HALF=5, D=d, DP=dp, DV=d, DVP=dp, JOINT=False, PREC=PREC[dt], ACC=acc)
+    query = dict(W=10, HALF=5, D=d, DP=dp, DV=d, DVP=dp, JOINT=False, PREC=sawa._precision(TORCH[dt]), ACC=acc)
 
     def configs(tuner):
-        return tuner.configs[:1] if quick else tuner.configs
+        return _configs(spec, tuner, quick)
 
     for c in configs(sawa._fwd):
         yield ("sawa fwd lv2", sawa._sawa_fwd_kernel, ptr, dict(query, LEVELS=2, FORCED=False), c)
@@ -86,9 +95,11 @@ def _jobs(dt: str, d: int, quick: bool):
         for c in configs(sawa._bwd_q):
             yield (f"sawa bwd pass 1 ({'atomic' if atomic else 'blocks'})", sawa._sawa_bwd_q_kernel, ptr,
                    dict(query, REACH=2, SPAN=30, ATOMIC=atomic), c)
+    if spec:
+        return
     for c in configs(sawa._bwd_kv):
         yield ("sawa bwd pass 2 (key blocks)", sawa._sawa_bwd_kv_kernel, dict(ptr, dk_ptr=p, dv_ptr=p),
-               dict(W=10, HALF=5, LO=-10, HI=20, D=d, DV=d, PREC=PREC[dt], ACC=acc, BLOCK_K=sawa.BLOCK_K), c)
+               dict(W=10, HALF=5, LO=-10, HI=20, D=d, DV=d, PREC=sawa._precision(TORCH[dt]), ACC=acc, BLOCK_K=sawa.BLOCK_K), c)
     dfc_ptr = dict(x=p, k=p, bias=p, y=p, gy=p, dx=p, dk=p, dbias=p)
     dfc_consts = dict(HOP=2, FRAME=3, PER_SAMPLE=True, ACC=acc)
     for rows, kernel, extra in [("BLOCK_N", dfc._dfc_forward_kernel, dict(BIAS_DIM=1)),
@@ -106,6 +117,7 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (default 90: H100)")
     ap.add_argument("--head-dim", type=int, default=64, help="SAWA head dim (MFDR default: 256 / 4 heads)")
     ap.add_argument("--dtypes", default="fp16,bf16,fp32")
+    ap.add_argument("--configs", help='SAWA query-kernel configs to try instead, "BQxBNxWARPS,...", e.g. 16x32x8')
     args = ap.parse_args(argv)
     target = GPUTarget("cuda", args.arch, 32)
     arch = f"sm_{args.arch}a" if args.arch >= 90 else f"sm_{args.arch}"
@@ -114,7 +126,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---:|---:|---:|")
     failed = 0
     for dt in args.dtypes.split(","):
-        for label, fn, ptrs, consts, cfg in _jobs(dt, args.head_dim, args.quick):
+        for label, fn, ptrs, consts, cfg in _jobs(dt, args.head_dim, args.quick, args.configs):
             consts = dict(consts, **cfg.kwargs)
             kw = " ".join(f"{k}={v}" for k, v in cfg.kwargs.items())
             t0 = time.time()

@@ -362,6 +362,16 @@ def sweep_section(sweep) -> str:
             + "\n\n" + plots)
 
 
+def compile_section(results: Path) -> str:
+    path = results / "compile_check.md"
+    if not path.exists():
+        return "Not run: `python benchmarks/compile_check.py > benchmarks/results/compile_check.md`."
+    return ("Every Triton kernel and autotune config compiled for sm_90 (H100) on this CPU-only machine with "
+            "triton's compiler and the wheel's `ptxas -v` (`benchmarks/compile_check.py`): proof that the "
+            "kernels lower to a GPU, and their register use. Spills are reported, not judged: only "
+            f"`gpu_check.sh` timings choose configs. From `{path.relative_to(ROOT)}`:\n\n" + path.read_text())
+
+
 def gpu_section(results: Path) -> str:
     path = results / "gpu_check.md"
     if path.exists():
@@ -417,6 +427,7 @@ def render(results: Path, out: Path, run_log: dict) -> str:
         "## MFDR training step (interleaved)\n\n" + model_section(model),
         "## pytest-benchmark suite\n\n" + pytest_section(pyb),
         "## GPU\n\n" + gpu_section(results),
+        "### Offline compile for sm_90 (no GPU)\n\n" + compile_section(results),
         "## Reproduce\n\n" + REPRODUCE,
     ]) + "\n"
     out.write_text(text)

@@ -53,8 +53,9 @@ blocks, whose atomic tiles would collide. The choice is by reasoning, not yet by
 ``benchmarks/gpu_check.py`` times both on a GPU.
 
 **Precision.** fp16/bf16: ``tl.dot`` on tensor cores with fp32 accumulation; the weights and score
-gradients are cast to the input dtype for ``W V``, ``DS K`` and pass 2, as flash-attention does. fp32
-and fp64: ``input_precision="ieee"`` (no TF32: results match the fp32 PyTorch backends).
+gradients are cast to the input dtype for ``W V``, ``DS K`` and pass 2, as flash-attention does. fp32:
+``"tf32x3"`` (about fp32 accuracy), or TF32 after ``torch.set_float32_matmul_precision("high")``
+(:func:`_precision`). fp64 (interpreter): exact.
 
 **Tuning.** ``triton.autotune`` over a few configs on CUDA (none timed yet: no GPU in the sessions that
 wrote this); a single config under the interpreter. ``T`` and ``L`` are not specialized (no recompile
@@ -82,7 +83,7 @@ DKDV = ("blocks", "atomic")
 
 @triton.jit
 def _dot(a, b, PREC: tl.constexpr):
-    """a @ b accumulated in fp32 (fp64 for fp64) at the launcher's ``input_precision`` (``_PRECISION``)."""
+    """a @ b accumulated in fp32 (fp64 for fp64) at the launcher's ``input_precision`` (:func:`_precision`)."""
     return tl.dot(a, b, input_precision=PREC)
 
 
@@ -483,13 +484,14 @@ def _tuned(cuda_configs, interpret_config, key, **kw):
 
 
 # Query blocks of 16-64 rows (tl.dot needs >= 16) against chunks of 32-64 frames: at the paper's hop (5)
-# a block of 16 queries spans 105 frames, of 32 queries 185. Each listed config compiles for sm_90 at
-# d = 64 in fp16/bf16 without register spills (``benchmarks/compile_check.py``); fp32 (tf32x3) spills
-# in the backward at every size tried. None is timed yet (no GPU in the sessions that wrote this).
+# a block of 16 queries spans 105 frames, of 32 queries 185. Chosen with ``benchmarks/compile_check.py``
+# (offline sm_90 compiles, results/compile_check.md): in fp16/bf16 at d = 64 each compiles without
+# register spills, and at d = 256 the 8-warp ones do; fp32 (tf32x3) spills in the backward. None is
+# timed yet (no GPU in the sessions that wrote this): the autotuner picks on the first call per shape key.
 _FWD_CONFIGS = [triton.Config({"BLOCK_Q": bq, "BLOCK_N": bn}, num_warps=nw, num_stages=1)
-                for bq, bn, nw in [(16, 32, 4), (32, 32, 4), (32, 64, 8), (64, 32, 8), (64, 64, 8)]]
+                for bq, bn, nw in [(16, 32, 4), (16, 32, 8), (16, 64, 8), (32, 32, 4), (32, 64, 8), (64, 32, 8)]]
 _BWD_CONFIGS = [triton.Config({"BLOCK_Q": bq, "BLOCK_N": bn}, num_warps=nw, num_stages=1)
-                for bq, bn, nw in [(16, 32, 4), (16, 64, 4), (32, 64, 8), (64, 32, 8)]]
+                for bq, bn, nw in [(16, 32, 4), (16, 32, 8), (16, 64, 4), (16, 64, 8), (32, 64, 8)]]
 _INTERPRET_CONFIG = triton.Config({"BLOCK_Q": 16, "BLOCK_N": 16})  # small chunks: every span takes several
 _fwd = _tuned(_FWD_CONFIGS, _INTERPRET_CONFIG, ["W", "D", "DV", "JOINT", "LEVELS", "FORCED", "PREC"])(
     _sawa_fwd_kernel)
@@ -510,10 +512,16 @@ _bwd_kv = _tuned(
 # padded entries = T, force_level None or int8 (B, H, L)).
 
 
-# tl.dot input precision: fp16/bf16 on tensor cores as they are; fp32 as three TF32 products ("tf32x3":
-# tensor cores, about fp32 accuracy; plain "ieee" fp32 dots run on CUDA cores and spilled hundreds of
-# registers in offline sm_90 compiles); fp64 exact.
-_PRECISION = {torch.float16: "tf32", torch.bfloat16: "tf32", torch.float32: "tf32x3", torch.float64: "ieee"}
+def _precision(dtype: torch.dtype) -> str:
+    """tl.dot ``input_precision``: fp16/bf16 go to the tensor cores as they are; fp64 is exact; fp32 follows
+    ``torch.set_float32_matmul_precision``: "highest" (torch's default) -> "tf32x3" (three TF32 products on
+    the tensor cores, about fp32 accuracy; "ieee" fp32 dots run on CUDA cores and spilled as much in offline
+    sm_90 compiles), "high" or "medium" -> "tf32" (as torch's matmuls then)."""
+    if dtype == torch.float64:
+        return "ieee"
+    if dtype == torch.float32:
+        return "tf32x3" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    return "tf32"  # ignored for fp16/bf16 operands
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -528,7 +536,7 @@ def _scale(q: torch.Tensor, scale: float) -> torch.Tensor:
 def _consts(q: torch.Tensor, window: int, D: int, DV: int) -> dict:
     """Compile-time arguments shared by the query-block kernels (head dims padded to a power of 2, >= 16)."""
     return dict(W=window, HALF=window // 2, D=D, DP=max(16, triton.next_power_of_2(D)), DV=DV,
-                DVP=max(16, triton.next_power_of_2(DV)), PREC=_PRECISION[q.dtype],
+                DVP=max(16, triton.next_power_of_2(DV)), PREC=_precision(q.dtype),
                 ACC=tl.float64 if q.dtype == torch.float64 else tl.float32)
 
 

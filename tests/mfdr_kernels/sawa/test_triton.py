@@ -314,3 +314,23 @@ def test_cuda_torch_compile_fullgraph():
     g_comp = torch.autograd.grad(compiled, (q, k, v), grad)
     for a, b in zip(g_comp, g_eager, strict=True):
         torch.testing.assert_close(a, b)
+
+
+@requires_interpreter
+def test_fp32_dot_precision_follows_torch():
+    """fp32 dots: "tf32x3" (about fp32) by default, TF32 after torch.set_float32_matmul_precision("high")."""
+    from mfdr_kernels.sawa import triton_impl
+
+    case = CASES[0]
+    (q, k, v), _ = _inputs(case, torch.float32, "cpu", requires_grad=False)
+    before = torch.get_float32_matmul_precision()
+    try:
+        assert triton_impl._precision(torch.float32) == "tf32x3"
+        torch.set_float32_matmul_precision("high")
+        assert triton_impl._precision(torch.float32) == "tf32"
+        out = sawa(q, k, v, backend="triton", **case.kwargs("cpu"))  # the kernels take either
+    finally:
+        torch.set_float32_matmul_precision(before)
+    want = sawa(q, k, v, backend="reference", **case.kwargs("cpu"))
+    _close("out", out, want, 2e-5, 1e-4)  # the interpreter's dots are exact fp32 whatever the precision
+    assert triton_impl._precision(torch.float16) == "tf32" and triton_impl._precision(torch.float64) == "ieee"
