@@ -84,7 +84,8 @@ def _jobs(dt: str, d: int, quick: bool, spec: str | None = None):
     ptr = dict(q_ptr=p, k_ptr=p, v_ptr=p, out_ptr=p, do_ptr=p, dq_ptr=p, level_ptr="*i8", force_ptr="*i8",
                q_lens_ptr="*i64", k_lens_ptr="*i64", starts_ptr="*i64", ranges_ptr="*i64", scale_ptr="*fp32",
                p_ptr="*fp32", ds_ptr="*fp32", dk_ptr="*fp32", dv_ptr="*fp32")
-    query = dict(W=10, HALF=5, D=d, DP=dp, DV=d, DVP=dp, JOINT=False, PREC=sawa._precision(TORCH[dt]), ACC=acc)
+    prec = sawa._precision(TORCH[dt])
+    query = dict(W=10, HALF=5, D=d, DP=dp, DV=d, DVP=dp, JOINT=False, PREC=prec, ACC=acc)
 
     def configs(tuner):
         return _configs(spec, tuner, quick)
@@ -99,7 +100,7 @@ def _jobs(dt: str, d: int, quick: bool, spec: str | None = None):
         return
     for c in configs(sawa._bwd_kv):
         yield ("sawa bwd pass 2 (key blocks)", sawa._sawa_bwd_kv_kernel, dict(ptr, dk_ptr=p, dv_ptr=p),
-               dict(W=10, HALF=5, LO=-10, HI=20, D=d, DV=d, PREC=sawa._precision(TORCH[dt]), ACC=acc, BLOCK_K=sawa.BLOCK_K), c)
+               dict(W=10, HALF=5, LO=-10, HI=20, D=d, DV=d, PREC=prec, ACC=acc, BLOCK_K=sawa.BLOCK_K), c)
     dfc_ptr = dict(x=p, k=p, bias=p, y=p, gy=p, dx=p, dk=p, dbias=p)
     dfc_consts = dict(HOP=2, FRAME=3, PER_SAMPLE=True, ACC=acc)
     for rows, kernel, extra in [("BLOCK_N", dfc._dfc_forward_kernel, dict(BIAS_DIM=1)),

@@ -204,7 +204,9 @@ def main(argv=None):
     ap.add_argument("--max-seconds", type=float, default=60.0)
     ap.add_argument("--block-ms", type=float, default=100.0, help="time per provider per repetition")
     ap.add_argument("--max-gb", type=float, default=8.0)
-    ap.add_argument("--out", default=str(RESULTS / "sweep.json"))
+    ap.add_argument("--out", default=None,
+                    help="JSON results, plots beside it (default: results/sweep.json; --quick writes none unless "
+                         "--out is given)")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--no-rss", action="store_true", help="skip the fresh-process RSS probes (smoke tests)")
     ap.add_argument("--T", type=int, nargs="+", default=None, help="sizes instead of 256 ... 65,536")
@@ -214,26 +216,30 @@ def main(argv=None):
     if args.probe:
         return _probe(args.probe[0], int(args.probe[1]), args.threads)
     if args.replot:
-        data = json.loads(Path(args.out).read_text())
+        path = Path(args.out or RESULTS / "sweep.json")
+        data = json.loads(path.read_text())
         names = list(dict.fromkeys(r["provider"] for r in data["rows"]))
-        return plot(data["rows"], names, Path(args.out).parent)
+        return plot(data["rows"], names, path.parent)
     threads = _timing.set_threads(args.threads)
     names = list(PROVIDERS)
     machine = _timing.machine()
     Ts = args.T or (QUICK_T if args.quick else SWEEP_T)
     rows = sweep(Ts, names, threads, args.max_seconds, args.max_gb, rss=not args.no_rss,
                  block_s=args.block_ms / 1e3)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    # a smoke run never overwrites the measured results and plots that BENCHMARKS.md is rendered from
+    out = Path(args.out) if args.out else (None if args.quick else RESULTS / "sweep.json")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
     g = growth(rows, names, *(GROWTH if set(GROWTH) <= set(Ts) else (Ts[0], Ts[-1])))
-    plots = [] if args.no_plots else plot(rows, names, out.parent)
+    plots = [] if args.no_plots or not out else plot(rows, names, out.parent)
     result = {"machine": machine, "threads": threads, "shape": {"B": B, "H": H, "d": D, "L": "T // 5"},
               "dtype": "float32", "window": sawa_bench.WINDOW, "hop": sawa_bench.HOP,
               "levels_fraction_T4096": sawa_bench.levels_present(B, H, 819, 4096, D),
               "memory_method": "rss_mb: peak-RSS rise of a fresh process (getrusage); tensor_mb: profiler "
                                "allocation records", "rows": rows, "growth": g,
               "plots": [Path(p).name for p in plots]}
-    out.write_text(json.dumps(result, indent=1))
+    if out:
+        out.write_text(json.dumps(result, indent=1))
     print(_timing.markdown_table(rows, COLUMNS))
     print()
     print(_timing.markdown_table(g, list(g[0]) if g else ["provider"]))

@@ -334,3 +334,22 @@ def test_fp32_dot_precision_follows_torch():
     want = sawa(q, k, v, backend="reference", **case.kwargs("cpu"))
     _close("out", out, want, 2e-5, 1e-4)  # the interpreter's dots are exact fp32 whatever the precision
     assert triton_impl._precision(torch.float16) == "tf32" and triton_impl._precision(torch.float64) == "ieee"
+
+
+@requires_interpreter
+def test_torch_compile_fullgraph_interpreter():
+    """The triton backend under torch.compile: no graph break (the custom op is opaque), same values."""
+    torch._dynamo.reset()
+    case = Case(2, 1, 8, 40, 10, 2, "segment", hop=5, k_lens=(40, 31))
+    (q, k, v), grad = _inputs(case, torch.float32, "cpu")
+
+    def f(q, k, v):
+        return sawa(q * 2, k, v, backend="triton", **case.kwargs("cpu"))
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    out = compiled(q, k, v)
+    want = f(q, k, v)
+    torch.testing.assert_close(out, want)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(want, (q, k, v), grad),
+                    strict=True):
+        torch.testing.assert_close(a, b)
