@@ -224,6 +224,41 @@ def test_atomic_dkdv_matches_blocks(normalize):
         _close(name, a, b, 1e-12, 1e-10)
 
 
+def _launcher_fp16(case: Case, force, grad):
+    """fp16 through the launchers (the op takes fp32/fp64 on the CPU), arguments normalized as op.py does."""
+    from mfdr_kernels.sawa import op, triton_impl
+
+    (q, k, v), _ = _inputs(case, torch.float16, "cpu", requires_grad=False)
+    B, L, T = case.B, case.L, case.T
+    q_lens = torch.tensor(case.q_lens or (L,) * B)
+    k_lens = torch.tensor(case.k_lens or (T,) * B)
+    starts = torch.tensor([[case.start(b, i) for i in range(L)] for b in range(B)])
+    starts = op._checked_values(q_lens, k_lens, starts, force, L, T, case.levels)
+    args = (q, k, v, q_lens, k_lens, starts)
+    scale, joint = 1 / math.sqrt(case.d), case.normalize == "joint"
+    out, level = triton_impl.sawa_forward(*args, force.to(torch.int8), case.w, case.levels, joint, scale)
+    return (out, *triton_impl.sawa_backward(grad.half(), *args, level, case.w, joint, scale))
+
+
+@requires_interpreter
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_fp16_launchers_match_reference(case):
+    """fp16 operands (the tensor-core path: dots in fp16, weights cast to fp16) under the interpreter:
+    within 2x the error of the torch backend in fp16 (+ a floor), given the reference's levels. bf16 is
+    left to the CUDA tests: the interpreter's bf16 ``tl.dot`` returns garbage (triton 3.6 and 3.7)."""
+    (q, k, v), grad = _inputs(case, torch.float64, "cpu")
+    want_out, level, want_grads = _run("reference", q, k, v, grad, case)
+    got = _launcher_fp16(case, level, grad)
+    (qh, kh, vh), gh = _inputs(case, torch.float16, "cpu")
+    base_out, _, base_grads = _run("torch", qh, kh, vh, gh, case, level)
+    tol = TOLERANCE[torch.float16]
+    for name, g, w, b in zip(("out", "dq", "dk", "dv"), got, (want_out, *want_grads), (base_out, *base_grads),
+                             strict=True):
+        err = (g.double() - w).abs().max().item()
+        bound = tol["factor"] * (b.double() - w).abs().max().item() + tol["floor"]
+        assert err <= bound, f"{name}: triton fp16 error {err:.3g} > {bound:.3g}"
+
+
 # ----------------------------------------------------------------------------------------------------
 # CUDA
 
