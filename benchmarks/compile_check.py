@@ -100,7 +100,7 @@ def _jobs(dt: str, d: int, quick: bool, spec: str | None = None):
         return
     for c in configs(sawa._bwd_kv):
         yield ("sawa bwd pass 2 (key blocks)", sawa._sawa_bwd_kv_kernel, dict(ptr, dk_ptr=p, dv_ptr=p),
-               dict(W=10, HALF=5, LO=-10, HI=20, D=d, DV=d, PREC=prec, ACC=acc, BLOCK_K=sawa.BLOCK_K), c)
+               dict(LO=-10, HI=20, D=d, DV=d, PREC=prec, ACC=acc, BLOCK_K=sawa.BLOCK_K), c)
     dfc_ptr = dict(x=p, k=p, bias=p, y=p, gy=p, dx=p, dk=p, dbias=p)
     dfc_consts = dict(HOP=2, FRAME=3, PER_SAMPLE=True, ACC=acc)
     for rows, kernel, extra in [("BLOCK_N", dfc._dfc_forward_kernel, dict(BIAS_DIM=1)),

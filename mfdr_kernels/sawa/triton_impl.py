@@ -1,6 +1,7 @@
 """Triton SAWA: forward and backward kernels and their launchers (SPEC §1).
 
-CUDA tensors in fp16, bf16 or fp32; CPU tensors in fp32 or fp64 under ``TRITON_INTERPRET=1`` (tests).
+CUDA tensors in fp16, bf16 or fp32; CPU tensors in fp32 or fp64 under ``TRITON_INTERPRET=1`` (tests; the
+tests also drive these launchers in fp16 there: the interpreter's bf16 ``tl.dot`` is broken).
 Scores, softmax statistics and sums accumulate in fp32 (fp64 for fp64 inputs).
 
 **Tiles.** One program per (block of ``BLOCK_Q`` queries, batch·head), as flash-attention. The block's
@@ -32,14 +33,19 @@ accumulation dtype: a float argument would be fp32, inexact for fp64 runs).
 3. the output ``out = W V`` with ``tl.dot`` over the frames of the decided levels only: a chunk that no
    row's active window reaches is not read (lazy expansion: V is read only where a row expanded).
 
-When the span fits one chunk the scores of the three passes come from the same K tile (L1/L2 hits).
+Each pass reloads its K tiles (the first read comes from DRAM, the others from L1/L2: a block's span is
+a few to a few tens of KB). Folding pass 3 into pass 2, with one accumulator per ring selected once the
+levels are known, would read K twice instead of three times at the cost of two more ``[BLOCK_Q, d]``
+accumulators: a choice for a GPU measurement.
 
-**Backward.** Pass 1 (same grid) recomputes the statistics of the saved levels, then
-``g = dL/dw = do Vᵀ``, ``Σ_seg w g``, ``ds = w (g - Σ_seg w g) · scale`` and ``dq = DS K`` (``tl.dot``).
+**Backward.** Pass 1 (same grid) walks the active frames three times: the statistics of the saved
+levels; ``g = dL/dw = do Vᵀ`` and ``Σ_seg w g``; ``ds = w (g - Σ_seg w g) · scale`` and ``dq = DS K``
+(``tl.dot``).
 dk/dv then come from one of:
 
-- ``"blocks"`` (default): pass 1 stores the weights P and score gradients DS per slot,
-  ``(B·H, L, 3, ω)`` in fp32 (12·ω bytes each per query); pass 2, one program per (key block of
+- ``"blocks"`` (default): pass 1 stores the weights P and score gradients DS of each query's reach,
+  ``(B·H, L, 3ω)`` in fp32 indexed by the offset from ``s_i - ω`` (12·ω bytes each per query; zeros on
+  the inactive frames); pass 2, one program per (key block of
   ``BLOCK_K`` frames, batch·head), sums ``dk = DSᵀ q`` and ``dv = Pᵀ do`` with ``tl.dot`` over the
   queries whose span holds the block. Starts are non-decreasing (the op validates it; padded entries
   are ``T``), so those queries are a contiguous range, found on the host by ``torch.searchsorted``
@@ -411,8 +417,7 @@ def _sawa_bwd_q_kernel(
 
 
 @triton.jit
-def _kv_block(src_ptr, g_ptr, dst_ptr, starts_row, bh, i0, i1, j, jm, jt, L,
-              W: tl.constexpr, HALF: tl.constexpr, LO: tl.constexpr, HI: tl.constexpr,
+def _kv_block(src_ptr, g_ptr, dst_ptr, starts_row, bh, i0, i1, j, jm, jt, L, LO: tl.constexpr, HI: tl.constexpr,
               E: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr,
               BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
     """dst[j] = Σ_i S_ij g_i over the queries i in [i0, i1) for the frames ``jm`` (0 for the rest of ``jt``).
@@ -443,9 +448,8 @@ def _kv_block(src_ptr, g_ptr, dst_ptr, starts_row, bh, i0, i1, j, jm, jt, L,
 def _sawa_bwd_kv_kernel(
     do_ptr, q_ptr, p_ptr, ds_ptr, ranges_ptr, starts_ptr, k_lens_ptr, dk_ptr, dv_ptr,
     T, L, H, NKB,
-    W: tl.constexpr, HALF: tl.constexpr, LO: tl.constexpr, HI: tl.constexpr,
-    D: tl.constexpr, DV: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
+    LO: tl.constexpr, HI: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, PREC: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Pass 2, grid ``(cdiv(T, BLOCK_K), B·H)``: dk = DSᵀ q, dv = Pᵀ do for a block of frames.
 
@@ -461,9 +465,9 @@ def _sawa_bwd_kv_kernel(
     jt = j < T
     jm = j < tl.minimum(T, tl.load(k_lens_ptr + b))
     starts_row = starts_ptr + b * L
-    _kv_block(ds_ptr, q_ptr, dk_ptr + bh * T * D, starts_row, bh, i0, i1, j, jm, jt, L, W, HALF, LO, HI, D,
+    _kv_block(ds_ptr, q_ptr, dk_ptr + bh * T * D, starts_row, bh, i0, i1, j, jm, jt, L, LO, HI, D,
               PREC, ACC, BLOCK_K, BLOCK_Q, BLOCK_D)
-    _kv_block(p_ptr, do_ptr, dv_ptr + bh * T * DV, starts_row, bh, i0, i1, j, jm, jt, L, W, HALF, LO, HI, DV,
+    _kv_block(p_ptr, do_ptr, dv_ptr + bh * T * DV, starts_row, bh, i0, i1, j, jm, jt, L, LO, HI, DV,
               PREC, ACC, BLOCK_K, BLOCK_Q, BLOCK_D)
 
 
@@ -614,7 +618,7 @@ def sawa_backward(grad_out, q, k, v, q_lens, k_lens, starts, level, window, join
     ranges = _query_ranges(starts, q_lens, T, lo, hi, nkb)
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     _bwd_kv[(nkb, B * H)](
-        grad_out, q, p, ds, ranges, starts, k_lens, dk, dv, T, L, H, nkb, W=window, HALF=window // 2,
-        LO=lo, HI=hi, D=D, DV=DV, PREC=consts["PREC"], ACC=consts["ACC"], BLOCK_K=BLOCK_K,
+        grad_out, q, p, ds, ranges, starts, k_lens, dk, dv, T, L, H, nkb, LO=lo, HI=hi, D=D, DV=DV,
+        PREC=consts["PREC"], ACC=consts["ACC"], BLOCK_K=BLOCK_K,
     )
     return dq, dk, dv
