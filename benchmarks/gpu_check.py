@@ -325,6 +325,11 @@ def main():
         if T >= 16384 and isinstance(dense, float) and isinstance(lv2.get("both"), float):
             verdicts.append(f"{label}: dense SDPA / triton lv2 = {dense / lv2['both']:.1f}× -> "
                             f"{'MET' if dense / lv2['both'] >= 10 else 'MISSED'} (target ≥ 10×)")
+        atomic = rows.get("sawa triton lv2 atomic dk/dv", {}).get("bwd")
+        if isinstance(atomic, float) and isinstance(lv2.get("bwd"), float):
+            faster = "key blocks (the default)" if lv2["bwd"] <= atomic else "atomic"
+            verdicts.append(f"{label}: triton lv2 backward, key-block dk/dv {lv2['bwd']:.3f} ms vs atomic "
+                            f"{atomic:.3f} ms -> faster: {faster}")
         if isinstance(lv2.get("fwd"), float) and label != "tiny":
             frac = nbytes / (lv2["fwd"] * 1e-3) / 1e9 / bw
             verdicts.append(f"{label}: triton lv2 forward at {frac:.0%} of copy bandwidth"
@@ -336,6 +341,24 @@ def main():
     if errors:
         print("\n## Providers that failed\n")
         print("\n".join(f"- {e}" for e in errors))
+    tuned = autotuned_configs()
+    if tuned:
+        print("\n## Configs the autotuner chose (prune the others in triton_impl.py)\n")
+        print("\n".join(f"- {t}" for t in tuned))
+
+
+def autotuned_configs() -> list[str]:
+    """One line per (kernel, shape key) that an autotuner of the package timed in this run."""
+    from mfdr_kernels.dfc import triton_impl as dfc_impl
+    from mfdr_kernels.sawa import triton_impl as sawa_impl
+
+    tuners = {"sawa fwd": sawa_impl._fwd, "sawa bwd pass 1": sawa_impl._bwd_q, "sawa bwd pass 2": sawa_impl._bwd_kv}
+    tuners.update({f"dfc {name}": t for name, t in dfc_impl._tuned.items()})
+    lines = []
+    for name, tuner in tuners.items():
+        for key, config in getattr(tuner, "cache", {}).items():
+            lines.append(f"{name}, key {key}: {config}")
+    return lines
 
 
 if __name__ == "__main__":
