@@ -177,8 +177,9 @@ def _ringmax(m, x, rid, R: tl.constexpr):
 
 @triton.jit
 def _rescale(z, m, mx):
-    """A normalizer of max ``m`` brought to the max ``mx >= m`` (0 for an empty segment)."""
-    return z * tl.exp(m - _finite(mx))
+    """A normalizer of max ``m`` brought to the max ``mx >= m`` (0 for an empty segment). The clamp only
+    matters for the rings a row does not use (``m > mx``), whose terms the callers drop: no inf there."""
+    return z * tl.exp(tl.minimum(m - _finite(mx), 0))
 
 
 @triton.jit

@@ -10,21 +10,24 @@ from hypothesis import strategies as st
 
 from mfdr_kernels import _env
 from mfdr_kernels import sliding_adaptive_window_attention as sawa
+from mfdr_kernels.sawa.op import CHECKS
 from mfdr_kernels.sawa.reference import decision_margins
 
 settings.register_profile("ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("thorough", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(_env.hypothesis_profile())
 
-BACKENDS = ["torch", "cpp"]
+# triton: on the CPU under TRITON_INTERPRET=1 (tests/conftest.py), where these tiny problems take a few
+# query blocks and chunks of 16 frames each: random jumps in the starts exercise the chunk skipping.
+BACKENDS = ["torch", "cpp"] + ([] if CHECKS["triton"](torch.empty(1, dtype=torch.float64)) else ["triton"])
 
 
 @st.composite
-def problems(draw):
+def problems(draw, L_range=(1, 9), T_range=(1, 40)):
     B = draw(st.integers(1, 2))
     H = draw(st.integers(1, 2))
-    L = draw(st.integers(1, 9))
-    T = draw(st.integers(1, 40))
+    L = draw(st.integers(*L_range))
+    T = draw(st.integers(*T_range))
     d = draw(st.integers(1, 6))
     dv = draw(st.integers(1, 5))
     levels = draw(st.integers(0, 2))
@@ -96,3 +99,22 @@ def test_finite_for_finite_inputs_even_extreme(backend, p, scale):
     assert torch.isfinite(out).all()
     grads = torch.autograd.grad(out.sum(), (q, k, v))
     assert all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="triton on CPU needs TRITON_INTERPRET=1")
+@settings(max_examples=max(8, settings().max_examples // 3))
+@given(problems(L_range=(17, 40), T_range=(1, 160)))
+def test_triton_several_blocks_and_chunks(p):
+    """Longer problems for the span kernels: 2-3 query blocks of 16, spans of many 16-frame chunks, jumps
+    in the starts that leave chunks no row reaches (skipped), blocks whose rows all start past k_len."""
+    q64, k64, v64, kw = build(p, torch.float64)
+    ref, ref_level = sawa(q64, k64, v64, backend="torch", return_level=True, **kw)
+    out, level = sawa(q64, k64, v64, backend="triton", return_level=True, force_level=ref_level, **kw)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-9)
+    do = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, (q64, k64, v64), do)
+    for a, b in zip(torch.autograd.grad(out, (q64, k64, v64), do), want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-8)
+    with torch.no_grad():
+        _, own = sawa(q64, k64, v64, backend="triton", return_level=True, **kw)
+    assert torch.equal(own, ref_level)  # fp64 in both: ties would need margins below 1e-15
