@@ -25,31 +25,30 @@ accumulation dtype: a float argument would be fp32, inexact for fp64 runs).
 
 **Forward passes** over the span (``while`` loops: runtime bounds, see below):
 
-1. per-ring running max and normalizer (online softmax, as flash-attention) of every row;
-2. the decisions, Alg. 1 lines 5-6 and 11-12: ``c0 = #{a_j > 1/|S0|}`` over ring 0 and
-   ``c1 = #{w_j > mean}`` over rings 0 ∪ 1 with the statistics of pass 1 (the mean over ``A1`` is
-   ``2/|A1|`` for segment softmaxes and ``1/|A1|`` for the joint one: they sum to 2 and 1). Skipped for
-   ``levels = 0`` and ``force_level``;
-3. the output ``out = W V`` with ``tl.dot`` over the frames of the decided levels only: a chunk that no
-   row's active window reaches is not read (lazy expansion: V is read only where a row expanded).
+1. per-ring running max ``m_r`` and normalizer ``z_r`` (online softmax, as flash-attention) of every row;
+2. with those final statistics, in one walk: the decisions, Alg. 1 lines 5-6 and 11-12
+   (``c0 = #{a_j > 1/|S0|}`` over ring 0, ``c1 = #{w_j > mean}`` over rings 0 ∪ 1; the mean over ``A1``
+   is ``2/|A1|`` for segment softmaxes and ``1/|A1|`` for the joint one: they sum to 2 and 1; skipped
+   for ``levels = 0`` and ``force_level``), and one flash-attention accumulator per ring,
+   ``U_r = Σ_{j in ring r} exp(x_j - m_r) v_j`` (``tl.dot``). The output then takes the rings of each
+   row's level, normalized: ``out = Σ_{r <= level} U_r / z_r`` (segment) or with one joint normalizer.
 
-Each pass reloads its K tiles (the first read comes from DRAM, the others from L1/L2: a block's span is
-a few to a few tens of KB). Folding pass 3 into pass 2, with one accumulator per ring selected once the
-levels are known, would read K twice instead of three times at the cost of two more ``[BLOCK_Q, d]``
-accumulators: a choice for a GPU measurement.
+So K is read twice and V once per chunk (the first read from DRAM, the second from L1/L2: a block's span
+is a few to a few tens of KB). A three-pass forward (statistics; decisions; output over the decided
+rings only, one accumulator) read K three times and used fewer registers; offline sm_90 compiles of this
+two-pass one stay free of spills at d = 64 (``benchmarks/results/compile_check.md``). Neither is timed:
+should a GPU measurement favour the three-pass one, it is in git history (commit d906b5d).
 
 **Backward.** Pass 1 (same grid) walks the active frames three times: the statistics of the saved
 levels; ``g = dL/dw = do Vᵀ`` and ``Σ_seg w g``; ``ds = w (g - Σ_seg w g) · scale`` and ``dq = DS K``
-(``tl.dot``).
-dk/dv then come from one of:
+(``tl.dot``). dk/dv then come from one of:
 
 - ``"blocks"`` (default): pass 1 stores the weights P and score gradients DS of each query's reach,
   ``(B·H, L, 3ω)`` in fp32 indexed by the offset from ``s_i - ω`` (12·ω bytes each per query; zeros on
-  the inactive frames); pass 2, one program per (key block of
-  ``BLOCK_K`` frames, batch·head), sums ``dk = DSᵀ q`` and ``dv = Pᵀ do`` with ``tl.dot`` over the
-  queries whose span holds the block. Starts are non-decreasing (the op validates it; padded entries
-  are ``T``), so those queries are a contiguous range, found on the host by ``torch.searchsorted``
-  (O(B·T/BLOCK_K), no sync).
+  the inactive frames); pass 2, one program per (key block of ``BLOCK_K`` frames, batch·head), sums
+  ``dk = DSᵀ q`` and ``dv = Pᵀ do`` with ``tl.dot`` over the queries whose span holds the block. Starts
+  are non-decreasing (the op validates it; padded entries are ``T``), so those queries are a contiguous
+  range, found on the host by ``torch.searchsorted`` (O(B·T/BLOCK_K), no sync).
 - ``"atomic"``: pass 1 adds the ``[BLOCK_N, d]`` tiles ``DSᵀ Q`` and ``Pᵀ dO`` of each chunk into fp32
   dk/dv buffers with ``tl.atomic_add``.
 
@@ -280,53 +279,67 @@ def _sawa_fwd_kernel(
     m0, z0, m1, z1, m2, z2 = _stats(q, k_base, s, base, s - LEVELS * HALF, s + W + LEVELS * HALF, k_len,
                                     scale, W, HALF, LEVELS, D, DP, PREC, ACC, BLOCK_N)
 
-    # Pass 2: the decisions (Alg. 1 lines 5-6 and 11-12).
+    # Pass 2: the decisions (Alg. 1 lines 5-6 and 11-12) and, per ring, the output before normalization
+    # U_r = Σ_{j in ring r} exp(x_j - m_r) v_j (flash-attention's accumulator, one per ring); the levels then
+    # pick the rings of each row and normalize them. K and V are read once more, over the whole reach.
     level = tl.zeros([BLOCK_Q], tl.int32)
     if FORCED:
         level = tl.where(base, tl.load(force_ptr + row, mask=in_l, other=0).to(tl.int32), 0)
-    elif LEVELS >= 1:
-        thr0 = 1.0 / tl.maximum(n0, 1).to(ACC)  # a_j > 1/|S0|
-        if JOINT:  # w over A1 = S0 ∪ S1 sums to 1 (one softmax) or 2 (one per segment): mean = that / |A1|
-            mean = 1.0 / tl.maximum(n0 + n1, 1).to(ACC)
-        else:
-            mean = 2.0 / tl.maximum(n0 + n1, 1).to(ACC)
-        m01 = tl.maximum(m0, m1)
-        z01 = _nz(_rescale(z0, m0, m01) + _rescale(z1, m1, m01))
-        c0 = tl.zeros([BLOCK_Q], tl.int32)
-        c1 = tl.zeros([BLOCK_Q], tl.int32)
-        lo_i = s - (LEVELS - 1) * HALF  # ring 0, and ring 1 for the level-2 count
-        hi_i = s + W + (LEVELS - 1) * HALF
-        c, hi = _span(lo_i, hi_i, base, k_len)
-        while c < hi:
-            if _touches(lo_i, hi_i, base, c, BLOCK_N):
-                _, _, _, x, rid = _chunk(q, k_base, s, base, c, hi, scale, W, HALF, LEVELS - 1, D, DP, PREC, BLOCK_N)
-                on = rid < 3
-                a = tl.exp(tl.where(on, x - _select(rid, m0, m1, m1), float("-inf")))
-                a = a / _select(rid, _nz(z0), _nz(z1), _nz(z1))  # a0 on ring 0, the S1 softmax on ring 1
-                c0 += _count(rid == 0, a, thr0)
-                if LEVELS >= 2:
-                    if JOINT:
-                        c1 += _count(on, tl.exp(tl.where(on, x - m01[:, None], float("-inf"))) / z01[:, None], mean)
-                    else:
-                        c1 += _count(on, a, mean)
-            c += BLOCK_N
-        level = tl.where(base & (c0 >= HALF) & (n1 > 0), 1, 0)  # expand iff c0 >= ω/2 and S1 non-empty
-        if LEVELS >= 2:
-            level = tl.where((level >= 1) & (c1 >= W) & (n2 > 0), 2, level)
-
-    # Pass 3: out_i = Σ_j w_j v_j over the active frames; V (and K) read only where a row's level reaches.
-    mx, zz = _joint_stats(m0, z0, m1, z1, m2, z2, level)
-    lo_i = s - level * HALF
-    hi_i = s + W + level * HALF
-    acc = tl.zeros([BLOCK_Q, DVP], ACC)
+    thr0 = 1.0 / tl.maximum(n0, 1).to(ACC)  # a_j > 1/|S0|
+    if JOINT:  # w over A1 = S0 ∪ S1 sums to 1 (one softmax) or 2 (one per segment): mean = that / |A1|
+        mean = 1.0 / tl.maximum(n0 + n1, 1).to(ACC)
+    else:
+        mean = 2.0 / tl.maximum(n0 + n1, 1).to(ACC)
+    m01 = tl.maximum(m0, m1)
+    z01 = _nz(_rescale(z0, m0, m01) + _rescale(z1, m1, m01))
+    c0 = tl.zeros([BLOCK_Q], tl.int32)
+    c1 = tl.zeros([BLOCK_Q], tl.int32)
+    u0 = tl.zeros([BLOCK_Q, DVP], ACC)
+    u1 = u0
+    u2 = u0
+    lo_i = s - LEVELS * HALF
+    hi_i = s + W + LEVELS * HALF
     c, hi = _span(lo_i, hi_i, base, k_len)
     while c < hi:
         if _touches(lo_i, hi_i, base, c, BLOCK_N):
             j, jm, _, x, rid = _chunk(q, k_base, s, base, c, hi, scale, W, HALF, LEVELS, D, DP, PREC, BLOCK_N)
-            w = _weights(x, rid, level, m0, z0, m1, z1, m2, z2, mx, zz, JOINT)
+            e = tl.exp(tl.where(rid < 3, x - _select(rid, m0, m1, m2), float("-inf")))  # [BQ, BN]
+            if not FORCED:
+                if LEVELS >= 1:
+                    a = e / _select(rid, _nz(z0), _nz(z1), _nz(z2))  # a0 on ring 0, the S1 softmax on ring 1
+                    c0 += _count(rid == 0, a, thr0)
+                    if LEVELS >= 2:
+                        on = rid <= 1
+                        if JOINT:
+                            c1 += _count(on, tl.exp(tl.where(on, x - m01[:, None], float("-inf"))) / z01[:, None],
+                                         mean)
+                        else:
+                            c1 += _count(on, a, mean)
             vc = _tile(v_base, j, jm, DV, DVP)  # [BN, DVP]
-            acc += _dot(w.to(vc.dtype), vc, PREC)
+            u0 += _dot(tl.where(rid == 0, e, 0).to(vc.dtype), vc, PREC)
+            if LEVELS >= 1:
+                u1 += _dot(tl.where(rid == 1, e, 0).to(vc.dtype), vc, PREC)
+            if LEVELS >= 2:
+                u2 += _dot(tl.where(rid == 2, e, 0).to(vc.dtype), vc, PREC)
         c += BLOCK_N
+    if not FORCED:
+        if LEVELS >= 1:
+            level = tl.where(base & (c0 >= HALF) & (n1 > 0), 1, 0)  # expand iff c0 >= ω/2 and S1 non-empty
+            if LEVELS >= 2:
+                level = tl.where((level >= 1) & (c1 >= W) & (n2 > 0), 2, level)
+
+    # out_i = Σ_j w_j v_j over the rings of the row's level: each normalized by its own softmax (segment)
+    # or all by one (joint).
+    if JOINT:
+        mx, zz = _joint_stats(m0, z0, m1, z1, m2, z2, level)
+        f0 = _rescale(1.0 / _nz(zz), m0, mx)
+        f1 = _rescale(1.0 / _nz(zz), m1, mx)
+        f2 = _rescale(1.0 / _nz(zz), m2, mx)
+    else:
+        f0, f1, f2 = 1.0 / _nz(z0), 1.0 / _nz(z1), 1.0 / _nz(z2)
+    acc = u0 * f0[:, None]
+    acc += u1 * tl.where(level >= 1, f1, 0)[:, None]
+    acc += u2 * tl.where(level >= 2, f2, 0)[:, None]
     e = tl.arange(0, DVP)
     tl.store(out_ptr + row[:, None] * DV + e[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=in_l[:, None] & (e < DV)[None, :])
