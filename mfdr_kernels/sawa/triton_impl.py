@@ -39,9 +39,9 @@ rings only, one accumulator) read K three times and used fewer registers; offlin
 two-pass one stay free of spills at d = 64 (``benchmarks/results/compile_check.md``). Neither is timed:
 should a GPU measurement favour the three-pass one, it is in git history (commit d906b5d).
 
-**Backward.** Pass 1 (same grid) walks the active frames three times: the statistics of the saved
-levels; ``g = dL/dw = do Vᵀ`` and ``Σ_seg w g``; ``ds = w (g - Σ_seg w g) · scale`` and ``dq = DS K``
-(``tl.dot``). dk/dv then come from one of:
+**Backward.** Pass 1 (same grid) walks the active frames twice: the statistics of the saved levels
+with, accumulated online beside each normalizer, ``Σ_seg w g`` (``g = dL/dw = do Vᵀ``); then
+``ds = w (g - Σ_seg w g) · scale`` and ``dq = DS K`` (``tl.dot``). dk/dv then come from one of:
 
 - ``"blocks"`` (default): pass 1 stores the weights P and score gradients DS of each query's reach,
   ``(B·H, L, 3ω)`` in fp32 indexed by the offset from ``s_i - ω`` (12·ω bytes each per query; zeros on
@@ -227,18 +227,20 @@ def _chunk(q, k_base, s, rows, c, hi, scale, W: tl.constexpr, HALF: tl.constexpr
 
 
 @triton.jit
-def _stats(q, k_base, s, rows, lo_i, hi_i, k_len, scale, W: tl.constexpr, HALF: tl.constexpr,
-           RINGS: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr,
-           BLOCK_N: tl.constexpr):
-    """Per-ring max and normalizer (rings ``0..RINGS``; online softmax) of the rows on the mask over
-    ``[lo_i, hi_i)``."""
+def _stats(q, k_base, s, rows, lo_i, hi_i, k_len, scale, do, v_base, W: tl.constexpr, HALF: tl.constexpr,
+           RINGS: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
+           WITH_G: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Per-ring max ``m_r`` and normalizer ``z_r`` (rings ``0..RINGS``; online softmax) of the rows on the
+    mask over ``[lo_i, hi_i)``. ``WITH_G`` (backward): also ``y_r = Σ_{ring r} exp(x_j - m_r) <do, v_j>``,
+    rescaled as ``z_r`` is, so that ``Σ_ring w g = y_r / z_r`` needs no walk of its own (``do``, ``v_base``
+    are unused otherwise)."""
     m0 = tl.full([q.shape[0]], float("-inf"), ACC)
     z0 = tl.zeros([q.shape[0]], ACC)
-    m1, m2, z1, z2 = m0, m0, z0, z0
+    m1, m2, z1, z2, y0, y1, y2 = m0, m0, z0, z0, z0, z0, z0
     c, hi = _span(lo_i, hi_i, rows, k_len)
     while c < hi:
         if _touches(lo_i, hi_i, rows, c, BLOCK_N):
-            _, _, _, x, rid = _chunk(q, k_base, s, rows, c, hi, scale, W, HALF, RINGS, D, DP, PREC, BLOCK_N)
+            j, jm, kc, x, rid = _chunk(q, k_base, s, rows, c, hi, scale, W, HALF, RINGS, D, DP, PREC, BLOCK_N)
             n0 = _ringmax(m0, x, rid, 0)
             n1 = _ringmax(m1, x, rid, 1)
             n2 = _ringmax(m2, x, rid, 2)
@@ -246,9 +248,14 @@ def _stats(q, k_base, s, rows, lo_i, hi_i, k_len, scale, W: tl.constexpr, HALF: 
             z0 = _rescale(z0, m0, n0) + _ringsum(p, rid, 0)
             z1 = _rescale(z1, m1, n1) + _ringsum(p, rid, 1)
             z2 = _rescale(z2, m2, n2) + _ringsum(p, rid, 2)
+            if WITH_G:
+                pg = p * _dot(do, tl.trans(_tile(v_base, j, jm, DV, DVP)), PREC)  # [BQ, BN]
+                y0 = _rescale(y0, m0, n0) + _ringsum(pg, rid, 0)
+                y1 = _rescale(y1, m1, n1) + _ringsum(pg, rid, 1)
+                y2 = _rescale(y2, m2, n2) + _ringsum(pg, rid, 2)
             m0, m1, m2 = n0, n1, n2
         c += BLOCK_N
-    return m0, z0, m1, z1, m2, z2
+    return m0, z0, m1, z1, m2, z2, y0, y1, y2
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -275,9 +282,10 @@ def _sawa_fwd_kernel(
     n2 = _nrange(s - W, s - HALF, k_len) + _nrange(s + W + HALF, s + 2 * W, k_len)
     base = row_ok & (n0 > 0)  # else: empty S0 (start at or past k_len) or padded query -> 0, level 0
 
-    # Pass 1: statistics of every ring a row may reach.
-    m0, z0, m1, z1, m2, z2 = _stats(q, k_base, s, base, s - LEVELS * HALF, s + W + LEVELS * HALF, k_len,
-                                    scale, W, HALF, LEVELS, D, DP, PREC, ACC, BLOCK_N)
+    # Pass 1: statistics of every ring a row may reach (the y's are the backward's: zeros here).
+    m0, z0, m1, z1, m2, z2, y0, y1, y2 = _stats(q, k_base, s, base, s - LEVELS * HALF, s + W + LEVELS * HALF, k_len,
+                                                scale, q, k_base, W, HALF, LEVELS, D, DP, D, DP, False, PREC, ACC,
+                                                BLOCK_N)
 
     # Pass 2: the decisions (Alg. 1 lines 5-6 and 11-12) and, per ring, the output before normalization
     # U_r = Σ_{j in ring r} exp(x_j - m_r) v_j (flash-attention's accumulator, one per ring); the levels then
@@ -302,7 +310,7 @@ def _sawa_fwd_kernel(
     c, hi = _span(lo_i, hi_i, base, k_len)
     while c < hi:
         if _touches(lo_i, hi_i, base, c, BLOCK_N):
-            j, jm, _, x, rid = _chunk(q, k_base, s, base, c, hi, scale, W, HALF, LEVELS, D, DP, PREC, BLOCK_N)
+            j, jm, kc, x, rid = _chunk(q, k_base, s, base, c, hi, scale, W, HALF, LEVELS, D, DP, PREC, BLOCK_N)
             e = tl.exp(tl.where(rid < 3, x - _select(rid, m0, m1, m2), float("-inf")))  # [BQ, BN]
             if not FORCED:
                 if LEVELS >= 1:
@@ -372,29 +380,19 @@ def _sawa_bwd_q_kernel(
     lo_i = s - level * HALF  # the active frames of each row
     hi_i = s + W + level * HALF
 
-    # Statistics of the saved levels; then Σ_seg w g with g_j = dL/dw_j = <do_i, v_j>.
-    m0, z0, m1, z1, m2, z2 = _stats(q, k_base, s, base, lo_i, hi_i, k_len, scale, W, HALF, REACH, D, DP, PREC,
-                                    ACC, BLOCK_N)
+    # Statistics of the saved levels and Σ_seg w g with g_j = dL/dw_j = <do_i, v_j>, in one walk.
+    m0, z0, m1, z1, m2, z2, y0, y1, y2 = _stats(q, k_base, s, base, lo_i, hi_i, k_len, scale, do, v_base, W, HALF,
+                                                REACH, D, DP, DV, DVP, True, PREC, ACC, BLOCK_N)
     mx, zz = _joint_stats(m0, z0, m1, z1, m2, z2, level)
-    sg0 = tl.zeros([BLOCK_Q], ACC)
-    sg1 = sg0
-    sg2 = sg0
-    c, hi = _span(lo_i, hi_i, base, k_len)
-    while c < hi:
-        if _touches(lo_i, hi_i, base, c, BLOCK_N):
-            j, jm, _, x, rid = _chunk(q, k_base, s, base, c, hi, scale, W, HALF, REACH, D, DP, PREC, BLOCK_N)
-            w = _weights(x, rid, level, m0, z0, m1, z1, m2, z2, mx, zz, JOINT)
-            wg = w * _dot(do, tl.trans(_tile(v_base, j, jm, DV, DVP)), PREC)  # [BQ, BN]
-            if JOINT:
-                sg0 += tl.sum(wg, axis=1)
-            else:
-                sg0 += _ringsum(wg, rid, 0)
-                sg1 += _ringsum(wg, rid, 1)
-                sg2 += _ringsum(wg, rid, 2)
-        c += BLOCK_N
-    if JOINT:
+    if JOINT:  # one softmax over the rings of the level: bring each ring's sum to the common max
+        sg0 = _rescale(y0, m0, mx)
+        sg0 += tl.where(level >= 1, _rescale(y1, m1, mx), 0)
+        sg0 += tl.where(level >= 2, _rescale(y2, m2, mx), 0)
+        sg0 = sg0 / _nz(zz)
         sg1 = sg0
         sg2 = sg0
+    else:
+        sg0, sg1, sg2 = y0 / _nz(z0), y1 / _nz(z1), y2 / _nz(z2)
 
     # ds_j = dL/dx_j · scale = w_j (g_j - Σ_{j' in j's softmax} w_j' g_j') · scale; dq = DS K.
     # The blocks flavour walks every row's whole reach [s - ω·REACH/2, s + ω + ω·REACH/2): pass 2 reads
