@@ -500,10 +500,11 @@ def _tuned(cuda_configs, interpret_config, key, **kw):
 
 
 # Query blocks of 16-64 rows (tl.dot needs >= 16) against chunks of 32-64 frames: at the paper's hop (5)
-# a block of 16 queries spans 105 frames, of 32 queries 185. Chosen with ``benchmarks/compile_check.py``
-# (offline sm_90 compiles, results/compile_check.md): in fp16/bf16 at d = 64 each compiles without
-# register spills, and at d = 256 the 8-warp ones do; fp32 (tf32x3) spills in the backward. None is
-# timed yet (no GPU in the sessions that wrote this): the autotuner picks on the first call per shape key.
+# a block of 16 queries spans 105 frames, of 32 queries 185. Offline sm_90 compiles
+# (``benchmarks/compile_check.py`` -> results/compile_check.md), fp16/bf16: at d = 64 every config is free
+# of register spills but the atomic backward's 16x32/8 warps (28 bytes); at d = 256 (one head over the
+# fusion) the 8-warp 16-row configs are. fp32 (tf32x3) spills in the backward. None is timed yet (no GPU in
+# the sessions that wrote this): the autotuner picks on the first call per shape key.
 _FWD_CONFIGS = [triton.Config({"BLOCK_Q": bq, "BLOCK_N": bn}, num_warps=nw, num_stages=1)
                 for bq, bn, nw in [(16, 32, 4), (16, 32, 8), (16, 64, 8), (32, 32, 4), (32, 64, 8), (64, 32, 8)]]
 _BWD_CONFIGS = [triton.Config({"BLOCK_Q": bq, "BLOCK_N": bn}, num_warps=nw, num_stages=1)
