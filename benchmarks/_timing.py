@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -148,6 +149,23 @@ def run_isolated(argv: list[str], timeout: float = 600, threads: int | None = No
         err = res.stderr.strip()
         return {"error": err.splitlines()[-1] if err else f"exit {res.returncode}"}
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def results_path(out: str | None, quick: bool, name: str) -> Path | None:
+    """Where a script writes its JSON (and plots): ``out``, else ``results/<name>``; but a ``--quick`` smoke
+    run writes nothing unless given ``out``: it never overwrites the measurements BENCHMARKS.md renders."""
+    if out:
+        return Path(out)
+    return None if quick else RESULTS / name
+
+
+def write_json(path: Path | None, data: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1))
 
 
 def set_threads(threads: int | None) -> int:

@@ -24,7 +24,6 @@ size of the results themselves (y, dx, dkernel) and of the unfolded (B, N, frame
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -171,10 +170,7 @@ def main(argv=None):
             rows += [{"device": device, **r} for r in measure(shape, device, reps)]
     result = {"machine": _timing.machine(), "dtype": "float32", "kernel": "shared (N, frame, C)",
               "rows": rows, "checks": checks}
-    out = args.out or (None if args.quick else str(Path(__file__).parent / "results" / "dfc.json"))
-    if out:  # a smoke run never overwrites the measured results that BENCHMARKS.md is rendered from
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=1))
+    _timing.write_json(_timing.results_path(args.out, args.quick, "dfc.json"), result)
     print(f"machine: {result['machine']}")
     print("float32, kernel shared by the batch; *_x = time of the `torch` (unfold) backend / time, "
           "same run\n")

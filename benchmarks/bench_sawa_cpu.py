@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 from pathlib import Path
 
@@ -172,10 +171,7 @@ def main(argv=None):
     result = {"machine": _timing.machine(), "threads": threads, "dtype": "float32", "window": WINDOW,
               "hop": HOP, "levels_fraction": levels_present(**shape), "shape": shape,
               "reps": 2 if args.quick else args.reps, "block_ms": args.block_ms, "rows": rows}
-    out = args.out or (None if args.quick else str(Path(__file__).parent / "results" / "sawa_cpu.json"))
-    if out:  # a smoke run never overwrites the measured results that BENCHMARKS.md is rendered from
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=1))
+    _timing.write_json(_timing.results_path(args.out, args.quick, "sawa_cpu.json"), result)
     print(f"machine: {result['machine']}")
     print(f"fraction of rows at level 0/1/2: {result['levels_fraction']}")
     print("*_x = provider time / cpp time, same run (interleaved)\n")

@@ -226,11 +226,10 @@ def main(argv=None):
     Ts = args.T or (QUICK_T if args.quick else SWEEP_T)
     rows = sweep(Ts, names, threads, args.max_seconds, args.max_gb, rss=not args.no_rss,
                  block_s=args.block_ms / 1e3)
-    # a smoke run never overwrites the measured results and plots that BENCHMARKS.md is rendered from
-    out = Path(args.out) if args.out else (None if args.quick else RESULTS / "sweep.json")
+    out = _timing.results_path(args.out, args.quick, "sweep.json")
+    g = growth(rows, names, *(GROWTH if set(GROWTH) <= set(Ts) else (Ts[0], Ts[-1])))
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
-    g = growth(rows, names, *(GROWTH if set(GROWTH) <= set(Ts) else (Ts[0], Ts[-1])))
     plots = [] if args.no_plots or not out else plot(rows, names, out.parent)
     result = {"machine": machine, "threads": threads, "shape": {"B": B, "H": H, "d": D, "L": "T // 5"},
               "dtype": "float32", "window": sawa_bench.WINDOW, "hop": sawa_bench.HOP,
@@ -238,8 +237,7 @@ def main(argv=None):
               "memory_method": "rss_mb: peak-RSS rise of a fresh process (getrusage); tensor_mb: profiler "
                                "allocation records", "rows": rows, "growth": g,
               "plots": [Path(p).name for p in plots]}
-    if out:
-        out.write_text(json.dumps(result, indent=1))
+    _timing.write_json(out, result)
     print(_timing.markdown_table(rows, COLUMNS))
     print()
     print(_timing.markdown_table(g, list(g[0]) if g else ["provider"]))
