@@ -59,8 +59,8 @@ blocks, whose atomic tiles would collide. The choice is by reasoning, not yet by
 
 **Precision.** fp16/bf16: ``tl.dot`` on tensor cores with fp32 accumulation; the weights and score
 gradients are cast to the input dtype for ``W V``, ``DS K`` and pass 2, as flash-attention does. fp32:
-``"tf32x3"`` (about fp32 accuracy), or TF32 after ``torch.set_float32_matmul_precision("high")``
-(:func:`_precision`). fp64 (interpreter): exact.
+exact (``"ieee"``), or TF32 after ``torch.set_float32_matmul_precision("high")`` (:func:`_precision`).
+fp64 (interpreter): exact.
 
 **Tuning.** ``triton.autotune`` over a few configs on CUDA (none timed yet: no GPU in the sessions that
 wrote this); a single config under the interpreter. ``T`` and ``L`` are not specialized (no recompile
@@ -503,8 +503,8 @@ def _tuned(cuda_configs, interpret_config, key, **kw):
 # a block of 16 queries spans 105 frames, of 32 queries 185. Offline sm_90 compiles
 # (``benchmarks/compile_check.py`` -> results/compile_check.md), fp16/bf16: at d = 64 every config is free
 # of register spills but the atomic backward's 16x32/8 warps (28 bytes); at d = 256 (one head over the
-# fusion) the 8-warp 16-row configs are. fp32 (tf32x3) spills in the backward. None is timed yet (no GPU in
-# the sessions that wrote this): the autotuner picks on the first call per shape key.
+# fusion) the 8-warp 16-row configs are; in fp32 ("ieee") at d = 64 the 16x32/8-warp config is. None is
+# timed yet (no GPU in the sessions that wrote this): the autotuner picks on the first call per shape key.
 _FWD_CONFIGS = [triton.Config({"BLOCK_Q": bq, "BLOCK_N": bn}, num_warps=nw, num_stages=1)
                 for bq, bn, nw in [(16, 32, 4), (16, 32, 8), (16, 64, 8), (32, 32, 4), (32, 64, 8), (64, 32, 8)]]
 _BWD_CONFIGS = [triton.Config({"BLOCK_Q": bq, "BLOCK_N": bn}, num_warps=nw, num_stages=1)
@@ -531,13 +531,13 @@ _bwd_kv = _tuned(
 
 def _precision(dtype: torch.dtype) -> str:
     """tl.dot ``input_precision``: fp16/bf16 go to the tensor cores as they are; fp64 is exact; fp32 follows
-    ``torch.set_float32_matmul_precision``: "highest" (torch's default) -> "tf32x3" (three TF32 products on
-    the tensor cores, about fp32 accuracy; "ieee" fp32 dots run on CUDA cores and spilled as much in offline
-    sm_90 compiles), "high" or "medium" -> "tf32" (as torch's matmuls then)."""
+    ``torch.set_float32_matmul_precision`` as torch's matmuls do: "highest" (torch's default) -> "ieee"
+    (exact fp32 on the CUDA cores: these dots are small, and in offline sm_90 compiles "ieee" spilled no
+    more than "tf32x3" did), "high" or "medium" -> "tf32" (tensor cores; fewest registers)."""
     if dtype == torch.float64:
         return "ieee"
     if dtype == torch.float32:
-        return "tf32x3" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+        return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
     return "tf32"  # ignored for fp16/bf16 operands
 
 

@@ -353,14 +353,14 @@ def test_cuda_torch_compile_fullgraph():
 
 @requires_interpreter
 def test_fp32_dot_precision_follows_torch():
-    """fp32 dots: "tf32x3" (about fp32) by default, TF32 after torch.set_float32_matmul_precision("high")."""
+    """fp32 dots: exact ("ieee") by default, TF32 after torch.set_float32_matmul_precision("high")."""
     from mfdr_kernels.sawa import triton_impl
 
     case = CASES[0]
     (q, k, v), _ = _inputs(case, torch.float32, "cpu", requires_grad=False)
     before = torch.get_float32_matmul_precision()
     try:
-        assert triton_impl._precision(torch.float32) == "tf32x3"
+        assert triton_impl._precision(torch.float32) == "ieee"
         torch.set_float32_matmul_precision("high")
         assert triton_impl._precision(torch.float32) == "tf32"
         out = sawa(q, k, v, backend="triton", **case.kwargs("cpu"))  # the kernels take either
