@@ -93,15 +93,21 @@ def _dot(a, b, PREC: tl.constexpr):
 
 
 @triton.jit
-def _rows(q_lens_ptr, k_lens_ptr, starts_ptr, bh, H, L, BLOCK_Q: tl.constexpr):
-    """The block's query indices, in-range and valid-query masks, window starts and k_len (int32: frame
-    arithmetic stays in 32 bits, the launcher checks T·d < 2**31) and row ids (int64)."""
+def _block(q_ptr, k_ptr, v_ptr, q_lens_ptr, k_lens_ptr, starts_ptr, scale_ptr, T, L, H, D: tl.constexpr,
+           DP: tl.constexpr, DV: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """The program's block of queries: batch·head ``bh``; in-range and valid-query masks; window starts
+    and k_len (int32: frame arithmetic stays in 32 bits, the launcher checks T·d < 2**31); row ids (int64);
+    the scale; the head's K and V; the block's q ``[BQ, DP]``."""
+    bh = tl.program_id(1).to(tl.int64)
     b = bh // H
     offs = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)  # [BQ]
     in_l = offs < L
     row_ok = in_l & (offs < tl.load(q_lens_ptr + b))
     s = tl.load(starts_ptr + b * L + offs, mask=in_l, other=0).to(tl.int32)  # [BQ]
-    return offs, in_l, row_ok, s, tl.load(k_lens_ptr + b).to(tl.int32), bh * L + offs
+    k_len = tl.load(k_lens_ptr + b).to(tl.int32)
+    row = bh * L + offs
+    q = _load_rows(q_ptr, row, row_ok, D, DP)
+    return bh, in_l, row_ok, s, k_len, row, tl.load(scale_ptr), k_ptr + bh * T * D, v_ptr + bh * T * DV, q
 
 
 @triton.jit
@@ -271,12 +277,8 @@ def _sawa_fwd_kernel(
     ACC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Grid ``(cdiv(L, BLOCK_Q), B·H)``: out ``(B, H, L, DV)`` and int8 level ``(B, H, L)`` of a block."""
-    bh = tl.program_id(1).to(tl.int64)
-    offs, in_l, row_ok, s, k_len, row = _rows(q_lens_ptr, k_lens_ptr, starts_ptr, bh, H, L, BLOCK_Q)
-    scale = tl.load(scale_ptr)
-    k_base = k_ptr + bh * T * D
-    v_base = v_ptr + bh * T * DV
-    q = _load_rows(q_ptr, row, row_ok, D, DP)  # [BQ, DP]
+    bh, in_l, row_ok, s, k_len, row, scale, k_base, v_base, q = _block(
+        q_ptr, k_ptr, v_ptr, q_lens_ptr, k_lens_ptr, starts_ptr, scale_ptr, T, L, H, D, DP, DV, BLOCK_Q)
     n0 = _nrange(s, s + W, k_len)
     n1 = _nrange(s - HALF, s, k_len) + _nrange(s + W, s + W + HALF, k_len)
     n2 = _nrange(s - W, s - HALF, k_len) + _nrange(s + W + HALF, s + 2 * W, k_len)
@@ -368,12 +370,8 @@ def _sawa_bwd_q_kernel(
     PREC: tl.constexpr, ACC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Pass 1, grid ``(cdiv(L, BLOCK_Q), B·H)``: dq; then P and DS per slot (blocks) or atomic dk/dv."""
-    bh = tl.program_id(1).to(tl.int64)
-    offs, in_l, row_ok, s, k_len, row = _rows(q_lens_ptr, k_lens_ptr, starts_ptr, bh, H, L, BLOCK_Q)
-    scale = tl.load(scale_ptr)
-    k_base = k_ptr + bh * T * D
-    v_base = v_ptr + bh * T * DV
-    q = _load_rows(q_ptr, row, row_ok, D, DP)  # [BQ, DP]
+    bh, in_l, row_ok, s, k_len, row, scale, k_base, v_base, q = _block(
+        q_ptr, k_ptr, v_ptr, q_lens_ptr, k_lens_ptr, starts_ptr, scale_ptr, T, L, H, D, DP, DV, BLOCK_Q)
     do = _load_rows(do_ptr, row, row_ok, DV, DVP)  # [BQ, DVP]
     base = row_ok & (_nrange(s, s + W, k_len) > 0)
     level = tl.where(base, tl.load(level_ptr + row, mask=in_l, other=0).to(tl.int32), 0)
