@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import io
 import json
 import logging
@@ -121,8 +122,16 @@ class Dist:
         torch.distributed.all_reduce(t)
         return t.tolist()
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
+        """Destroy the group this run created. After a run that ``finished`` on every rank: first a barrier
+        (every rank done with its collectives) and a garbage collection (the DDP reducers, which hold the
+        group, freed): a rank that tore gloo down while its peer was still in the last broadcast aborted at
+        exit ("terminate called without an active exception") in about 1 CI run in 4. After an error no
+        barrier: the other ranks may be waiting in another collective."""
         if self.owns_group and torch.distributed.is_initialized():
+            if finished and self.active:
+                torch.distributed.barrier()
+                gc.collect()
             torch.distributed.destroy_process_group()
 
 
@@ -591,6 +600,7 @@ def run_training(cfg: RunConfig, out_dir, *, resume: bool = False, overwrite: bo
     """
     out = Path(out_dir)
     dist = setup_distributed(cfg.train.device)
+    finished = False
     try:
         source = DataSource(cfg)
         all_folds = make_folds(source.entries, cfg.data, cfg.train.seed, cfg.model.task)
@@ -627,6 +637,7 @@ def run_training(cfg: RunConfig, out_dir, *, resume: bool = False, overwrite: bo
             r = train_fold(cfg, source, fold, fold_dir, fold_index=index, dist=dist, resume=resume,
                            stop_after=stop_after, progress=progress)
             if r is None:
+                finished = True
                 return None
             results.append(r)
 
@@ -639,9 +650,11 @@ def run_training(cfg: RunConfig, out_dir, *, resume: bool = False, overwrite: bo
             print(table, flush=True)
             if figures:
                 write_run_figures(out, cfg, summary)
-        return dist.broadcast(summary)
+        summary = dist.broadcast(summary)
+        finished = True
+        return summary
     finally:
-        dist.close()
+        dist.close(finished)
 
 
 def write_run_figures(out: Path, cfg: RunConfig, summary: dict) -> list[Path]:
