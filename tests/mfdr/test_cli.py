@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from mfdr.cli import main
@@ -28,12 +27,7 @@ TINY = {  # log-mel 20 bands + MiniLM (384-d), 12 tokens, 100 frames spread over
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/mfdr/conftest.py
 
 
 def write_config(path: Path, **sections) -> Path:

@@ -65,12 +65,7 @@ if marker:
 '''
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the subprocesses run with --threads 1: the same arithmetic
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/mfdr/conftest.py
 
 
 def write_cache(path: Path, n: int = 24) -> Path:

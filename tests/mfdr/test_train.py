@@ -24,13 +24,7 @@ MODEL = dict(audio_dim=6, text_dim=5, audio_len=40, text_len=12, d_model=16, hea
              dfc_hidden=8, dropout=0.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny ops are fastest on one thread (and not stalled by other processes on a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/mfdr/conftest.py
 
 
 def make_cache(path: Path, n: int = 32, speakers: int = 4, seed: int = 0, nan_at: int | None = None) -> Path:
