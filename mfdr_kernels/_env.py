@@ -9,6 +9,8 @@
 | ``TRITON_INTERPRET`` | ``1``: run Triton kernels on the CPU (tests); read, never set, here | ``0`` |
 | ``MFDR_KERNELS_OUTPUT_CACHE_MB`` | MiB of freed output buffers (of 256 KiB or more) the C++ kernels keep for reuse instead of page-faulting fresh memory on every call; ``0`` turns the cache off | ``256`` |
 | ``MFDR_KERNELS_CHECK_FINITE`` | ``1``: every op checks its float inputs for NaN/Inf and raises ValueError naming the argument (costs a pass over the inputs); by default NaN/Inf propagate to the outputs that read them, as in PyTorch | ``0`` |
+| ``MFDR_KERNELS_CHECK_VALUES`` | data-dependent value checks (lengths, window starts, forced levels): ``auto`` checks when the tensors are on the CPU (no cost) and skips them on accelerators (a check there is a device-to-host sync); ``1`` always; ``0`` never. Unchecked values never make a kernel read or write out of bounds (they are clamped) | ``auto`` |
+| ``MFDR_TRITON_AUTOTUNE`` | ``0``: every Triton kernel runs one spill-free config instead of autotuning (fast start on a lent GPU) | ``1`` |
 | ``MFDR_HYPOTHESIS_PROFILE`` | ``ci`` (bounded examples) or ``thorough`` for the property tests | ``ci`` |
 | ``MFDR_KERNELS_PORTABLE_BUILD`` | ``1``: compile the C++ kernels without ``-march=native`` (for a binary that moves between machines); read by ``setup.py`` too | ``0`` |
 | ``MFDR_SKIP_BUILD`` | ``1``: ``setup.py`` installs the Python packages only (the extension then builds on first use) | ``0`` |
@@ -87,6 +89,26 @@ def output_cache_bytes() -> int:
 
 def check_finite() -> bool:
     return _flag("MFDR_KERNELS_CHECK_FINITE")
+
+
+def check_values(device: "str | torch.device | None" = None) -> bool:
+    """``MFDR_KERNELS_CHECK_VALUES``: whether data-dependent value checks run for tensors on ``device``.
+
+    ``auto`` (default): only on the CPU, where reading a value costs no device-to-host sync.
+    """
+    value = os.environ.get("MFDR_KERNELS_CHECK_VALUES", "").strip().lower()
+    if value in ("", "auto"):
+        return device is None or str(device).split(":")[0] == "cpu"
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"MFDR_KERNELS_CHECK_VALUES must be auto, 1 or 0, got {value!r}")
+
+
+def triton_autotune() -> bool:
+    """``MFDR_TRITON_AUTOTUNE`` (default on): autotune the Triton kernels on CUDA; ``0``: one config each."""
+    return _flag("MFDR_TRITON_AUTOTUNE", default=True)
 
 
 def hypothesis_profile() -> str:
