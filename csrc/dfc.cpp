@@ -4,17 +4,21 @@
 //
 // K is shared by the batch (N, f, C) or private to each sample (B, N, f, C). Frames are read from x
 // in place: the unfolded (B, N, f, C) tensor is never built. Channels are innermost and contiguous
-// in every tensor, so each inner loop is a unit-stride `omp simd` loop over channels.
+// in every tensor, so every output row is a sum of elementwise products of whole rows, computed over
+// unit-stride vectors of channels in registers and stored once (vec.h: sum_products).
 //
-// Forward     grid: at::parallel_for over (block of frames, chunk of samples); an output row is f
-//             channel-axpys. Samples loop inside a task, so a shared kernel block is read from cache.
+// Forward     grid: at::parallel_for over (block of frames, chunk of samples); an output row is the
+//             bias plus f products. Samples loop inside a task, so a shared kernel block is read from cache.
 // Backward dx grid: over (block of LB rows of x, chunk of samples). Row l gets a term from every frame n whose
-//             rows [n*hop, n*hop + f) hold it (several when hop < f; none in the gaps when hop > f).
-//             The block owns its rows and scatters the frames that touch them into them: no atomics,
-//             no races, deterministic.
-// Backward dK grid: over (n, block of CB channels), the batch looped inside, so one thread owns
+//             rows [n*hop, n*hop + f) hold it (several when hop < f; none in the gaps when hop > f),
+//             gathered: each row is written once by the task that owns it: no atomics, no races,
+//             deterministic.
+// Backward dK grid: over (n, block of CB channels), the batch summed inside, so one thread owns
 //             dK[n, :, block] and dbias[n, block]: the shared kernel's sum over b is race-free.
 //             dbias is returned as (N, C), summed over the batch; the caller reduces it to (C,).
+//
+// Dtypes: float and double accumulate in their own type; bf16 loads and stores bf16 and sums in fp32
+// (each output element rounded once, the batch sums of dK and dbias included).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -23,9 +27,9 @@
 #include <torch/library.h>
 
 #include "output_cache.h"
+#include "vec.h"
 
 #include <algorithm>
-#include <cstring>
 
 namespace mfdr {
 namespace {
@@ -42,12 +46,6 @@ struct Dims {
 };
 
 template <typename T>
-inline void axpy(const T* a, const T* b, T* y, int64_t n) {  // y += a * b (elementwise)
-#pragma omp simd
-  for (int64_t c = 0; c < n; ++c) y[c] += a[c] * b[c];
-}
-
-template <typename T>
 void forward_kernel(const T* x, const T* k, const T* bias, int64_t bias_dim, T* y, const Dims& d) {
   // task = (block of kFrameBlock frames, chunk of kBatchChunk samples): the samples of a chunk reuse
   // the block's kernel rows from cache instead of streaming the whole kernel once per sample.
@@ -62,12 +60,8 @@ void forward_kernel(const T* x, const T* k, const T* bias, int64_t bias_dim, T* 
         for (int64_t n = n0; n < n1; ++n) {
           const T* kn = k + ((d.per_sample ? b * d.N : 0) + n) * d.f * d.C;  // (f, C)
           const T* xn = x + (b * d.L + n * d.hop) * d.C;                     // frame n: rows n*hop ...
-          T* yr = y + (b * d.N + n) * d.C;
-          if (bias_dim == 0)
-            std::fill(yr, yr + d.C, T(0));
-          else
-            std::memcpy(yr, bias + (bias_dim == 2 ? n * d.C : 0), sizeof(T) * d.C);
-          for (int64_t j = 0; j < d.f; ++j) axpy<T>(kn + j * d.C, xn + j * d.C, yr, d.C);
+          const T* bn = bias_dim == 0 ? nullptr : bias + (bias_dim == 2 ? n * d.C : 0);
+          sum_products<T>(kn, d.C, xn, d.C, d.f, bn, y + (b * d.N + n) * d.C, d.C);
         }
       }
     }
@@ -84,17 +78,21 @@ void backward_dx_kernel(const T* gy, const T* k, T* dx, const Dims& d) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t l0 = (r / nbc) * kRowBlock, l1 = std::min(l0 + kRowBlock, d.L);
       const int64_t b0 = (r % nbc) * kBatchChunk, b1 = std::min(b0 + kBatchChunk, d.B);
-      // frames n with [n*hop, n*hop + f) meeting [l0, l1): n*hop > l0 - f and n*hop < l1
-      const int64_t lo = l0 - d.f + 1;
-      const int64_t n0 = lo <= 0 ? 0 : (lo + d.hop - 1) / d.hop;
-      const int64_t n1 = std::min(d.N, (l1 - 1) / d.hop + 1);
       for (int64_t b = b0; b < b1; ++b) {
-        std::fill(dx + (b * d.L + l0) * d.C, dx + (b * d.L + l1) * d.C, T(0));
-        for (int64_t n = n0; n < n1; ++n) {
-          const T* g = gy + (b * d.N + n) * d.C;
-          const T* kn = k + ((d.per_sample ? b * d.N : 0) + n) * d.f * d.C;
-          const int64_t j0 = std::max<int64_t>(0, l0 - n * d.hop), j1 = std::min(d.f, l1 - n * d.hop);
-          for (int64_t j = j0; j < j1; ++j) axpy<T>(g, kn + j * d.C, dx + (b * d.L + n * d.hop + j) * d.C, d.C);
+        const T* kb = k + (d.per_sample ? b * d.N : 0) * d.f * d.C;
+        for (int64_t l = l0; l < l1; ++l) {
+          // frames n with n*hop <= l < n*hop + f: n in [n0, n1); row j = l - n*hop of frame n's kernel
+          const int64_t lo = l - d.f + 1;
+          const int64_t n0 = lo <= 0 ? 0 : (lo + d.hop - 1) / d.hop;
+          const int64_t n1 = std::min(d.N, l / d.hop + 1);
+          T* dxl = dx + (b * d.L + l) * d.C;
+          if (n1 <= n0) {  // a row between frames (hop > f) or past the last one
+            std::fill(dxl, dxl + d.C, T(0));
+            continue;
+          }
+          // terms gy[b, n] * K[n, l - n*hop]: rows C apart in gy, (f - hop) * C apart in K
+          sum_products<T>(gy + (b * d.N + n0) * d.C, d.C, kb + (n0 * d.f + l - n0 * d.hop) * d.C, (d.f - d.hop) * d.C,
+                          n1 - n0, nullptr, dxl, d.C);
         }
       }
     }
@@ -109,26 +107,16 @@ void backward_dk_kernel(const T* gy, const T* x, T* dk, T* dbias, const Dims& d)
   at::parallel_for(0, d.N * ncb, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / ncb, c0 = (r % ncb) * kChannelBlock, cw = std::min(kChannelBlock, d.C - c0);
-      T* db = dbias + n * d.C + c0;
-      std::fill(db, db + cw, T(0));
-      T* dks = dk + n * d.f * d.C + c0;  // shared: dK[n, :, c0:c0+cw], summed over b
-      if (!d.per_sample)
-        for (int64_t j = 0; j < d.f; ++j) std::fill(dks + j * d.C, dks + j * d.C + cw, T(0));
-      for (int64_t b = 0; b < d.B; ++b) {
-        const T* g = gy + (b * d.N + n) * d.C + c0;
-        const T* xn = x + (b * d.L + n * d.hop) * d.C + c0;
-#pragma omp simd
-        for (int64_t c = 0; c < cw; ++c) db[c] += g[c];
+      const T* g = gy + n * d.C + c0;                   // gy[b, n, block]: rows N*C apart over b
+      const T* xn = x + n * d.hop * d.C + c0;           // x[b, n*hop + j, block]: rows L*C apart over b
+      sum_rows<T>(g, d.N * d.C, d.B, dbias + n * d.C + c0, cw);  // dbias[n, block] = sum_b gy[b, n, block]
+      for (int64_t j = 0; j < d.f; ++j) {
         if (d.per_sample) {
-          T* dkb = dk + (b * d.N + n) * d.f * d.C + c0;
-          for (int64_t j = 0; j < d.f; ++j) {
-            const T* xj = xn + j * d.C;
-            T* o = dkb + j * d.C;
-#pragma omp simd
-            for (int64_t c = 0; c < cw; ++c) o[c] = g[c] * xj[c];
-          }
-        } else {
-          for (int64_t j = 0; j < d.f; ++j) axpy<T>(g, xn + j * d.C, dks + j * d.C, cw);
+          for (int64_t b = 0; b < d.B; ++b)
+            sum_products<T>(g + b * d.N * d.C, 0, xn + b * d.L * d.C + j * d.C, 0, 1, nullptr,
+                            dk + ((b * d.N + n) * d.f + j) * d.C + c0, cw);
+        } else {  // dK[n, j, block] = sum_b gy[b, n, block] * x[b, n*hop + j, block]
+          sum_products<T>(g, d.N * d.C, xn + j * d.C, d.L * d.C, d.B, nullptr, dk + (n * d.f + j) * d.C + c0, cw);
         }
       }
     }
@@ -165,7 +153,7 @@ at::Tensor dfc_forward(const at::Tensor& x, const at::Tensor& kernel, const std:
                 "mfdr_C::dfc_forward: bias must have shape (C,) or (N, C), got ", bias_t.sizes());
   }
   auto y = cached_empty({d.B, d.N, d.C}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mfdr_dfc_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "mfdr_dfc_forward", [&] {
     forward_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), kernel.const_data_ptr<scalar_t>(),
                              bias_dim ? bias_t.const_data_ptr<scalar_t>() : nullptr, bias_dim,
                              y.mutable_data_ptr<scalar_t>(), d);
@@ -181,7 +169,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dfc_backward(const at::Tensor& gr
               "mfdr_C::dfc_backward: grad_y must be a contiguous (B, N, C) tensor of the dtype of x");
   auto dx = cached_empty(x.sizes(), x.options()), dk = cached_empty(kernel.sizes(), kernel.options());
   auto dbias = cached_empty({d.N, d.C}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mfdr_dfc_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "mfdr_dfc_backward", [&] {
     const scalar_t *gp = grad_y.const_data_ptr<scalar_t>(), *xp = x.const_data_ptr<scalar_t>(),
                    *kp = kernel.const_data_ptr<scalar_t>();
     backward_dx_kernel<scalar_t>(gp, kp, dx.mutable_data_ptr<scalar_t>(), d);

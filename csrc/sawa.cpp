@@ -12,8 +12,13 @@
 //          whose span holds frame j. Window starts are non-decreasing over the valid queries (the
 //          op validates it), so those queries form a contiguous range found by binary search: no
 //          atomics, no races, deterministic.
+//
+// Dtypes: float and double accumulate in their own type; bf16 loads and stores bf16 and computes in
+// fp32 (vec.h): scores, softmax statistics, weights, P/DS and the sums of dq, dk, dv, each output
+// rounded once. Decisions (levels) are taken on the fp32 scores.
+// Data-dependent values are clamped (k_len into [0, T], q_len into [0, L], forced levels into
+// [0, 2]), so values the op did not check never make a kernel read or write out of bounds.
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -22,91 +27,16 @@
 #include <torch/library.h>
 
 #include "output_cache.h"
+#include "vec.h"
 
 #include <algorithm>
 #include <cstdint>
 #include <cmath>
 #include <limits>
-#include <type_traits>
 #include <vector>
 
 namespace mfdr {
 namespace {
-
-// 256-bit vectors through the compiler's vector extensions (GCC/Clang): AVX where the build has it
-// (-march=native, see mfdr_kernels/_env.py), pairs of SSE registers otherwise. Explicit vectors keep
-// the accumulators in registers, which plain loops over a local array did not (3.5x slower sums).
-template <typename T>
-struct Vec;
-template <>
-struct Vec<float> {
-  typedef float type __attribute__((vector_size(32)));
-  static constexpr int64_t W = 8;
-};
-template <>
-struct Vec<double> {
-  typedef double type __attribute__((vector_size(32)));
-  static constexpr int64_t W = 4;
-};
-template <typename T>
-inline typename Vec<T>::type vload(const T* p) {
-  typename Vec<T>::type v;
-  __builtin_memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <typename T>
-inline void vstore(T* p, typename Vec<T>::type v) {
-  __builtin_memcpy(p, &v, sizeof(v));
-}
-// <a, b> over n elements, four vector accumulators.
-template <typename T, typename A>
-inline A dot(const T* a, const T* b, int64_t n) {
-  static_assert(std::is_same<T, A>::value, "float and double kernels accumulate in their own type");
-  using V = typename Vec<T>::type;
-  constexpr int64_t W = Vec<T>::W;
-  V s0 = {}, s1 = {}, s2 = {}, s3 = {};
-  int64_t t = 0;
-  for (; t + 4 * W <= n; t += 4 * W) {
-    s0 += vload(a + t) * vload(b + t);
-    s1 += vload(a + t + W) * vload(b + t + W);
-    s2 += vload(a + t + 2 * W) * vload(b + t + 2 * W);
-    s3 += vload(a + t + 3 * W) * vload(b + t + 3 * W);
-  }
-  const V s = (s0 + s1) + (s2 + s3);
-  A acc = 0;
-  for (int64_t u = 0; u < W; ++u) acc += s[u];
-  for (; t < n; ++t) acc += a[t] * b[t];
-  return acc;
-}
-
-// y = sum_m alpha[m] * x_m over rows x_m given by pointers; each chunk of 4 vectors of y is summed in
-// registers (one load and one FMA per term; no read-modify-write of y per term).
-template <typename T, typename A>
-inline void combine(const A* alpha, const T* const* x, int64_t m, T* y, int64_t n) {
-  using V = typename Vec<T>::type;
-  constexpr int64_t W = Vec<T>::W;
-  int64_t t = 0;
-  for (; t + 4 * W <= n; t += 4 * W) {
-    V a0 = {}, a1 = {}, a2 = {}, a3 = {};
-    for (int64_t r = 0; r < m; ++r) {
-      const T* xr = x[r] + t;
-      const T c = alpha[r];
-      a0 += c * vload(xr);
-      a1 += c * vload(xr + W);
-      a2 += c * vload(xr + 2 * W);
-      a3 += c * vload(xr + 3 * W);
-    }
-    vstore(y + t, a0);
-    vstore(y + t + W, a1);
-    vstore(y + t + 2 * W, a2);
-    vstore(y + t + 3 * W, a3);
-  }
-  for (; t < n; ++t) {
-    A acc = 0;
-    for (int64_t r = 0; r < m; ++r) acc += alpha[r] * x[r][t];
-    y[t] = acc;
-  }
-}
 
 // Ring of an offset o = j - s from the window start: 0 for S0, 1 for S1, 2 for S2.
 inline int ring_of(int64_t o, int64_t w) {
@@ -147,7 +77,7 @@ inline void add_range(Row<A>& row, int r, int64_t lo, int64_t hi, int64_t k_len,
   for (int64_t j = lo; j < hi; ++j) {
     row.frame.push_back(j);
     row.ring.push_back(r);
-    row.x.push_back(scale * dot<T, A>(q, K + j * d, d));
+    row.x.push_back(scale * dot<T>(q, K + j * d, d));
     row.w.push_back(0);
     row.count[r]++;
   }
@@ -237,7 +167,7 @@ template <typename T>
 void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& q_lens,
                     const at::Tensor& k_lens, const at::Tensor& starts, const at::Tensor& force, int64_t w,
                     int64_t levels, bool joint, double scale, at::Tensor& out, at::Tensor& lvl) {
-  using A = at::opmath_type<T>;
+  using A = acc_t<T>;  // float for float and bf16, double for double
   const int64_t B = q.size(0), H = q.size(1), L = q.size(2), d = q.size(3), Tk = k.size(2), dv = v.size(3);
   const T *qp = q.data_ptr<T>(), *kp = k.data_ptr<T>(), *vp = v.data_ptr<T>();
   const int64_t *ql = q_lens.data_ptr<int64_t>(), *kl = k_lens.data_ptr<int64_t>(), *sp = starts.data_ptr<int64_t>();
@@ -253,13 +183,14 @@ void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
       lp[r] = 0;
       std::fill(o, o + dv, T(0));
       if (i >= ql[b]) continue;
-      const int lev = build_row<T, A>(row, qp + r * d, kp + bh * Tk * d, d, sp[b * L + i], kl[b], w, (int)levels,
-                                      joint, static_cast<A>(scale), fp ? (int)fp[r] : -1);
+      const int lev = build_row<T, A>(row, qp + r * d, kp + bh * Tk * d, d, sp[b * L + i],
+                                      std::clamp<int64_t>(kl[b], 0, Tk), w, (int)levels, joint, static_cast<A>(scale),
+                                      fp ? std::clamp<int>(fp[r], 0, 2) : -1);
       if (lev < 0) continue;
       lp[r] = (int8_t)lev;
       const size_t n = row.frame.size();  // build_row leaves only the active frames
       for (size_t t = 0; t < n; ++t) rows[t] = vp + (bh * Tk + row.frame[t]) * dv;
-      combine<T, A>(row.w.data(), rows.data(), (int64_t)n, o, dv);
+      combine<T>(row.w.data(), rows.data(), (int64_t)n, o, dv);
     }
   });
 }
@@ -269,7 +200,7 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
                      const at::Tensor& q_lens, const at::Tensor& k_lens, const at::Tensor& starts,
                      const at::Tensor& level, int64_t w, bool joint, double scale, at::Tensor& dq, at::Tensor& dk,
                      at::Tensor& dv_t) {
-  using A = at::opmath_type<T>;
+  using A = acc_t<T>;  // float for float and bf16, double for double
   const int64_t B = q.size(0), H = q.size(1), L = q.size(2), d = q.size(3), Tk = k.size(2), dv = v.size(3);
   const int64_t S = 3 * w;  // slots per row: offsets [-w, 2w)
   const T *qp = q.data_ptr<T>(), *kp = k.data_ptr<T>(), *vp = v.data_ptr<T>(), *gp = go.data_ptr<T>();
@@ -298,14 +229,14 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
       std::fill(Pr, Pr + S, A(0));
       std::fill(Dr, Dr + S, A(0));
       const int64_t s = sp[b * L + i];
-      const int lev = build_row<T, A>(row, qp + r * d, kp + bh * Tk * d, d, s, kl[b], w, 2, joint,
-                                      static_cast<A>(scale), (int)lvp[r]);
+      const int lev = build_row<T, A>(row, qp + r * d, kp + bh * Tk * d, d, s, std::clamp<int64_t>(kl[b], 0, Tk), w,
+                                      2, joint, static_cast<A>(scale), std::clamp<int>(lvp[r], 0, 2));
       if (lev < 0) continue;
       const T* g = gp + r * dv;
       const size_t n = row.frame.size();
       A gsum[3] = {0, 0, 0};
       for (size_t t = 0; t < n; ++t) {
-        dot_v[t] = dot<T, A>(g, vp + (bh * Tk + row.frame[t]) * dv, dv);
+        dot_v[t] = dot<T>(g, vp + (bh * Tk + row.frame[t]) * dv, dv);
         gsum[joint ? 0 : row.ring[t]] += row.w[t] * dot_v[t];
       }
       for (size_t t = 0; t < n; ++t) {
@@ -315,7 +246,7 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
         Pr[slot] = row.w[t];
         Dr[slot] = ds[t];
       }
-      combine<T, A>(ds.data(), rows.data(), (int64_t)n, dqr, d);
+      combine<T>(ds.data(), rows.data(), (int64_t)n, dqr, d);
     }
   });
 
@@ -328,7 +259,7 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
     std::vector<const T*> rk, rv;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t bh = r / nkb, b = bh / H, j0 = (r % nkb) * KB, j1 = std::min(j0 + KB, Tk);
-      const int64_t n_q = std::min<int64_t>(ql[b], L);
+      const int64_t n_q = std::clamp<int64_t>(ql[b], 0, L);
       const int64_t* st = sp + b * L;
       const int64_t i0 = std::upper_bound(st, st + n_q, j0 - 2 * w) - st;
       const int64_t i1 = std::upper_bound(st, st + n_q, j1 - 1 + w) - st;
@@ -341,8 +272,8 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
           if (dsv != A(0)) ck.push_back(dsv), rk.push_back(qp + row_id * d);
           if (pv != A(0)) cv.push_back(pv), rv.push_back(gp + row_id * dv);
         }
-        combine<T, A>(ck.data(), rk.data(), (int64_t)ck.size(), dkp + (bh * Tk + j) * d, d);
-        combine<T, A>(cv.data(), rv.data(), (int64_t)cv.size(), dvp + (bh * Tk + j) * dv, dv);
+        combine<T>(ck.data(), rk.data(), (int64_t)ck.size(), dkp + (bh * Tk + j) * d, d);
+        combine<T>(cv.data(), rv.data(), (int64_t)cv.size(), dvp + (bh * Tk + j) * dv, dv);
       }
     }
   });
@@ -370,7 +301,7 @@ std::tuple<at::Tensor, at::Tensor> sawa_forward(const at::Tensor& q, const at::T
   auto out = cached_empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
   auto lvl = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kChar));
   at::Tensor force = force_level.has_value() ? force_level->contiguous() : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "mfdr_sawa_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "mfdr_sawa_forward", [&] {
     forward_kernel<scalar_t>(q, k, v, q_lens, k_lens, starts, force, window, levels, joint, scale, out, lvl);
   });
   return {out, lvl};
@@ -387,7 +318,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sawa_backward(const at::Tensor& g
   auto dq = cached_empty(q.sizes(), q.options()), dk = cached_empty(k.sizes(), k.options()),
        dv = cached_empty(v.sizes(), v.options());
   const at::Tensor lvl = level.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "mfdr_sawa_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "mfdr_sawa_backward", [&] {
     backward_kernel<scalar_t>(grad_out, q, k, v, q_lens, k_lens, starts, lvl, window, joint, scale, dq, dk, dv);
   });
   return {dq, dk, dv};
