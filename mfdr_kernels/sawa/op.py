@@ -22,7 +22,7 @@ NORMALIZE = ("segment", "joint")
 
 
 CHECKS = _backends.checks(
-    cpp=(torch.float32, torch.float64),
+    cpp=(torch.float32, torch.float64, torch.bfloat16),
     triton_cuda=(torch.float16, torch.bfloat16, torch.float32),
     triton_cpu=(torch.float32, torch.float64),
 )
