@@ -213,16 +213,38 @@ class MGRU(GCPU):
         return H if valid is None else H.masked_fill(~valid[..., None], 0.0)
 
 
+class _GRUWeights(nn.Module):
+    """The parameters of a one-layer ``nn.GRU(dim, dim)``, with its names and initialization, in a plain
+    module: ``torch.compile(fullgraph=True)`` refuses ``nn.GRU`` modules but traces ``torch.gru``."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.hidden_size = dim
+        bound = dim**-0.5
+        for name, shape in (("weight_ih_l0", (3 * dim, dim)), ("weight_hh_l0", (3 * dim, dim)),
+                            ("bias_ih_l0", (3 * dim,)), ("bias_hh_l0", (3 * dim,))):
+            self.register_parameter(name, nn.Parameter(torch.empty(shape).uniform_(-bound, bound)))
+
+    def extra_repr(self) -> str:
+        return f"{self.hidden_size}, {self.hidden_size}, batch_first=True"
+
+    def forward(self, z: torch.Tensor, hx: torch.Tensor) -> torch.Tensor:  # (B, L, D), (1, B, D) -> (B, L, D)
+        weights = [self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0]
+        H, _ = torch.gru(z, hx, weights, True, 1, 0.0, self.training, False, True)
+        return H
+
+
 class GRUContext(nn.Module):
     """A GRU over z alone (Table 3 "GRU"): ``forward(z, lengths=None) -> H (B, L, dim)``, padded steps zero.
 
-    Unidirectional, so a valid step never sees the padding after it.
+    Unidirectional, so a valid step never sees the padding after it. ``gru`` holds the weights of a
+    one-layer ``nn.GRU(dim, dim)`` under its parameter names and runs the same op (``torch.gru``).
     """
 
     def __init__(self, dim: int = 256):
         super().__init__()
         self.dim = _checks.positive_int("dim", dim)
-        self.gru = nn.GRU(dim, dim, batch_first=True)
+        self.gru = _GRUWeights(self.dim)
 
     def forward(self, z: torch.Tensor, lengths: torch.Tensor | None = None,
                 h0: torch.Tensor | None = None) -> torch.Tensor:
@@ -232,6 +254,6 @@ class GRUContext(nn.Module):
             if h0.shape != (z.shape[0], self.dim):
                 raise ValueError(f"h0 must have shape ({z.shape[0]}, {self.dim}), got {tuple(h0.shape)}")
             _checks.like("h0", h0, z, "z")
-        H, _ = self.gru(z, None if h0 is None else h0[None])
+        H = self.gru(z, z.new_zeros(1, z.shape[0], self.dim) if h0 is None else h0[None].to(z.dtype))
         valid = _valid_steps(lengths, z.shape[0], z.shape[1], z.device)
         return H if valid is None else H.masked_fill(~valid[..., None], 0.0)

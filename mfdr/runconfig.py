@@ -27,6 +27,7 @@ EMOTIONS = ("neutral", "happy", "angry", "sad")  # mfdr.data.EMOTIONS, without i
 PROTOCOLS = ("session", "speaker", "kfold", "split")
 DATASETS = ("iemocap", "manifest", "mmsa")
 ZERO = ("audio", "text")
+COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CLASSIFICATION_METRICS = ("wa", "ua", "macro_f1", "weighted_f1")
 REGRESSION_METRICS = ("acc7", "acc5", "has0_acc2", "has0_f1", "non0_acc2", "non0_f1", "mae", "corr")
 
@@ -112,6 +113,10 @@ class TrainConfig(_Section):
             of the same network), in training and evaluation.
         eval_batch_size: None: ``batch_size``.
         num_workers: DataLoader worker processes. device: None: CUDA when available, else CPU.
+        log_every: steps between the host syncs that read the running loss (the progress bar) and
+            check it is finite; the training step itself never syncs.
+        compile: train through ``torch.compile(model, fullgraph=True)``; ``compile_mode`` is its mode
+            (``auto``: ``reduce-overhead``, i.e. CUDA graphs, on CUDA, else ``default``).
     """
 
     SECTION: typing.ClassVar[str] = "train"
@@ -129,6 +134,9 @@ class TrainConfig(_Section):
     eval_batch_size: int | None = None
     num_workers: int = 0
     device: str | None = None
+    log_every: int = 50
+    compile: bool = False
+    compile_mode: str = "auto"
 
     def __post_init__(self):
         self._check_types()
@@ -142,6 +150,15 @@ class TrainConfig(_Section):
             self._choice("zero", ZERO)
         if self.num_workers < 0:
             raise ValueError(f"train.num_workers must be >= 0, got {self.num_workers}")
+        if self.log_every < 1:
+            raise ValueError(f"train.log_every must be >= 1, got {self.log_every}")
+        self._choice("compile_mode", COMPILE_MODES)
+
+    def compile_mode_for(self, device) -> str:
+        """The ``torch.compile`` mode on ``device`` (``auto``: CUDA graphs on CUDA, else the default)."""
+        if self.compile_mode != "auto":
+            return self.compile_mode
+        return "reduce-overhead" if str(device).split(":")[0] == "cuda" else "default"
 
     def milestones(self) -> list[int]:
         """Epochs (0-based) from which the lr is multiplied once more by ``lr_decay``."""

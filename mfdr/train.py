@@ -47,6 +47,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mfdr_kernels import _checks
+
 from . import metrics as M
 from .checkpoint import (
     CheckpointError,
@@ -200,14 +202,30 @@ def _loss(task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _inputs(batch: dict, device: torch.device, zero: str | None):
-    """The model's inputs from a collated batch; ``zero`` blanks one modality (keeping its lengths)."""
-    audio, text = batch["audio"].to(device), batch["text"].to(device)
+    """The model's inputs from a collated batch; ``zero`` blanks one modality (keeping its lengths).
+
+    The lengths are checked here, on the CPU where the collated batch lives, before the copy to the
+    device: the model and the kernels then skip their value checks on an accelerator (no host sync)."""
+    audio, text = batch["audio"], batch["text"]
+    _checks.in_range("audio_lengths", batch["audio_lengths"].cpu(), 1, audio.shape[1])
+    _checks.in_range("text_lengths", batch["text_lengths"].cpu(), 1, text.shape[1])
+    move = lambda t: t.to(device, non_blocking=True)
+    audio, text = move(audio), move(text)
     if zero == "audio":
         audio = torch.zeros_like(audio)
     elif zero == "text":
         text = torch.zeros_like(text)
-    return (audio, text, batch["audio_lengths"].to(device), batch["text_lengths"].to(device),
-            batch["label"].to(device))
+    return audio, text, move(batch["audio_lengths"]), move(batch["text_lengths"]), move(batch["label"])
+
+
+def _sync_stats(dist: Dist, stats: torch.Tensor, first_bad: torch.Tensor) -> tuple[float, float, int]:
+    """The one host sync of a logging interval: (Σ loss·n, n) summed over the processes, and the first
+    step (on any process) whose loss was not finite, or -1."""
+    loss_sum, count, bad = stats.tolist() + [int(first_bad)]
+    loss_sum, count, worst = dist.all_sum([loss_sum, count, float(bad >= 0)])
+    if worst:  # every process takes this branch (all_sum): report the first bad step of any of them
+        bad = min(b for b in dist.gather(bad) if b >= 0)
+    return loss_sum, count, bad
 
 
 def _autocast(device: torch.device, amp: bool):
@@ -426,6 +444,8 @@ def train_fold(cfg: RunConfig, source: DataSource, fold: Fold, fold_dir: Path, *
     if dist.active:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+    if tc.compile:
+        net = torch.compile(net, fullgraph=True, mode=tc.compile_mode_for(dist.device))
     # The same sampler alone or under DDP: epoch e's order is a permutation seeded by seed + e, so a
     # resumed run, and a run on 2 processes, see the same global batches as one uninterrupted process.
     sampler = DistributedSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=seed)
@@ -442,17 +462,17 @@ def train_fold(cfg: RunConfig, source: DataSource, fold: Fold, fold_dir: Path, *
         loss_sum, count = 0.0, 0
         bar = tqdm(loader, disable=not (progress and dist.main), leave=False, unit="batch",
                    desc=f"{fold.name} epoch {epoch + 1}/{tc.epochs}")
+        # The loss stays on the device: one host sync per train.log_every steps (and at the end of
+        # the epoch) reads the running sum and the first step whose loss was not finite.
+        stats = torch.zeros(2, dtype=torch.float64, device=dist.device)  # Σ loss·n, n
+        first_bad = torch.full((), -1, dtype=torch.int64, device=dist.device)  # first non-finite step
         for step, batch in enumerate(bar):
             audio, text, audio_lengths, text_lengths, y = _inputs(batch, dist.device, tc.zero)
             with _autocast(dist.device, tc.amp):
                 out = net(audio, text, audio_lengths, text_lengths)
             loss = _loss(task, out, y)
-            if dist.all_sum([float(torch.isfinite(loss.detach()).item())])[0] < dist.world:
-                kept = (f"the last good checkpoint {ckpt_path} (after epoch {epoch}) is kept" if epoch > 0
-                        else "no checkpoint had been written yet")
-                raise TrainingError(f"{fold.name}, epoch {epoch + 1}, step {step + 1}: the loss is not "
-                                    f"finite ({loss.item()}). Training stopped; {kept}. Lower train.lr, set "
-                                    "train.grad_clip, or check the features for NaN/Inf.")
+            bad = ~torch.isfinite(loss.detach())
+            first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if tc.grad_clip is not None:
@@ -460,9 +480,16 @@ def train_fold(cfg: RunConfig, source: DataSource, fold: Fold, fold_dir: Path, *
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             scaler.step(opt)
             scaler.update()
-            loss_sum, count = loss_sum + loss.item() * len(y), count + len(y)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        loss_sum, count = dist.all_sum([loss_sum, float(count)])
+            stats += torch.stack([loss.detach().double() * len(y), stats.new_tensor(len(y))])
+            if (step + 1) % tc.log_every == 0 or step + 1 == len(loader):
+                loss_sum, count, bad_step = _sync_stats(dist, stats, first_bad)
+                if bad_step >= 0:
+                    kept = (f"the last good checkpoint {ckpt_path} (after epoch {epoch}) is kept" if epoch > 0
+                            else "no checkpoint had been written yet")
+                    raise TrainingError(f"{fold.name}, epoch {epoch + 1}, step {bad_step + 1}: the loss is not "
+                                        f"finite. Training stopped; {kept}. Lower train.lr, set "
+                                        "train.grad_clip, or check the features for NaN/Inf.")
+                bar.set_postfix(loss=f"{loss_sum / max(count, 1):.4f}")
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(count, 1)}
 
         # Validation; the best epoch's weights are kept in memory, in the checkpoint and in best/.

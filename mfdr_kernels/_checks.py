@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import torch
 
+from . import _env
+
 
 def tensor(name: str, x, ndim: int | Sequence[int], *, floating: bool = True) -> torch.Tensor:
     """``x`` must be a tensor of rank ``ndim`` (one of them) and, when ``floating``, of a floating dtype."""
@@ -72,9 +74,23 @@ def int_tensor(name: str, x, shape: tuple[int, ...], device) -> torch.Tensor:
     return x.to(device=device, dtype=torch.int64).contiguous()
 
 
+def values_checked(x: torch.Tensor) -> bool:
+    """Whether data-dependent value checks run for ``x``: ``MFDR_KERNELS_CHECK_VALUES`` (``auto``: on
+    CPU tensors only, where reading a value costs no device-to-host sync), and never while a tracer
+    (``torch.compile``, export, fake tensors) runs, since a traced check would be a graph break."""
+    if torch.compiler.is_compiling() or not _plain(x):
+        return False
+    return _env.check_values(x.device)
+
+
+def _plain(x) -> bool:
+    return type(x) in (torch.Tensor, torch.nn.Parameter)
+
+
 def in_range(name: str, x: torch.Tensor, lo: int, hi: int) -> None:
-    """Values of ``x`` in [lo, hi] (a data-dependent check: call it outside traced code)."""
-    if x.numel() == 0:
+    """Values of ``x`` in [lo, hi] when :func:`values_checked` (``MFDR_KERNELS_CHECK_VALUES``); no
+    device-to-host sync otherwise. Callers clamp the values they pass to a kernel regardless."""
+    if x.numel() == 0 or not values_checked(x):
         return
     mn, mx = int(x.min()), int(x.max())
     if mn < lo or mx > hi:
@@ -83,9 +99,7 @@ def in_range(name: str, x: torch.Tensor, lo: int, hi: int) -> None:
 
 def finite_if_asked(**tensors: torch.Tensor) -> None:
     """With ``MFDR_KERNELS_CHECK_FINITE=1``: NaN/Inf in any of ``tensors`` raises, naming it."""
-    from . import _env
-
-    if not _env.check_finite():
+    if torch.compiler.is_compiling() or not _env.check_finite():  # a traced check would be a graph break
         return
     for name, t in tensors.items():
         if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
@@ -106,6 +120,30 @@ def lengths(name: str, x, batch: int, lo: int, hi: int, device) -> torch.Tensor:
     x = int_tensor(name, x, (batch,), device)
     in_range(name, x, lo, hi)
     return x
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The lower-precision dtype of an active ``torch.autocast`` on ``device``'s type, else None.
+
+    The ops follow autocast's policy for matmul-like ops: under autocast their floating inputs are cast
+    to this dtype (``torch.get_autocast_dtype``) and the kernels accumulate in fp32."""
+    if not _autocast(device.type):
+        return None
+    return torch.get_autocast_dtype(device.type)
+
+
+def autocast_inputs(*tensors):
+    """``tensors`` (None passes through) cast to the autocast dtype when ``torch.autocast`` is active on
+    their device: autocast's policy for matmul-like ops, applied by each op's public function before its
+    checks, so the custom op always receives one dtype. fp64 and non-floating tensors are left alone,
+    as autocast does."""
+    first = next((t for t in tensors if isinstance(t, torch.Tensor)), None)
+    dtype = None if first is None else autocast_dtype(first.device)
+    if dtype is None:
+        return tensors
+    cast = (torch.float16, torch.bfloat16, torch.float32)
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in cast and t.dtype != dtype else t
+                 for t in tensors)
 
 
 def _autocast(device_type: str) -> bool:

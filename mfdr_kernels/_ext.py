@@ -79,6 +79,17 @@ def load() -> bool:
     return _state["loaded"]
 
 
+def _constant_under_compile(fn):
+    """``torch.compile`` calls ``fn`` while tracing and keeps its result as a constant (the extension's
+    state is fixed for the process), instead of tracing into its lock and file system calls."""
+    try:
+        from torch._dynamo import assume_constant_result
+    except ImportError:  # pragma: no cover - a torch without dynamo
+        return fn
+    return assume_constant_result(fn)
+
+
+@_constant_under_compile
 def status() -> tuple[bool, str]:
     """(available, reason) for the C++ extension."""
     if load():

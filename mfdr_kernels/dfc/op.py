@@ -5,7 +5,8 @@ Ladder (after Liger): kernels (``csrc/dfc.cpp``, ``triton_impl``) -> launchers (
 and registered autograd -> :func:`dynamic_frame_conv` -> ``mfdr.dfc.DynamicFrameConv``.
 
 Every check is on shapes, dtypes and devices, so all of them happen once, in Python, before the op
-(they trace under ``torch.compile``); the backends receive contiguous, consistent tensors.
+(they trace under ``torch.compile``); the backends receive contiguous, consistent tensors. Under
+``torch.autocast`` the floating inputs are first cast to the autocast dtype (matmul-like policy).
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ def dynamic_frame_conv(
     Returns:
         ``y (B, N, C)``. Gradients flow to ``x``, ``kernel`` and ``bias``.
     """
+    x, kernel, bias = _checks.autocast_inputs(x, kernel, bias)
     frame, hop = _check(x, kernel, bias, frame, hop)
     name = _backends.choose("dynamic_frame_conv", backend, CHECKS, (x, kernel))
     if name == "reference":

@@ -5,8 +5,11 @@ Ladder (after Liger): kernels (``csrc/sawa.cpp``, ``triton_impl``) -> launchers 
 and registered autograd -> :func:`sliding_adaptive_window_attention` -> ``mfdr.model.SAWALayer``.
 
 Shape, dtype and device checks happen once, in Python, before the op (they trace under
-``torch.compile``). Value checks (lengths, window starts) need the data, so they run inside the
-custom op's body, which ``torch.compile`` treats as opaque: no input reaches a kernel unchecked.
+``torch.compile``). Value checks (lengths, window starts, forced levels) read the data, so they follow
+``MFDR_KERNELS_CHECK_VALUES`` (default: CPU tensors only; never while tracing); whatever the flag, the
+lengths and starts the custom ops receive are sanitized by clamps that read no value
+(:func:`_sanitized`), so no kernel reads or writes out of bounds and no step syncs with the host.
+Under ``torch.autocast`` the floating inputs are cast to the autocast dtype (matmul-like policy).
 """
 
 from __future__ import annotations
@@ -32,8 +35,11 @@ def _impl(backend: str):
     return _backends.implementation(__package__, backend)
 
 
-def _checked_values(q_lens, k_lens, starts, force_level, L, T, levels):
-    """Data-dependent checks; returns starts with padded queries' entries set to T and all clipped to T."""
+def _check_values(q_lens, k_lens, starts, force_level, L, T, levels):
+    """Data-dependent checks (they read the values): run only where ``_checks.values_checked`` says so
+    (``MFDR_KERNELS_CHECK_VALUES``; by default on CPU tensors, where they cost no device sync)."""
+    if not _checks.values_checked(starts):
+        return
     _checks.in_range("q_lens", q_lens, 0, L)
     _checks.in_range("k_lens", k_lens, 0, T)
     valid = torch.arange(L, device=starts.device)[None, :] < q_lens[:, None]
@@ -43,7 +49,22 @@ def _checked_values(q_lens, k_lens, starts, force_level, L, T, levels):
         raise ValueError("window_starts must be non-decreasing over the valid queries (i < q_len) of each sample")
     if force_level is not None:
         _checks.in_range("force_level", force_level, 0, levels)
-    return torch.where(valid, starts.clamp_max(T), T).contiguous()
+
+
+def _sanitized(q_lens, k_lens, starts, force_level, L, T, levels):
+    """What the kernels receive, computed without reading a value (no host sync; traces under
+    ``torch.compile``): lengths clamped to ``[0, L]`` / ``[0, T]``; starts clamped to ``[0, T]``, padded
+    queries' entries set to ``T``, and made non-decreasing by a running maximum (the identity on valid
+    input); forced levels clamped to ``[0, levels]`` as int8. Unchecked values can therefore give a
+    wrong answer on an accelerator, never an out-of-bounds read or write."""
+    q_lens, k_lens = q_lens.clamp(0, L), k_lens.clamp(0, T)
+    valid = torch.arange(L, device=starts.device)[None, :] < q_lens[:, None]
+    starts = torch.where(valid, starts.clamp(0, T), T)
+    if L > 1:
+        starts = starts.cummax(1).values
+    if force_level is not None:
+        force_level = force_level.clamp(0, levels).to(torch.int8)
+    return q_lens, k_lens, starts.contiguous(), force_level
 
 
 @torch.library.custom_op("mfdr_kernels::sawa_forward", mutates_args=())
@@ -57,13 +78,9 @@ def sawa_forward(
 
 def _forward_body(q, k, v, q_lens, k_lens, starts, force_level, window, levels, joint, scale, backend):
     B, H, L, _ = q.shape
-    T = k.shape[2]
-    starts = _checked_values(q_lens, k_lens, starts, force_level, L, T, levels)
     _checks.finite_if_asked(q=q, k=k, v=v)
     if q.numel() == 0 or k.numel() == 0:
         return q.new_zeros(B, H, L, v.shape[-1]), torch.zeros(B, H, L, dtype=torch.int8, device=q.device)
-    if force_level is not None:
-        force_level = force_level.to(torch.int8).contiguous()
     return _impl(backend).sawa_forward(q, k, v, q_lens, k_lens, starts, force_level, window, levels, joint, scale)
 
 
@@ -83,8 +100,6 @@ def sawa_backward(
 
 
 def _backward_body(grad_out, q, k, v, q_lens, k_lens, starts, level, window, joint, scale, backend):
-    L, T = q.shape[2], k.shape[2]
-    starts = _checked_values(q_lens, k_lens, starts, None, L, T, 2)
     if q.numel() == 0 or k.numel() == 0:
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     return _impl(backend).sawa_backward(
@@ -174,6 +189,8 @@ def _prepare(q, k, v, window, hop, levels, normalize, scale, q_lens, k_lens, win
         starts = _checks.int_tensor("window_starts", window_starts, (B, L), dev)
     if force_level is not None:
         force_level = _checks.int_tensor("force_level", force_level, (B, H, L), dev)
+    _check_values(q_lens, k_lens, starts, force_level, L, T, levels)
+    q_lens, k_lens, starts, force_level = _sanitized(q_lens, k_lens, starts, force_level, L, T, levels)
     return window, levels, joint, scale, q_lens, k_lens, starts, force_level
 
 
@@ -204,12 +221,11 @@ def sliding_adaptive_window_attention(
     Returns:
         ``out (B, H, L, dv)``, or ``(out, level)``. Padded queries and empty windows give 0.
     """
+    q, k, v = _checks.autocast_inputs(q, k, v)
     window, levels, joint, scale, q_lens, k_lens, starts, force_level = _prepare(
         q, k, v, window, hop, levels, normalize, scale, q_lens, k_lens, window_starts, force_level)
     name = _backends.choose("sliding_adaptive_window_attention", backend, CHECKS, (q, k, v))
     if name == "reference":
-        L, T = q.shape[2], k.shape[2]
-        starts = _checked_values(q_lens, k_lens, starts, force_level, L, T, levels)
         _checks.finite_if_asked(q=q, k=k, v=v)
         out, level = reference.sawa_reference(q, k, v, window=window, levels=levels, joint=joint, scale=scale,
                                               q_lens=q_lens, k_lens=k_lens, starts=starts, force_level=force_level)
@@ -228,7 +244,6 @@ def sawa_attention_map(
     """Dense ``(B, H, L, T)`` SAWA weights: the paper's ``diag_att`` (reference loop; for plots and tests)."""
     window, levels, joint, scale, q_lens, k_lens, starts, force_level = _prepare(
         q, k, None, window, hop, levels, normalize, scale, q_lens, k_lens, window_starts, force_level)
-    starts = _checked_values(q_lens, k_lens, starts, force_level, q.shape[2], k.shape[2], levels)
     _checks.finite_if_asked(q=q, k=k)
     att, level = reference.sawa_attention_map_reference(
         q, k, window=window, levels=levels, joint=joint, scale=scale, q_lens=q_lens, k_lens=k_lens,

@@ -233,10 +233,11 @@ def _launcher_fp16(case: Case, force, grad):
     q_lens = torch.tensor(case.q_lens or (L,) * B)
     k_lens = torch.tensor(case.k_lens or (T,) * B)
     starts = torch.tensor([[case.start(b, i) for i in range(L)] for b in range(B)])
-    starts = op._checked_values(q_lens, k_lens, starts, force, L, T, case.levels)
+    op._check_values(q_lens, k_lens, starts, force, L, T, case.levels)
+    q_lens, k_lens, starts, force = op._sanitized(q_lens, k_lens, starts, force, L, T, case.levels)
     args = (q, k, v, q_lens, k_lens, starts)
     scale, joint = 1 / math.sqrt(case.d), case.normalize == "joint"
-    out, level = triton_impl.sawa_forward(*args, force.to(torch.int8), case.w, case.levels, joint, scale)
+    out, level = triton_impl.sawa_forward(*args, force, case.w, case.levels, joint, scale)
     return (out, *triton_impl.sawa_backward(grad.half(), *args, level, case.w, joint, scale))
 
 
