@@ -1,7 +1,8 @@
-"""mfdr_kernels: the MFDR operators — sliding adaptive window attention (SAWA) and dynamic frame
-convolution (DFC) — with Triton (CUDA), C++ (CPU), vectorized PyTorch and reference backends.
+"""mfdr_kernels: the MFDR operators — sliding adaptive window attention (SAWA), dynamic frame
+convolution (DFC) and the fused GCPU recurrence — with Triton (CUDA), C++ (CPU), vectorized PyTorch
+and reference backends.
 
-    from mfdr_kernels import sliding_adaptive_window_attention, dynamic_frame_conv
+    from mfdr_kernels import sliding_adaptive_window_attention, dynamic_frame_conv, gated_context_recurrence
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import torch
 
 from . import _backends, _env
+from .gcpu import gated_context_recurrence
 from .sawa import sawa_attention_map, sliding_adaptive_window_attention
 
 __version__ = "0.1.0"
 
-_OPS = {"sliding_adaptive_window_attention": "sawa"}
+_OPS = {"sliding_adaptive_window_attention": "sawa", "gated_context_recurrence": "gcpu"}
 try:  # the DFC op lands with its own issue; the package imports without it
     from .dfc import dynamic_frame_conv  # noqa: F401
 
@@ -45,6 +47,7 @@ def default_backend(device: str | torch.device = "cpu", dtype: torch.dtype = tor
 __all__ = [
     "backends",
     "default_backend",
+    "gated_context_recurrence",
     "sawa_attention_map",
     "sliding_adaptive_window_attention",
 ]
