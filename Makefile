@@ -9,6 +9,7 @@ TRITON_VERSION ?= 3.7.1
 TRITON_OLDEST ?= 3.6.0
 OLD_TRITON := $(VENV)/triton-$(TRITON_OLDEST)
 STAMP := $(VENV)/.mfdr-installed
+BARE := $(VENV)/bare
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install espeak test test-triton-oldest demo bench lint clean
@@ -31,6 +32,17 @@ $(OLD_TRITON)/.installed: $(BIN)/python
 	$(BIN)/pip install -q --no-deps --target $(OLD_TRITON) "triton==$(TRITON_OLDEST)"
 	@touch $@
 
+# A Python in which the package is NOT installed, as on a lent GPU: a venv whose site-packages holds one
+# .pth line naming .venv's site-packages (torch, triton, pytest import), whose own .pth files (the
+# editable install's finder) are not processed, so `mfdr` imports only if a script puts the repository
+# root on sys.path itself. Checked from / (the current directory would be on sys.path).
+$(BARE)/bin/python: $(STAMP)
+	$(BIN)/python -m venv --clear --without-pip $(BARE)
+	$(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
+	  "$$($(BARE)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/mfdr-deps.pth"
+	@cd / && ! $(abspath $(BARE))/bin/python -c "import mfdr" 2>/dev/null || \
+	  { echo "$(BARE): mfdr must not be importable"; rm -rf $(BARE); exit 1; }
+
 # espeak-ng (Debian) synthesizes the demo corpus; installed when missing and possible.
 espeak:
 	@command -v espeak-ng >/dev/null 2>&1 || { \
@@ -39,10 +51,11 @@ espeak:
 	  else echo "espeak-ng is missing: sudo apt-get install espeak-ng (tests that need it are skipped)"; fi; }
 
 # The whole suite, then the benchmark suites in their quick mode (small sizes, one round) so they never rot.
-test: install espeak
+test: install espeak $(BARE)/bin/python
 	$(BIN)/ruff check mfdr mfdr_kernels tests benchmarks
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider --benchmark-disable
 	MFDR_BENCH_QUICK=1 $(BIN)/python -m pytest benchmarks -q -p no:cacheprovider --benchmark-disable
+	PYTHON=$(BARE)/bin/python benchmarks/gpu_check.sh --dry-run
 	$(MAKE) --no-print-directory test-triton-oldest
 
 # The Triton tests (interpreter, offline sm_90 compiles) again on the oldest triton the package supports.

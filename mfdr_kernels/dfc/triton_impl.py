@@ -15,8 +15,9 @@ uses atomics (so results are deterministic and autotuning needs no output reset)
   over the batch: the shared kernel's gradient is a sum over the batch held in registers, so no two
   programs write the same element. Programs with ``j == 0`` also write ``dbias (N, C)``.
 
-Accumulation is in float32 (float64 for float64 inputs). Blocks are autotuned on CUDA; under the
-interpreter (~6 ms per program) a single small configuration is used.
+Accumulation is in float32 (float64 for float64 inputs). Blocks are autotuned on CUDA per size bucket over
+the configs that compile free of spills (``MFDR_TRITON_AUTOTUNE=0``: one of them); under the interpreter
+(~6 ms per program) a single small configuration is used.
 """
 
 from __future__ import annotations
@@ -126,26 +127,48 @@ def _acc(dtype: torch.dtype):
 
 
 def _cuda_configs(rows: str) -> list:
+    """The candidate configs (``benchmarks/compile_check.py`` compiles them all for sm_90)."""
     return [
         triton.Config({rows: br, "BLOCK_C": bc}, num_warps=w)
         for br, bc, w in [(4, 256, 4), (8, 128, 4), (16, 64, 4), (16, 128, 4), (32, 64, 4), (32, 128, 8)]
     ]
 
 
-_tuned: dict = {}
+def _spill_free(rows: str) -> list:
+    """The candidates that compiled free of register spills for sm_90 in every dtype
+    (results/compile_check.md: all but the dx kernel's 32x64 rows x channels, 8 bytes in fp16), the
+    one run with ``MFDR_TRITON_AUTOTUNE=0`` first (8 x 128: coalesced 128-channel rows, few registers)."""
+    configs = [c for c in _cuda_configs(rows) if rows != "BLOCK_L" or (c.kwargs[rows], c.kwargs["BLOCK_C"]) != (32, 64)]
+    return sorted(configs, key=lambda c: (c.kwargs[rows], c.kwargs["BLOCK_C"]) != (8, 128))
 
 
-def _launch(name, kernel, rows_key, grid_fn, n_rows, C, args, consts, device):
-    """Runs ``kernel``: autotuned on CUDA, else (interpreter) with one small block configuration."""
+_tuned: dict = {}  # (kernel name, size bucket) -> triton.autotune object
+
+
+def _launch(name, kernel, rows_key, grid_fn, n_rows, C, args, consts, device, work):
+    """Runs ``kernel``. CUDA: autotuned over the spill-free configs, one tuner per size bucket (the next power
+    of two of ``work``, the rows of the whole batch), or the first of them with ``MFDR_TRITON_AUTOTUNE=0``;
+    the interpreter: one small block configuration."""
+    grid = lambda meta: grid_fn(meta[rows_key], meta["BLOCK_C"])
     if device.type == "cuda" and not _env.triton_interpret():
-        if name not in _tuned:
-            key = ["C", "HOP", "FRAME", "PER_SAMPLE"]
-            _tuned[name] = triton.autotune(_cuda_configs(rows_key), key=key)(kernel)
-        _tuned[name][lambda meta: grid_fn(meta[rows_key], meta["BLOCK_C"])](*args, **consts)
+        configs = _spill_free(rows_key)
+        if not _env.triton_autotune():
+            kernel[grid](*args, **consts, **configs[0].all_kwargs())
+            return
+        bucket = (name, triton.next_power_of_2(max(work, 1)))
+        if bucket not in _tuned:
+            _tuned[bucket] = triton.autotune(configs, key=["C", "HOP", "FRAME", "PER_SAMPLE"])(kernel)
+        _tuned[bucket][grid](*args, **consts)
         return
     br = min(16, triton.next_power_of_2(max(n_rows, 1)))
     bc = min(32, triton.next_power_of_2(max(C, 1)))
     kernel[grid_fn(br, bc)](*args, **consts, **{rows_key: br, "BLOCK_C": bc})
+
+
+def tuned_configs() -> list[str]:
+    """One line per (kernel, size bucket, autotune key) timed so far, with the config it chose."""
+    return [f"dfc {name} (rows <= {work}) key {key}: {cfg}"
+            for (name, work), tuner in _tuned.items() for key, cfg in tuner.cache.items()]
 
 
 def dfc_forward(x, kernel, bias, frame, hop):
@@ -159,7 +182,7 @@ def dfc_forward(x, kernel, bias, frame, hop):
     consts = dict(HOP=hop, FRAME=frame, PER_SAMPLE=kernel.dim() == 4, BIAS_DIM=bias_dim, ACC=_acc(x.dtype))
     grid = lambda bn, bc: (B, triton.cdiv(N, bn), triton.cdiv(C, bc))
     _launch("forward", _dfc_forward_kernel, "BLOCK_N", grid, N, C,
-            (x, kernel, x if bias is None else bias, y, N, L, C), consts, x.device)
+            (x, kernel, x if bias is None else bias, y, N, L, C), consts, x.device, B * N)
     return y
 
 
@@ -176,8 +199,8 @@ def dfc_backward(grad_y, x, kernel, frame, hop):
     consts = dict(HOP=hop, FRAME=frame, PER_SAMPLE=kernel.dim() == 4, ACC=_acc(x.dtype))
     grid_dx = lambda bl, bc: (B, triton.cdiv(L, bl), triton.cdiv(C, bc))
     _launch("backward_dx", _dfc_backward_dx_kernel, "BLOCK_L", grid_dx, L, C,
-            (grad_y, kernel, dx, N, L, C), consts, x.device)
+            (grad_y, kernel, dx, N, L, C), consts, x.device, B * L)
     grid_dk = lambda bn, bc: (triton.cdiv(N, bn), triton.cdiv(C, bc), frame)
     _launch("backward_dk", _dfc_backward_dk_kernel, "BLOCK_N", grid_dk, N, C,
-            (grad_y, x, dk, dbias, B, N, L, C), consts, x.device)
+            (grad_y, x, dk, dbias, B, N, L, C), consts, x.device, B * N)
     return dx, dk, dbias

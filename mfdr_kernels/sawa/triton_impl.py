@@ -55,18 +55,18 @@ with, accumulated online beside each normalizer, ``Σ_seg w g`` (``g = dL/dw = d
 "blocks" is the default: it is deterministic and needs no fp32 copies of dk/dv (8·T·d bytes per head in
 the atomic flavour, plus a cast); each frame is reached by the spans of ~3ω/hop + BLOCK_Q queries'
 blocks, whose atomic tiles would collide. The choice is by reasoning, not yet by measurement:
-``benchmarks/gpu_check.py`` times both on a GPU.
+``benchmarks/gpu_check.sh`` times both on a GPU.
 
 **Precision.** fp16/bf16: ``tl.dot`` on tensor cores with fp32 accumulation; the weights and score
 gradients are cast to the input dtype for ``W V``, ``DS K`` and pass 2, as flash-attention does. fp32:
 exact (``"ieee"``), or TF32 after ``torch.set_float32_matmul_precision("high")`` (:func:`_precision`).
 fp64 (interpreter): exact.
 
-**Tuning.** ``triton.autotune`` over a few configs on CUDA (none timed yet: no GPU in the sessions that
-wrote this); a single config under the interpreter. ``T`` and ``L`` are not specialized (no recompile
-per length). Loops with runtime bounds are ``while`` loops: the triton 3.6 interpreter cannot take a
-loaded scalar as a ``range`` bound with numpy >= 2.4. ``torch.compile`` sees these launchers only
-through the opaque custom op of ``op.py``.
+**Tuning** (section below). On CUDA the configs that compile free of spills for sm_90, autotuned per
+size bucket, or one of them with ``MFDR_TRITON_AUTOTUNE=0``; a single config under the interpreter.
+``T`` and ``L`` are not specialized (no recompile per length). Loops with runtime bounds are ``while``
+loops: the triton 3.6 interpreter cannot take a loaded scalar as a ``range`` bound with numpy >= 2.4.
+``torch.compile`` sees these launchers only through the opaque custom op of ``op.py``.
 """
 
 from __future__ import annotations
@@ -482,44 +482,88 @@ def _sawa_bwd_kv_kernel(
 
 
 # ----------------------------------------------------------------------------------------------------
-# Tuning: several configs on CUDA, one under the interpreter.
+# Tuning. Under the interpreter: one small config. On CUDA: of the candidate configs, only those that
+# compiled free of register spills for sm_90 (``benchmarks/compile_check.py`` -> results/compile_check.md)
+# for the head width (d <= 64, or wider: compiled at d = 256) and the dtype (fp16/bf16, or fp32 "ieee";
+# fp32 wider than 64 was not compiled: the configs spill-free in both neighbouring cases).
+# ``MFDR_TRITON_AUTOTUNE=0`` (``_env.triton_autotune``) runs the first of them; otherwise
+# ``triton.autotune`` times them on first use, one tuner per size bucket (the next power of two of the
+# rows the grid covers: B·H·L queries, B·H·T frames for pass 2), so that a config tuned at B = 2 is not
+# reused at T = 64k. None is timed yet (no GPU in the sessions that wrote this): ``benchmarks/gpu_check.sh``
+# prints what the tuners chose.
 
 
-def _prune_kv(configs, named_args, **kwargs):
-    """Drop head-dim chunks wider than the padded head dim: they only add masked lanes."""
-    width = max(16, triton.next_power_of_2(max(kwargs.get("D", 16), kwargs.get("DV", 16))))
-    kept = [c for c in configs if c.kwargs["BLOCK_D"] <= width]
-    return kept or configs[:1]
+def _config(spec: str, second: str) -> triton.Config:
+    """``"BQxB2xWARPS[xSTAGES]"`` -> Config(BLOCK_Q=BQ, second=B2) (the format of compile_check --configs)."""
+    bq, b2, nw, *ns = (int(x) for x in spec.split("x"))
+    return triton.Config({"BLOCK_Q": bq, second: b2}, num_warps=nw, num_stages=ns[0] if ns else 1)
 
 
-def _tuned(cuda_configs, interpret_config, key, **kw):
-    configs = [interpret_config] if _INTERPRET else cuda_configs
-    return triton.autotune(configs, key=key, **kw)
+class _Tuning:
+    """One kernel's block configs. ``configs``: every candidate (compile_check compiles them all);
+    ``spill_free[(d > 64, fp32)]``: the specs to run, the fixed one (``MFDR_TRITON_AUTOTUNE=0``) first."""
+
+    def __init__(self, kernel, second: str, candidates: str, spill_free: dict, key: list, interpret: str,
+                 reset: list | None = None):
+        self.kernel, self.key, self.reset = kernel, key, reset
+        self.configs = [_config(s, second) for s in candidates.split()]
+        self.spill_free = {case: [_config(s, second) for s in specs.split()] for case, specs in spill_free.items()}
+        self.interpret = _config(interpret, second)
+        self.tuners: dict = {}  # (case, size bucket) -> triton.autotune object
+
+    def launch(self, grid, rows: int, args: tuple, consts: dict) -> None:
+        """``kernel[grid](*args, **consts)`` with its config; ``rows``: what the size bucket is taken from."""
+        if _INTERPRET:
+            self.kernel[grid](*args, **consts, **self.interpret.kwargs)
+            return
+        case = (max(consts["D"], consts["DV"]) > 64, args[0].dtype == torch.float32)
+        width = max(16, triton.next_power_of_2(max(consts["D"], consts["DV"])))
+        configs = [c for c in self.spill_free[case] if c.kwargs.get("BLOCK_D", 0) <= width]  # no wider d chunks
+        configs = configs or self.spill_free[case][:1]
+        if not _env.triton_autotune() or len(configs) == 1:
+            self.kernel[grid](*args, **consts, **configs[0].all_kwargs())
+            return
+        bucket = (case, triton.next_power_of_2(max(rows, 1)))
+        if bucket not in self.tuners:
+            self.tuners[bucket] = triton.autotune(configs, key=self.key, reset_to_zero=self.reset)(self.kernel)
+        self.tuners[bucket][grid](*args, **consts)
 
 
 # Query blocks of 16-64 rows (tl.dot needs >= 16) against chunks of 32-64 frames: at the paper's hop (5)
-# a block of 16 queries spans 105 frames, of 32 queries 185. Offline sm_90 compiles
-# (``benchmarks/compile_check.py`` -> results/compile_check.md), fp16/bf16: at d = 64 every config is free
-# of register spills but the atomic backward's 16x32/8 warps (28 bytes); at d = 256 (one head over the
-# fusion) the 8-warp 16-row configs are; in fp32 ("ieee") at d = 64 the 16x32/8-warp config is. None is
-# timed yet (no GPU in the sessions that wrote this): the autotuner picks on the first call per shape key.
-_FWD_CONFIGS = [triton.Config({"BLOCK_Q": bq, "BLOCK_N": bn}, num_warps=nw, num_stages=1)
-                for bq, bn, nw in [(16, 32, 4), (16, 32, 8), (16, 64, 8), (32, 32, 4), (32, 64, 8), (64, 32, 8)]]
-_BWD_CONFIGS = [triton.Config({"BLOCK_Q": bq, "BLOCK_N": bn}, num_warps=nw, num_stages=1)
-                for bq, bn, nw in [(16, 32, 4), (16, 32, 8), (16, 64, 4), (16, 64, 8), (32, 64, 8)]]
-_INTERPRET_CONFIG = triton.Config({"BLOCK_Q": 16, "BLOCK_N": 16})  # small chunks: every span takes several
-_fwd = _tuned(_FWD_CONFIGS, _INTERPRET_CONFIG, ["W", "D", "DV", "JOINT", "LEVELS", "FORCED", "PREC"])(
-    _sawa_fwd_kernel)
-_bwd_q = _tuned(
-    _BWD_CONFIGS, _INTERPRET_CONFIG, ["W", "D", "DV", "JOINT", "REACH", "ATOMIC", "PREC"],
-    reset_to_zero=["dk_ptr", "dv_ptr"],  # the atomic flavour accumulates: every benchmark run starts from 0
-)(_sawa_bwd_q_kernel)
-_bwd_kv = _tuned(
-    [triton.Config({"BLOCK_Q": bq, "BLOCK_D": bd}, num_warps=nw, num_stages=ns)
-     for bq, bd, nw, ns in [(16, 64, 4, 2), (16, 128, 8, 2), (32, 128, 8, 2), (32, 64, 8, 3)]],
-    triton.Config({"BLOCK_Q": 16, "BLOCK_D": 16}), ["W", "D", "DV", "PREC"],
-    prune_configs_by={"early_config_prune": _prune_kv},
-)(_sawa_bwd_kv_kernel)
+# a block of 16 queries spans 105 frames, of 32 queries 185.
+_fwd = _Tuning(_sawa_fwd_kernel, "BLOCK_N", "16x32x4 16x32x8 16x64x8 32x32x4 32x64x8 64x32x8", {
+    (False, False): "16x32x8 16x32x4 16x64x8 32x32x4 32x64x8 64x32x8",
+    (True, False): "16x32x8 16x64x8",
+    (False, True): "16x32x8 16x32x4 16x64x8",
+    (True, True): "16x32x8 16x64x8",
+}, ["W", "D", "DV", "JOINT", "LEVELS", "FORCED", "PREC"], "16x16x4")  # interpreter: every span takes chunks
+_BWD_CANDIDATES = "16x32x4 16x32x8 16x64x4 16x64x8 32x64x8"
+_bwd_q = _Tuning(_sawa_bwd_q_kernel, "BLOCK_N", _BWD_CANDIDATES, {
+    (False, False): "16x32x8 16x32x4 16x64x4 16x64x8 32x64x8",
+    (True, False): "16x32x8", (False, True): "16x32x8", (True, True): "16x32x8",
+}, ["W", "D", "DV", "JOINT", "REACH", "ATOMIC", "PREC"], "16x16x4")
+_bwd_q_atomic = _Tuning(_sawa_bwd_q_kernel, "BLOCK_N", _BWD_CANDIDATES, {
+    (False, False): "16x64x8 16x32x4 16x64x4 32x64x8",
+    (True, False): "16x32x8 16x64x8", (False, True): "16x32x8", (True, True): "16x32x8",
+}, ["W", "D", "DV", "JOINT", "REACH", "ATOMIC", "PREC"], "16x16x4",
+    reset=["dk_ptr", "dv_ptr"])  # it accumulates: every timed run starts from 0
+_KV_SPILL_FREE_FP32 = "32x64x8x3 16x64x4x2 16x128x8x2"
+_bwd_kv = _Tuning(_sawa_bwd_kv_kernel, "BLOCK_D", "16x64x4x2 16x128x8x2 32x128x8x2 32x64x8x3", {
+    (False, False): "32x64x8x3 16x64x4x2 16x128x8x2 32x128x8x2",
+    (True, False): "32x64x8x3 16x64x4x2 16x128x8x2 32x128x8x2",
+    (False, True): _KV_SPILL_FREE_FP32, (True, True): _KV_SPILL_FREE_FP32,
+}, ["W", "D", "DV", "PREC"], "16x16x4")
+
+
+def tuned_configs() -> list[str]:
+    """One line per (kernel, case, size bucket, autotune key) timed so far, with the config it chose."""
+    lines = []
+    for name, t in (("fwd", _fwd), ("bwd pass 1", _bwd_q), ("bwd pass 1 atomic", _bwd_q_atomic),
+                    ("bwd pass 2", _bwd_kv)):
+        for ((wide, fp32), rows), tuner in t.tuners.items():
+            for key, cfg in tuner.cache.items():
+                lines.append(f"sawa {name} (d > 64: {wide}, fp32: {fp32}, rows <= {rows}) key {key}: {cfg}")
+    return lines
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -575,10 +619,9 @@ def sawa_forward(q, k, v, q_lens, k_lens, starts, force_level, window, levels, j
     out = torch.empty(B, H, L, DV, dtype=q.dtype, device=q.device)
     level = torch.empty(B, H, L, dtype=torch.int8, device=q.device)
     forced = force_level is not None
-    _fwd[_query_grid(L, B * H)](
+    _fwd.launch(_query_grid(L, B * H), B * H * L, (
         q, k, v, out, level, force_level if forced else level, q_lens, k_lens, starts, _scale(q, scale),
-        T, L, H, LEVELS=levels, JOINT=joint, FORCED=forced, **_consts(q, window, D, DV),
-    )
+        T, L, H), dict(LEVELS=levels, JOINT=joint, FORCED=forced, **_consts(q, window, D, DV)))
     return out, level
 
 
@@ -618,18 +661,15 @@ def sawa_backward(grad_out, q, k, v, q_lens, k_lens, starts, level, window, join
         dk_acc, dv_acc = p, ds  # unused (reset_to_zero only during autotuning; pass 1 rewrites them)
 
     consts = _consts(q, window, D, DV)
-    _bwd_q[_query_grid(L, B * H)](
+    (_bwd_q_atomic if atomic else _bwd_q).launch(_query_grid(L, B * H), B * H * L, (
         grad_out, q, k, v, level, q_lens, k_lens, starts, _scale(q, scale), dq, p, ds, dk_acc, dv_acc,
-        T, L, H, REACH=reach, SPAN=hi - lo, JOINT=joint, ATOMIC=atomic, **consts,
-    )
+        T, L, H), dict(REACH=reach, SPAN=hi - lo, JOINT=joint, ATOMIC=atomic, **consts))
     if atomic:
         return dq, dk_acc.to(k.dtype), dv_acc.to(v.dtype)
 
     nkb = triton.cdiv(T, BLOCK_K)
     ranges = _query_ranges(starts, q_lens, T, lo, hi, nkb)
     dk, dv = torch.empty_like(k), torch.empty_like(v)
-    _bwd_kv[(nkb, B * H)](
-        grad_out, q, p, ds, ranges, starts, k_lens, dk, dv, T, L, H, nkb, LO=lo, HI=hi, D=D, DV=DV,
-        PREC=consts["PREC"], ACC=consts["ACC"], BLOCK_K=BLOCK_K,
-    )
+    _bwd_kv.launch((nkb, B * H), B * H * T, (grad_out, q, p, ds, ranges, starts, k_lens, dk, dv, T, L, H, nkb),
+                   dict(LO=lo, HI=hi, D=D, DV=DV, PREC=consts["PREC"], ACC=consts["ACC"], BLOCK_K=BLOCK_K))
     return dq, dk, dv
