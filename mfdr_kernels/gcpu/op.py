@@ -140,6 +140,7 @@ class _EagerGCPU(torch.autograd.Function):
     def forward(ctx, *inputs):
         H, gates = _forward_body(*inputs)
         ctx.mark_non_differentiable(gates)
+        ctx.set_materialize_grads(False)  # no zero-filled gradient for the gates: _backward ignores it
         _setup_context(ctx, inputs, (H, gates))
         return H, gates
 

@@ -32,13 +32,13 @@ def gcpu_forward(x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, b_u, lengths
     """Returns ``(H (B, L, D) in the input dtype, gates (B, L, G, D) in the accumulation dtype)``."""
     context = x_g is not None
     B, L, D = x_r.shape
-    acc = acc_dtype(x_r.dtype)
+    dtype, acc = x_r.dtype, acc_dtype(x_r.dtype)
     x_r, x_z, x_g, W_hr, b_u = (_acc(t, acc) for t in (x_r, x_z, x_g, W_hr, b_u))
     # r⊙h -> W_hz, W_hu (, W_hg) in one product; [z̃ (, g̃)] -> u in one product
     W_rh = torch.cat([W_hz, W_hu] + ([W_hg] if context else [])).to(acc).T  # (D, 2|3 D)
     W_u = (torch.cat([W_zu, W_gu], 1) if context else W_zu).to(acc).T  # (D | 2D, D)
     gates = x_r.new_empty(B, L, 4 if context else 3, D)
-    H = x_r.new_empty(B, L, D)
+    H = x_r.new_empty(B, L, D, dtype=dtype)
     valid = (torch.arange(L, device=x_r.device) < lengths[:, None])[..., None]  # (B, L, 1)
     h = h0.to(acc)
     hr, rh, u_in = x_r.new_empty(B, D), x_r.new_empty(B, D), x_r.new_empty(B, D)
