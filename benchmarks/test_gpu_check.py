@@ -72,7 +72,7 @@ def test_failing_and_timed_out_stages_are_reported_and_later_stages_run(monkeypa
     assert "| a |" in stdout and "measured so far" in stdout and "| ok |" in stdout  # streamed, not lost
     assert "**hangs: TIMEOUT**" in stdout and stdout.rstrip().splitlines()[-1].startswith("| passes | PASS")
     md = (out / "gpu_check.md").read_text()
-    assert "| a |" in md and "measured so far" in md and "# Summary" in md
+    assert "| a |" in md and "measured so far" in md and "### Summary" in md
     assert "boom: the last line" in (out / "logs" / "1-fails.log").read_text()  # stderr is in the stage's log
 
 

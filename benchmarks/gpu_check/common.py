@@ -103,7 +103,7 @@ class Table:
 
 
 def heading(text: str) -> None:
-    print(f"\n## {text}\n", flush=True)
+    print(f"\n#### {text}\n", flush=True)
 
 
 def versions() -> str:

@@ -22,9 +22,11 @@ that would not fit; at its limit its process group is killed. A stage that fails
 error, tolerance miss, timeout) is reported, and the next stage runs.
 
 **Output.** Every stage's stdout (markdown tables, printed row by row as measured) goes to stdout, its
-stderr (warnings, tracebacks) to stderr; a summary table comes last. With ``OUT`` set (or ``--out``), at
-most 8 files there, at most one folder deep (what a lent device returns): ``gpu_check.md`` (stdout, as it
-is printed), ``summary.json`` and ``logs/<n>-<stage>.log`` (stdout and stderr of a stage).
+stderr (warnings, tracebacks) to stderr; a summary table comes last. Headings start at level 3: the
+report reads as a section of BENCHMARKS.md (``benchmarks/results/gpu_check.md``, see report.py). With
+``OUT`` set (or ``--out``), at most 8 files there, at most one folder deep (what a lent device returns):
+``gpu_check.md`` (stdout, as it is printed), ``summary.json`` and ``logs/<n>-<stage>.log`` (stdout and
+stderr of a stage).
 
 Exit status 0 when every stage passed or had nothing to check ("n/a"), else 1.
 """
@@ -66,13 +68,13 @@ class Stage:
 def stages(python: str) -> list[Stage]:
     script = lambda name: [python, str(HERE / f"stage_{name}.py")]
     pytest = [python, "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider", "-k", "cuda",
-              "--continue-on-collection-errors"]
+              "--continue-on-collection-errors", "--durations=5"]
     return [
         Stage("sawa", "SAWA correctness and timings", script("sawa"), 170, 60, 90, 20),
         Stage("dfc", "DFC correctness and timings", script("dfc"), 50, 20, 60, 15),
         Stage("gcpu", "GCPU fused recurrence", script("gcpu"), 50, 20, 60, 15),
         Stage("model", "MFDR training step", script("model"), 150, 60, 150, 30),
-        Stage("pytest", "CUDA tests", pytest, 90, 30, 90, 20, env={"MFDR_TRITON_AUTOTUNE": "0"}, fenced=True),
+        Stage("pytest", "CUDA tests", pytest, 150, 30, 90, 20, env={"MFDR_TRITON_AUTOTUNE": "0"}, fenced=True),
     ]
 
 
@@ -176,14 +178,14 @@ def main(argv=None) -> int:
     chosen = [all_stages[n] for n in names]
     report = Report(Path(args.out) if args.out else None)
     mode = "dry run (CPU, TRITON_INTERPRET=1, tiny shapes)" if args.dry_run else "CUDA"
-    report.stdout(f"# GPU check: {mode}\n\n{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+    report.stdout(f"### GPU check: {mode}\n\n{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
                   f"{platform.node()}, Python {platform.python_version()} ({sys.executable}), budget {budget:.0f} s, "
                   f"stages {', '.join(names)}")
     results = []
     for i, stage in enumerate(chosen, 1):
         left = budget - (time.time() - t0)
         allowed, why = plan(stage, chosen[i:], left, args.dry_run)
-        report.stdout(f"\n# {i}. {stage.title} (`{stage.name}`)\n")
+        report.stdout(f"\n### {i}. {stage.title} (`{stage.name}`)\n")
         if allowed <= 0:
             report.stdout(f"**{stage.name}: SKIPPED** ({why})")
             results.append({"stage": stage.name, "status": "SKIPPED", "seconds": 0, "limit_s": 0, "note": why})
@@ -193,7 +195,7 @@ def main(argv=None) -> int:
         results.append(run_stage(stage, i, allowed, args.dry_run, report))
     ok = all(r["status"] in ("PASS", "n/a") for r in results)
     wall = time.time() - t0
-    report.stdout(f"\n# Summary ({mode}): {'PASS' if ok else 'FAIL'} in {wall:.0f} s\n")
+    report.stdout(f"\n### Summary ({mode}): {'PASS' if ok else 'FAIL'} in {wall:.0f} s\n")
     for line in summary_table(results):
         report.stdout(line)
     if args.out:
