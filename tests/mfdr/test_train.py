@@ -386,3 +386,62 @@ def test_mmsa_regression_standard_split(tmp_path):
     assert rows[0] == "id,label,pred" and len(rows) == 9 and rows[1].startswith("v200,")
     assert summary["pooled"]["mae"] == pytest.approx(fold["test"]["mae"])
     assert T.find_models(tmp_path / "run") == [tmp_path / "run" / "standard" / "best"]
+
+
+# -------------------------------------------------- the training loop on an accelerator: few host syncs
+@pytest.mark.parametrize("log_every", [1, 3, 50])
+def test_one_host_sync_per_logging_interval(cache, tmp_path, monkeypatch, log_every):
+    calls, real = [], T._sync_stats
+    monkeypatch.setattr(T, "_sync_stats", lambda *a: calls.append(1) or real(*a))
+    cfg = config(cache, train={"epochs": 2, "log_every": log_every})
+    T.run_training(cfg, tmp_path / "run", folds=["fold-0"], progress=False)
+    steps = -(-round(32 / 2 * 0.8) // 8)  # 2 folds of 32 utterances, 20 % validation, batch 8
+    per_epoch = -(-steps // log_every)  # every log_every steps and at the end of the epoch
+    assert len(calls) == 2 * per_epoch
+
+
+def test_nan_loss_reports_its_step_between_syncs(cache, tmp_path, monkeypatch):
+    """With one sync per 50 steps, the error still names the first step whose loss was not finite."""
+    real, seen = T._loss, []
+
+    def loss(task, out, y):
+        seen.append(1)
+        return real(task, out, y) * (float("nan") if len(seen) >= 2 else 1.0)
+
+    monkeypatch.setattr(T, "_loss", loss)
+    with pytest.raises(T.TrainingError, match=r"epoch 1, step 2: the loss is not finite"):
+        T.run_training(config(cache, train={"log_every": 50}), tmp_path / "run", folds=["fold-0"],
+                       progress=False)
+
+
+def test_train_compile_option(cache, tmp_path, monkeypatch):
+    """``train.compile``: the fold trains through torch.compile(fullgraph=True) to the eager result.
+    The ``aot_eager`` backend traces forward and backward as inductor would, without its minutes of C++
+    code generation on 2 cores (the inductor build of the model is tested in test_accelerator.py)."""
+    calls, real = [], torch.compile
+
+    def compile(model, **kw):
+        calls.append(kw)
+        return real(model, fullgraph=kw["fullgraph"], backend="aot_eager")
+
+    monkeypatch.setattr(torch, "compile", compile)
+    torch._dynamo.reset()
+    T.run_training(config(cache, train={"epochs": 1}), tmp_path / "a", folds=["fold-0"], progress=False)
+    T.run_training(config(cache, train={"epochs": 1, "compile": True}), tmp_path / "b", folds=["fold-0"],
+                   progress=False)
+    assert calls == [{"fullgraph": True, "mode": "default"}]
+    ha, hb = ([json.loads(line) for line in (tmp_path / x / "fold-0" / "metrics.jsonl").read_text().splitlines()]
+              for x in "ab")
+    assert ha[0]["train_loss"] == pytest.approx(hb[0]["train_loss"], rel=1e-5)
+    ra, rb = (json.loads((tmp_path / x / "fold-0" / "result.json").read_text()) for x in "ab")
+    assert ra["test"]["wa"] == rb["test"]["wa"]
+
+
+def test_compile_mode_choice():
+    assert TrainConfig(compile_mode="auto").compile_mode_for("cuda:0") == "reduce-overhead"
+    assert TrainConfig(compile_mode="auto").compile_mode_for("cpu") == "default"
+    assert TrainConfig(compile_mode="max-autotune").compile_mode_for("cpu") == "max-autotune"
+    with pytest.raises(ValueError, match="compile_mode"):
+        TrainConfig(compile_mode="fast")
+    with pytest.raises(ValueError, match="log_every must be >= 1"):
+        TrainConfig(log_every=0)
