@@ -27,6 +27,7 @@ EMOTIONS = ("neutral", "happy", "angry", "sad")  # mfdr.data.EMOTIONS, without i
 PROTOCOLS = ("session", "speaker", "kfold", "split")
 DATASETS = ("iemocap", "manifest", "mmsa")
 ZERO = ("audio", "text")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # mfdr.precision.PRECISIONS, without importing torch here
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CLASSIFICATION_METRICS = ("wa", "ua", "macro_f1", "weighted_f1")
 REGRESSION_METRICS = ("acc7", "acc5", "has0_acc2", "has0_f1", "non0_acc2", "non0_f1", "mae", "corr")
@@ -106,7 +107,10 @@ class TrainConfig(_Section):
             fraction of the epochs (0.1, 0.5: ÷10 from epoch 20 of 40).
         grad_clip: max gradient norm (None: no clipping, as the paper).
         seed: fold ``i`` uses ``seed + i`` (weights, shuffling, dropout).
-        amp: mixed precision on CUDA (bf16 where supported, else fp16 with a GradScaler); no effect on CPU.
+        precision: ``auto`` (bf16 on CUDA cards that support it and on CPUs with AMX or AVX-512 BF16,
+            else fp32), ``fp32``, ``bf16`` or ``fp16`` (with a gradient scaler): the forward runs under
+            ``torch.autocast``; weights, optimizer state and checkpoints stay fp32 (``mfdr.precision``).
+        amp: deprecated alias of ``precision`` (True: ``auto``, False: ``fp32``); say ``precision``.
         select: validation metric choosing the best epoch (``loss``, or a metric of ``mfdr.metrics``;
             None: ``ua`` for classification, ``mae`` for regression).
         zero: ``"audio"`` or ``"text"``: feed zeros for that modality (a text-only / audio-only run
@@ -128,7 +132,8 @@ class TrainConfig(_Section):
     weight_decay: float = 0.0
     grad_clip: float | None = None
     seed: int = 0
-    amp: bool = True
+    precision: str = "auto"
+    amp: bool | None = None
     select: str | None = None
     zero: str | None = None
     eval_batch_size: int | None = None
@@ -150,6 +155,14 @@ class TrainConfig(_Section):
             self._choice("zero", ZERO)
         if self.num_workers < 0:
             raise ValueError(f"train.num_workers must be >= 0, got {self.num_workers}")
+        if self.amp is not None:
+            import warnings
+
+            new = "auto" if self.amp else "fp32"
+            warnings.warn(f"train.amp is deprecated: it means train.precision={new!r}; set train.precision "
+                          "instead", DeprecationWarning, stacklevel=3)
+            self.precision, self.amp = new, None
+        self._choice("precision", PRECISIONS)
         if self.log_every < 1:
             raise ValueError(f"train.log_every must be >= 1, got {self.log_every}")
         self._choice("compile_mode", COMPILE_MODES)

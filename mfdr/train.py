@@ -31,7 +31,6 @@ filesystem.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import gc
 import io
@@ -62,6 +61,8 @@ from .checkpoint import (
     write_json,
 )
 from .config import MFDRConfig
+from .precision import Precision
+from .precision import resolve as resolve_precision
 from .protocols import DataSource, Fold, folds_record, make_folds
 from .runconfig import DataConfig, FeatureConfig, RunConfig, TrainConfig, format_diff
 
@@ -228,11 +229,8 @@ def _sync_stats(dist: Dist, stats: torch.Tensor, first_bad: torch.Tensor) -> tup
     return loss_sum, count, bad
 
 
-def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+def _precision(cfg: RunConfig, device: torch.device) -> Precision:
+    return resolve_precision(cfg.train.precision, device)
 
 
 def _loader(cfg: RunConfig, dataset, batch_size: int, sampler=None):
@@ -263,7 +261,7 @@ def predict_dataset(model, dataset, cfg: RunConfig, dist: Dist | None = None, pr
     rows, pos = [], iter(shard)  # (position in dataset, id, label, output, loss) per utterance
     for batch in tqdm(batches, disable=not progress, leave=False, desc="evaluate", unit="batch"):
         audio, text, al, tl, y = _inputs(batch, dist.device, cfg.train.zero)
-        with _autocast(dist.device, cfg.train.amp):
+        with _precision(cfg, dist.device).autocast():
             out = raw(audio, text, al, tl).float()
         loss = (F.cross_entropy(out, y, reduction="none") if cfg.model.task == "classification"
                 else F.l1_loss(out, y.float(), reduction="none"))
@@ -422,8 +420,9 @@ def train_fold(cfg: RunConfig, source: DataSource, fold: Fold, fold_dir: Path, *
     seed_everything(seed)
     model = MFDR(cfg.model).to(dist.device)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    fp16 = tc.amp and dist.device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+    precision = _precision(cfg, dist.device)
+    fp16 = precision.name == "fp16"
+    scaler = precision.scaler()
     ckpt_path = fold_dir / "checkpoint.pt"
     start, history = 0, []
     best = {"epoch": None, "score": None, "metrics": None, "state": None}
@@ -468,7 +467,7 @@ def train_fold(cfg: RunConfig, source: DataSource, fold: Fold, fold_dir: Path, *
         first_bad = torch.full((), -1, dtype=torch.int64, device=dist.device)  # first non-finite step
         for step, batch in enumerate(bar):
             audio, text, audio_lengths, text_lengths, y = _inputs(batch, dist.device, tc.zero)
-            with _autocast(dist.device, tc.amp):
+            with precision.autocast():
                 out = net(audio, text, audio_lengths, text_lengths)
             loss = _loss(task, out, y)
             bad = ~torch.isfinite(loss.detach())
@@ -646,8 +645,10 @@ def run_training(cfg: RunConfig, out_dir, *, resume: bool = False, overwrite: bo
                 cfg.save(out / "config.yaml")
                 write_json(out / "folds.json", record)
             procs = f" x {dist.world} processes" if dist.active else ""
+            prec = _precision(cfg, dist.device)
             print(f"{out}: protocol {cfg.data.protocol}, {len(all_folds)} folds; validation: "
-                  f"{all_folds[0].val_rule}; device {dist.device}{procs}", flush=True)
+                  f"{all_folds[0].val_rule}; device {dist.device}{procs}; precision {prec.name} "
+                  f"({prec.reason})", flush=True)
         dist.barrier()
 
         results = []
@@ -671,6 +672,7 @@ def run_training(cfg: RunConfig, out_dir, *, resume: bool = False, overwrite: bo
         summary = None
         if dist.main:
             summary = summarize(results, cfg, pooled_metrics(out, results, cfg))
+            summary["precision"] = _precision(cfg, dist.device).to_dict()
             write_json(out / "results.json", summary)
             table = M.results_markdown(summary, title or f"MFDR: {out.name}")
             atomic_write_text(out / "results.md", table)

@@ -53,7 +53,7 @@ def make_cache(path: Path, n: int = 32, speakers: int = 4, seed: int = 0, nan_at
 
 
 def config(cache: Path, **sections) -> RunConfig:
-    d = {"model": dict(MODEL), "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "seed": 0},
+    d = {"model": dict(MODEL), "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "seed": 0, "precision": "fp32"},
          "data": {"dataset": "manifest", "features": str(cache), "protocol": "kfold", "folds": 2,
                   "val_fraction": 0.2}}
     for k, v in sections.items():

@@ -1,0 +1,55 @@
+"""train.precision: auto/fp32/bf16/fp16 resolution, the deprecated amp alias, and bf16 training on the CPU."""
+
+import json
+
+import pytest
+import torch
+
+from mfdr import precision as P
+from mfdr import train as T
+from mfdr.checkpoint import load_checkpoint
+from mfdr.runconfig import TrainConfig
+
+from .test_train import cache, config  # noqa: F401  (the fixture and the small run config)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("units, expected", [("amx_bf16", "bf16"), ("avx512_bf16", "bf16"), (None, "fp32")])
+def test_auto_follows_the_cpu_units(monkeypatch, units, expected):
+    monkeypatch.setattr(P, "cpu_bf16_units", lambda: units)
+    p = P.resolve("auto", "cpu")
+    assert p.name == expected and (units or "no bf16") in p.reason
+    assert p.dtype == (torch.bfloat16 if expected == "bf16" else None)
+
+
+def test_explicit_precisions():
+    assert P.resolve("fp32", "cpu").dtype is None
+    assert P.resolve("bf16", "cpu").dtype is torch.bfloat16
+    fp16 = P.resolve("fp16", "cpu")
+    assert fp16.dtype is torch.float16 and fp16.scaler().is_enabled()
+    assert not P.resolve("bf16", "cpu").scaler().is_enabled()
+    with pytest.raises(ValueError, match=r"precision must be one of .*got 'half'"):
+        P.resolve("half", "cpu")
+
+
+def test_amp_is_a_deprecated_alias():
+    with pytest.warns(DeprecationWarning, match="train.amp is deprecated.*precision='auto'"):
+        assert TrainConfig(amp=True).precision == "auto"
+    with pytest.warns(DeprecationWarning, match="precision='fp32'"):
+        assert TrainConfig(amp=False).precision == "fp32"
+    with pytest.raises(ValueError, match="train.precision must be one of"):
+        TrainConfig(precision="fp8")
+
+
+def test_bf16_training_on_the_cpu(cache, tmp_path):  # noqa: F811
+    """A short bf16 run: finite, decreasing loss; fp32 weights and checkpoint; the precision recorded."""
+    cfg = config(cache, train={"epochs": 4, "precision": "bf16", "lr": 3e-3})
+    summary = T.run_training(cfg, tmp_path / "run", folds=["fold-0"], progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "fold-0" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train_loss"] for r in rows]
+    assert all(map(lambda x: x == x and abs(x) < float("inf"), losses))
+    assert losses[-1] < losses[0], losses
+    assert summary["precision"]["precision"] == "bf16"
+    state = load_checkpoint(tmp_path / "run" / "fold-0" / "checkpoint.pt")["model"]
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
