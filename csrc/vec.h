@@ -5,10 +5,11 @@
 // the accumulators in registers, which plain loops over a local array did not (3.5x slower sums).
 //
 // bf16 (c10::BFloat16) accumulates in fp32 (Vec<BFloat16>::A = float, at::opmath_type's choice): a
-// vector is 8 bf16 values widened on load (a 16-bit shift: vpmovzxwd + vpslld) and rounded to nearest
-// even on store (vcvtneps2bf16 where the build has AVX512-BF16, else the same rounding in integer
-// arithmetic, NaN kept NaN). Kernels on bf16 tensors thus load and store bf16 and compute in fp32.
-// The bf16 dot product uses vdpbf16ps (exact bf16 products summed in fp32) where available.
+// vector is 16 bf16 values with AVX-512 (8 otherwise) widened on load (a 16-bit shift: vpmovzxwd +
+// vpslld) and rounded to nearest even on store (vcvtneps2bf16 where the build has AVX512-BF16, else the
+// same rounding in integer arithmetic, NaN kept NaN). Kernels on bf16 tensors thus load and store bf16
+// and compute in fp32. The bf16 dot product uses vdpbf16ps (exact bf16 products summed in fp32) where
+// available. A portable build (no -march=native) compiles the generic vector code alone.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -16,8 +17,10 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
+#endif
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define MFDR_HAVE_AVX512_BF16 1
 #endif
 
@@ -52,31 +55,69 @@ struct Vec<double> {
   static void store(double* p, type v) { std::memcpy(p, &v, sizeof(v)); }
 };
 
+// bf16 -> fp32 is exact (the 16 dropped bits are zero); fp32 -> bf16 rounds to nearest even, NaN -> the
+// quiet NaN 0x7fc0 (as c10 does). Generic over the lane count for builds without the instructions.
+template <typename F, typename U, typename H>
+inline F widen_bf16(H h) {
+  return (F)(__builtin_convertvector(h, U) << 16);
+}
+template <typename F, typename U, typename H>
+inline H round_bf16(F v) {
+  const U u = (U)v;
+  const U nan = (U)(v != v);
+  const U r = ((u + 0x7fffu + ((u >> 16) & 1u)) >> 16 & ~nan) | (0x7fc0u & nan);
+  return __builtin_convertvector(r, H);
+}
+
+#if defined(__AVX512F__)
+// 16 lanes (zmm): one vpmovzxwd + vpslld per 16 values; 1.5x the speed of 8-lane vectors in combine()
 template <>
 struct Vec<c10::BFloat16> {
   using A = float;
-  typedef float type __attribute__((vector_size(32)));
-  typedef uint16_t bf16x8 __attribute__((vector_size(16)));
-  typedef uint32_t u32x8 __attribute__((vector_size(32)));
-  static constexpr int64_t W = 8;
+  typedef float type __attribute__((vector_size(64)));
+  static constexpr int64_t W = 16;
   static type load(const c10::BFloat16* p) {
-    bf16x8 h;
-    std::memcpy(&h, p, sizeof(h));
-    return (type)(__builtin_convertvector(h, u32x8) << 16);
+    // (the maskz forms with a full mask: the same instructions, without GCC 12's false warnings about
+    // the unmasked forms' undefined pass-through operand)
+    const __m512i h = _mm512_maskz_cvtepu16_epi32(0xffff, _mm256_loadu_si256((const __m256i*)p));
+    return (type)_mm512_maskz_slli_epi32(0xffff, h, 16);
   }
   static void store(c10::BFloat16* p, type v) {
 #ifdef MFDR_HAVE_AVX512_BF16
-    const __m128bh h = _mm256_cvtneps_pbh((__m256)v);
+    const __m256bh h = _mm512_cvtneps_pbh((__m512)v);
 #else
-    // round to nearest even on the 16 dropped bits; NaN -> the quiet NaN 0x7fc0 (as c10 does)
-    const u32x8 u = (u32x8)v;
-    const u32x8 nan = (u32x8)(v != v);
-    const u32x8 r = ((u + 0x7fffu + ((u >> 16) & 1u)) >> 16 & ~nan) | (0x7fc0u & nan);
-    const bf16x8 h = __builtin_convertvector(r, bf16x8);
+    typedef uint32_t u32x16 __attribute__((vector_size(64)));
+    typedef uint16_t u16x16 __attribute__((vector_size(32)));
+    const u16x16 h = round_bf16<type, u32x16, u16x16>(v);
 #endif
     std::memcpy(p, &h, sizeof(h));
   }
 };
+#else
+// 8 lanes: vpmovzxwd + vpslld with AVX2 (GCC's own lowering of the generic widening is 2x slower
+// there), the generic vector code otherwise
+template <>
+struct Vec<c10::BFloat16> {
+  using A = float;
+  typedef float type __attribute__((vector_size(32)));
+  typedef uint16_t u16x8 __attribute__((vector_size(16)));
+  typedef uint32_t u32x8 __attribute__((vector_size(32)));
+  static constexpr int64_t W = 8;
+  static type load(const c10::BFloat16* p) {
+#if defined(__AVX2__)
+    return (type)_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16);
+#else
+    u16x8 h;
+    std::memcpy(&h, p, sizeof(h));
+    return widen_bf16<type, u32x8>(h);
+#endif
+  }
+  static void store(c10::BFloat16* p, type v) {
+    const u16x8 h = round_bf16<type, u32x8, u16x8>(v);
+    std::memcpy(p, &h, sizeof(h));
+  }
+};
+#endif
 
 template <typename T>
 using acc_t = typename Vec<T>::A;
