@@ -3,6 +3,7 @@
     python benchmarks/compile_check.py              # every autotune config, fp16/bf16/fp32, sm_90
     python benchmarks/compile_check.py --quick      # one config per kernel (the test suite runs this)
     python benchmarks/compile_check.py --arch 80 --head-dim 128
+    python benchmarks/compile_check.py --gcpu-dims 64,256 --dtypes fp32,bf16   # the GCPU recurrence at two D
 
 The interpreter (``TRITON_INTERPRET=1``, the CPU test suite) checks what the kernels compute, not that
 they lower to a GPU: dot shapes, layouts, loop-carried types, register pressure. This script runs the
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mfdr_kernels.dfc import triton_impl as dfc  # noqa: E402
+from mfdr_kernels.gcpu import triton_impl as gcpu  # noqa: E402
 from mfdr_kernels.sawa import triton_impl as sawa  # noqa: E402
 
 TL = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
@@ -76,7 +78,7 @@ def _configs(spec: str | None, tuner, quick: bool) -> list:
     return tuner.configs[:1] if quick else tuner.configs
 
 
-def _jobs(dt: str, d: int, quick: bool, spec: str | None = None):
+def _jobs(dt: str, d: int, quick: bool, spec: str | None = None, gcpu_dims: tuple = (256,)):
     """(label, kernel, pointer types, constexprs, config kwargs, num_warps, num_stages) to compile."""
     acc = tl.float32
     p = f"*{TL[dt]}"
@@ -110,6 +112,17 @@ def _jobs(dt: str, d: int, quick: bool, spec: str | None = None):
         for c in cs[:1] if quick else cs:
             yield (f"dfc {kernel.__name__.strip('_').replace('_kernel', '')}", kernel, dfc_ptr,
                    dict(dfc_consts, **extra), c)
+    # GCPU recurrence (model dim D; with context and h0, as the op launches it), scratch in fp32
+    a = "*fp32"
+    gcpu_ptr = dict(xr=p, xz=p, xg=p, w_hr=p, w_hz=p, w_hg=p, w_hu=p, w_zu=p, w_gu=p, b_u=p, lens="*i64", h0=p,
+                    out=p, gates=a, hbuf=a, rhbuf=a, gH=p, H=p, dxr=a, dxz=a, dxg=a, dau=a, rh_ws=a, hp_ws=a,
+                    scratch=a)
+    for D in gcpu_dims:
+        consts = dict(D=D, G=4, CONTEXT=True, HAS_H0=True, PREC=gcpu._precision(TORCH[dt]), ACC=acc)
+        for label, kernel, cs in [("fwd", gcpu._gcpu_fwd_kernel, gcpu._FWD_CONFIGS),
+                                  ("bwd", gcpu._gcpu_bwd_kernel, gcpu._BWD_CONFIGS)]:
+            for c in cs[:1] if quick else cs:
+                yield (f"gcpu {label} D={D}", kernel, gcpu_ptr, consts, c)
 
 
 def main(argv=None) -> int:
@@ -118,6 +131,7 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (default 90: H100)")
     ap.add_argument("--head-dim", type=int, default=64, help="SAWA head dim (MFDR default: 256 / 4 heads)")
     ap.add_argument("--dtypes", default="fp16,bf16,fp32")
+    ap.add_argument("--gcpu-dims", default="256", help="GCPU model dims D, comma-separated (paper: 256)")
     ap.add_argument("--configs", help='SAWA query-kernel configs to try instead, "BQxBNxWARPS,...", e.g. 16x32x8')
     args = ap.parse_args(argv)
     target = GPUTarget("cuda", args.arch, 32)
@@ -126,8 +140,9 @@ def main(argv=None) -> int:
     print("| kernel | dtype | config | warps | stages | registers | spill bytes | compile s |")
     print("|---|---|---|---|---|---:|---:|---:|")
     failed = 0
+    gcpu_dims = tuple(int(D) for D in args.gcpu_dims.split(","))
     for dt in args.dtypes.split(","):
-        for label, fn, ptrs, consts, cfg in _jobs(dt, args.head_dim, args.quick, args.configs):
+        for label, fn, ptrs, consts, cfg in _jobs(dt, args.head_dim, args.quick, args.configs, gcpu_dims):
             consts = dict(consts, **cfg.kwargs)
             kw = " ".join(f"{k}={v}" for k, v in cfg.kwargs.items())
             t0 = time.time()

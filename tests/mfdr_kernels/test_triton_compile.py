@@ -30,5 +30,6 @@ def test_triton_kernels_compile_for_sm90():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compile_check.py"), "--quick"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| sawa") or line.startswith("| dfc")]
-    assert len(rows) == 3 * 7, proc.stdout  # 4 SAWA + 3 DFC kernels (flavours) x 3 dtypes, all compiled
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("| sawa", "| dfc", "| gcpu"))]
+    # 4 SAWA + 3 DFC + 2 GCPU (D = 256) kernels (flavours) x 3 dtypes, all compiled
+    assert len(rows) == 3 * 9, proc.stdout
