@@ -10,7 +10,7 @@ they lower to a GPU: dot shapes, layouts, loop-carried types, register pressure.
 real compiler (TTIR -> TTGIR -> LLVM -> PTX) for the target and the ``ptxas`` bundled with the triton
 wheel (-> cubin, with ``-v`` for registers and spill bytes), so those errors show up on a machine
 without a GPU. It prints a markdown table and exits 1 if a kernel fails to compile. Spills are
-reported, not judged: only timings on a GPU (``gpu_check.py``) say whether a config is worth keeping.
+reported, not judged: only timings on a GPU (``gpu_check.sh``) say whether a config is worth keeping.
 """
 
 from __future__ import annotations
