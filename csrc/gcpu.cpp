@@ -417,7 +417,10 @@ std::vector<at::Tensor> gcpu_backward(
   auto dW_hg = context ? at::mm(rows(dx_g).t(), rh) : at::Tensor();
   auto dW_gu = context ? at::mm(rows(d_au).t(), rows(gates.select(2, G))) : at::Tensor();
   auto db_u = rows(d_au).sum(0);
-  return {dx_r, dx_z, dx_g, dW_hr, dW_hz, dW_hg, dW_hu, dW_zu, dW_gu, db_u, dh0};
+  // no undefined tensors in a Tensor[] (a Python dispatch mode could not return them): the context ones last
+  std::vector<at::Tensor> grads = {dx_r, dx_z, dW_hr, dW_hz, dW_hu, dW_zu, db_u, dh0};
+  if (context) grads.insert(grads.end(), {dx_g, dW_hg, dW_gu});
+  return grads;
 }
 
 }  // namespace
@@ -428,7 +431,8 @@ TORCH_LIBRARY_FRAGMENT(mfdr_C, m) {
       "Tensor W_zu, Tensor? W_gu, Tensor b_u, Tensor lengths, Tensor h0) -> (Tensor, Tensor)");
   m.def(
       "gcpu_backward(Tensor grad_H, Tensor H, Tensor gates, Tensor W_hr, Tensor W_hz, Tensor? W_hg, Tensor W_hu, "
-      "Tensor W_zu, Tensor? W_gu, Tensor lengths, Tensor h0) -> Tensor[]");
+      "Tensor W_zu, Tensor? W_gu, Tensor lengths, Tensor h0) -> Tensor[]");  // [dx_r, dx_z, dW_hr, dW_hz, dW_hu,
+  // dW_zu, db_u, dh0] and, with context, [dx_g, dW_hg, dW_gu]
 }
 
 TORCH_LIBRARY_IMPL(mfdr_C, CPU, m) {

@@ -71,7 +71,7 @@ class MFDRConfig:
         dropout: before the output layer.
         task: ``"classification"`` (logits ``(B, num_classes)``) or ``"regression"`` (``(B,)``, not
             clamped, as MMSA); ``num_classes`` is ignored for regression.
-        backend: kernel backend for the SAWA and DFC ops (``"triton"``, ``"cpp"``, ``"torch"``,
+        backend: kernel backend for the SAWA, GCPU and DFC ops (``"triton"``, ``"cpp"``, ``"torch"``,
             ``"reference"``) or None for the fastest that runs (``MFDR_KERNELS_BACKEND`` overrides
             None). A runtime choice: it does not change the weights.
     """

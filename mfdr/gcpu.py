@@ -17,7 +17,10 @@ as in a GRU, and ``h_t = (1 - u_t) ⊙ h_{t-1} + u_t ⊙ h̃_t``. ``GRUContext``
 padded steps zeroed.
 
 The products of the inputs with their weights for every step are computed before the time loop, in
-one matmul per stream; the loop only does the products with the state.
+one matmul per stream; the loop only does the products with the state. GCPU's loop is the fused op
+:func:`mfdr_kernels.gated_context_recurrence` (the loop over t and its backpropagation through time inside
+one kernel, on the backend ``backend`` picks); MGRU keeps a Python loop (an ablation: a different gate
+order, the update gate from h before the reset, so not the same kernel).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mfdr_kernels import _checks
+import mfdr_kernels
+from mfdr_kernels import _checks, _env
 
 
 def _valid_steps(lengths: torch.Tensor | None, B: int, L: int, device) -> torch.Tensor | None:
@@ -64,15 +68,21 @@ class GCPU(nn.Module):
         context: False drops the g stream ("w/o Context"): no multi-head attention, no ``W_gr``
             term in (1), no g̃ (``h̃_t = z̃_t``), no ``W_gu`` term in (5).
         dropout: attention dropout of the multi-head attention.
+        backend: kernel backend of the recurrence (``"triton"``, ``"cpp"``, ``"torch"``, ``"reference"``,
+            or None for the fastest that runs; see :func:`mfdr_kernels.gated_context_recurrence`).
 
     Parameters are named after the equations (bias-free ``nn.Linear(dim, dim)`` modules ``W_hr, W_zr,
     W_gr``; ``W_zz, W_hz``; ``W_gg, W_hg``; ``W_zu, W_gu, W_hu``; bias vectors ``b_r, b_z, b_g, b_u``),
     and ``mha`` is the ``nn.MultiheadAttention`` that gives g.
     """
 
-    def __init__(self, dim: int = 256, heads: int = 4, context: bool = True, dropout: float = 0.0):
+    def __init__(self, dim: int = 256, heads: int = 4, context: bool = True, dropout: float = 0.0,
+                 backend: str | None = None):
         super().__init__()
         dim, heads = _check_sizes(dim, heads)
+        if backend is not None:
+            _checks.choice("backend", backend, _env.BACKENDS)
+        self.backend = backend
         if not isinstance(context, bool):
             raise TypeError(f"context must be a bool, got {type(context).__name__} {context!r}")
         dropout = _checks.finite_float("dropout", dropout)
@@ -92,7 +102,8 @@ class GCPU(nn.Module):
             self.mha = None
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, heads={self.heads}, context={self.context}"
+        backend = "" if self.backend is None else f", backend={self.backend!r}"
+        return f"dim={self.dim}, heads={self.heads}, context={self.context}{backend}"
 
     def global_context(self, z: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """g = MultiheadAttention(z, z, z) with padded keys masked: ``(B, L, dim)``."""
@@ -122,33 +133,14 @@ class GCPU(nn.Module):
 
     def recurrence(self, z: torch.Tensor, g: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
                    h0: torch.Tensor | None = None) -> torch.Tensor:
-        """Equations (1)-(6) alone, given the context g (ignored when ``context=False``)."""
-        B, L, D = self._check(z, g, h0)
-        valid = _valid_steps(lengths, B, L, z.device)
-        # Per-step views (unbind: one gradient buffer for all steps, not one zero-filled (B, L, D) per step).
-        r_in, zz_in, gg_in = (None if x is None else x.unbind(1) for x in self._input_side(z, g))
-        W_h = [self.W_hz.weight, self.W_hu.weight] + ([self.W_hg.weight] if self.context else [])
-        W_h = torch.cat(W_h)  # r⊙h -> z̃, u (, g̃): (2|3 D, D)
-        W_u = torch.cat([self.W_zu.weight, self.W_gu.weight], 1) if self.context else self.W_zu.weight
-        keep = None if valid is None else valid[..., None].unbind(1)  # L x (B, 1)
-        h = z.new_zeros(B, D) if h0 is None else h0
-        out = []
-        for t in range(L):
-            r = torch.sigmoid(r_in[t] + F.linear(h, self.W_hr.weight))  # (1)
-            rh = r * h
-            hz, hu, *hg = F.linear(rh, W_h).split(D, dim=-1)  # W_hz rh, W_hu rh (, W_hg rh)
-            zt = torch.tanh(zz_in[t] + hz)  # (2)
-            if self.context:
-                gt = torch.tanh(gg_in[t] + hg[0])  # (3)
-                u = torch.sigmoid(F.linear(torch.cat([zt, gt], -1), W_u, self.b_u) + hu)  # (5)
-                h_new = rh + u * (zt + gt)  # (4), (6)
-            else:
-                u = torch.sigmoid(F.linear(zt, W_u, self.b_u) + hu)
-                h_new = rh + u * zt
-            h = h_new if keep is None else torch.where(keep[t], h_new, h)  # padded steps carry h
-            out.append(h)
-        H = torch.stack(out, 1)  # (B, L, D)
-        return H if valid is None else H.masked_fill(~valid[..., None], 0.0)
+        """Equations (1)-(6) alone, given the context g (ignored when ``context=False``): the input-side
+        products for all steps in one matmul per stream, then the fused recurrence op."""
+        self._check(z, g, h0)
+        x_r, x_z, x_g = self._input_side(z, g)
+        W_hg, W_gu = (self.W_hg.weight, self.W_gu.weight) if self.context else (None, None)
+        return mfdr_kernels.gated_context_recurrence(
+            x_r, x_z, x_g, self.W_hr.weight, self.W_hz.weight, W_hg, self.W_hu.weight, self.W_zu.weight, W_gu,
+            self.b_u, lengths=lengths, h0=h0, backend=self.backend)
 
     def _check(self, z, g, h0) -> tuple[int, int, int]:
         _check_z(self, z)

@@ -8,8 +8,8 @@
 
 Every row of the paper's Table 3 is a config switch (``MFDRConfig.ablation(name)``): ``window``/``levels``
 (fixed windows), ``attention="full"``, ``context`` in {gcpu, none, gru, mgru}, ``pooling`` in
-{dfc, max, avg, linear}. The SAWA and DFC ops run on the backend ``config.backend`` picks (None: the
-C++ kernels on the CPU, Triton on CUDA).
+{dfc, max, avg, linear}. The SAWA, GCPU and DFC ops run on the backend ``config.backend`` picks (None:
+the C++ kernels on the CPU, Triton on CUDA).
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def _context_unit(config: MFDRConfig) -> nn.Module:
     if config.context == "gru":
         return GRUContext(config.d_model)
     cls = MGRU if config.context == "mgru" else GCPU
-    return cls(config.d_model, config.heads, context=config.context != "none")
+    return cls(config.d_model, config.heads, context=config.context != "none", backend=config.backend)
 
 
 # ---------------------------------------------------------------------- the model
@@ -248,10 +248,12 @@ class MFDR(nn.Module):
         return self.config.backend
 
     def set_backend(self, backend: str | None) -> MFDR:
-        """Kernel backend for the SAWA and DFC ops (``"triton"``, ``"cpp"``, ``"torch"``, ``"reference"``
+        """Kernel backend for the SAWA, GCPU and DFC ops (``"triton"``, ``"cpp"``, ``"torch"``, ``"reference"``
         or None for the fastest that runs). Does not touch the weights."""
         self.config = self.config.replace(backend=backend)
         self.fusion.backend = backend
+        if isinstance(self.context, GCPU):  # MGRU too (a GCPU subclass), which keeps its Python loop
+            self.context.backend = backend
         for m in self.pool.modules():
             if m is not self.pool and hasattr(m, "backend"):
                 m.backend = backend

@@ -14,4 +14,7 @@ def gcpu_forward(x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, b_u, lengths
 
 def gcpu_backward(grad_H, H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths, h0):
     _ext.load()
-    return tuple(torch.ops.mfdr_C.gcpu_backward(grad_H, H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths, h0))
+    grads = torch.ops.mfdr_C.gcpu_backward(grad_H, H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths, h0)
+    dx_r, dx_z, dW_hr, dW_hz, dW_hu, dW_zu, db_u, dh0 = grads[:8]
+    dx_g, dW_hg, dW_gu = grads[8:] if W_hg is not None else (None, None, None)
+    return dx_r, dx_z, dx_g, dW_hr, dW_hz, dW_hg, dW_hu, dW_zu, dW_gu, db_u, dh0

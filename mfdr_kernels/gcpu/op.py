@@ -122,6 +122,8 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_H, _grad_gates, backward=gcpu_backward):
+    if grad_H is None:  # the eager path does not materialize zero gradients: none reached H
+        return (None,) * 13
     H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths, h0 = ctx.saved_tensors
     grads = backward(grad_H.contiguous(), H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths, h0, ctx.backend)
     dx_r, dx_z, dW_hr, dW_hz, dW_hu, dW_zu, db_u, dh0 = grads[:8]

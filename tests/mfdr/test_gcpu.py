@@ -188,3 +188,32 @@ def test_errors():
         m.recurrence(torch.randn(2, 3, D), torch.randn(2, 3, D), h0=torch.zeros(D))
     with pytest.raises(ValueError, match=r"lengths must have shape \(2,\)"):
         m(torch.randn(2, 3, D), torch.tensor([3]))
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "cpp", "triton"])
+@pytest.mark.parametrize("context", [True, False], ids=["context", "no-context"])
+def test_recurrence_on_every_backend(backend, context):
+    """GCPU.recurrence runs the fused op on the module's backend: the equations' values, and the gradients
+    of the reference backend (autograd through the readable loop) for z, g, h0 and every parameter."""
+    from mfdr_kernels.gcpu import CHECKS
+
+    if CHECKS[backend](torch.empty(1, dtype=torch.float64)):
+        pytest.skip(CHECKS[backend](torch.empty(1, dtype=torch.float64)))
+    m = _randomize_biases(GCPU(D, HEADS, context=context, backend=backend).double())
+    z, g, lengths = _inputs()
+    z, g, h0 = z.requires_grad_(), g.requires_grad_(), torch.randn(3, D, dtype=torch.float64, requires_grad=True)
+    H = m.recurrence(z, g if context else None, lengths, h0)
+    torch.testing.assert_close(H, gcpu_loop(m, z, g, lengths, h0), rtol=1e-12, atol=1e-12)
+    leaves = [z, h0, *(p for n, p in m.named_parameters() if not n.startswith("mha."))] + ([g] if context else [])
+    grad_H = torch.randn_like(H)
+    got = torch.autograd.grad(H, leaves, grad_H)
+    m.backend = "reference"
+    want = torch.autograd.grad(m.recurrence(z, g if context else None, lengths, h0), leaves, grad_H)
+    for a, w in zip(got, want):
+        torch.testing.assert_close(a, w, rtol=1e-12, atol=1e-12)
+
+
+def test_backend_is_checked_and_shown():
+    with pytest.raises(ValueError, match=r"backend must be one of \('triton', 'cpp', 'torch', 'reference'\)"):
+        GCPU(D, HEADS, backend="cuda")
+    assert "backend='torch'" in repr(GCPU(D, HEADS, backend="torch"))

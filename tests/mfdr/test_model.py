@@ -361,3 +361,22 @@ def test_lazy_package_import():
     assert mfdr.SAWALayer is SAWALayer
     with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
         mfdr.Nope  # noqa: B018
+
+
+def test_set_backend_reaches_the_gcpu_and_weights_load_with_any_backend():
+    """config.backend chooses the GCPU recurrence's backend with SAWA's and DFC's; a model saved with one
+    backend loads and runs the same with another (the backend is no part of the weights)."""
+    cfg = MFDRConfig(num_classes=4, audio_dim=12, text_dim=10, audio_len=48, text_len=9, d_model=16, heads=2,
+                     dfc_hidden=8, dropout=0.0)
+    torch.manual_seed(0)
+    model = MFDR(cfg.replace(backend="cpp")).eval()
+    assert model.context.backend == "cpp"
+    other = MFDR(cfg.replace(backend="torch")).eval()
+    assert other.context.backend == "torch"
+    other.load_state_dict(model.state_dict())
+    audio, text = torch.randn(2, 48, 12), torch.randn(2, 9, 10)
+    lengths = (torch.tensor([48, 30]), torch.tensor([9, 5]))
+    with torch.no_grad():
+        torch.testing.assert_close(other(audio, text, *lengths), model(audio, text, *lengths), atol=1e-5, rtol=1e-5)
+    assert model.set_backend("reference").context.backend == "reference"
+    assert MFDR(cfg.replace(context="mgru", backend="torch")).context.backend == "torch"
