@@ -6,10 +6,13 @@
     python benchmarks/bench_dfc.py --check         # the correctness check only
     python benchmarks/bench_dfc.py --threads 2     # torch.set_num_threads (default 1, as in the suite:
                                                    # on a busy machine an OpenMP barrier stalls every call)
+    python benchmarks/bench_dfc.py --providers cpp,cpp-bf16 --shapes 2 --out results/dfc_bf16.json  # some rows
     pytest benchmarks/test_bench_dfc.py --benchmark-only   # the same providers in the pytest-benchmark suite
 
-Providers (float32, kernel shared by the batch, as in ``mfdr.DynamicFrameConv``):
+Providers (float32 unless named, kernel shared by the batch, as in ``mfdr.DynamicFrameConv``):
   cpp        the C++ kernels (CPU)
+  cpp-bf16   the C++ kernels on bfloat16 copies of the same inputs (fp32 sums); ``fp32_x`` = cpp's time /
+             cpp-bf16's time, same run
   triton     the Triton kernels (CUDA)
   torch      the unfold-based ``torch`` backend: the baseline; builds the (B, N, frame, C) product
   autograd   plain autograd through ``x.unfold(...)``: what one writes by hand, without the custom op
@@ -53,14 +56,20 @@ def inputs(B, L, C, frame, hop, device="cpu", dtype=torch.float32, seed=0):
 
 
 def provider(name, frame, hop):
+    """``f(x, kernel) -> y``; a ``*-bf16`` provider takes bfloat16 inputs (``measure`` makes them)."""
     if name == "autograd":
         return lambda x, k: (x.unfold(1, frame, hop).transpose(2, 3) * k).sum(2)
-    return lambda x, k: dynamic_frame_conv(x, k, frame=frame, hop=hop, backend=name)
+    backend = name.removesuffix("-bf16")
+    return lambda x, k: dynamic_frame_conv(x, k, frame=frame, hop=hop, backend=backend)
+
+
+def fused_for(device):
+    return "cpp" if torch.device(device).type == "cpu" else "triton"
 
 
 def providers_for(device):
-    fused = "cpp" if torch.device(device).type == "cpu" else "triton"
-    return ["torch", "autograd", fused]
+    extra = ["cpp-bf16"] if torch.device(device).type == "cpu" else []
+    return ["torch", "autograd", fused_for(device), *extra]
 
 
 def _interleaved(fns: dict, device, reps: int, target_s: float = 0.01) -> dict:
@@ -76,26 +85,33 @@ def measure(shape, device="cpu", reps=15, names=None):
     N = (L - frame) // hop + 1
     x, kernel, gy = inputs(*shape, device=device)
     names = names or providers_for(device)
+    low = [t.detach().bfloat16().requires_grad_() for t in (x, kernel)] + [gy.bfloat16()]
+    args = {n: low if n.endswith("-bf16") else (x, kernel, gy) for n in names}  # (x, kernel, gy) per provider
     fs = {n: provider(n, frame, hop) for n in names}
-    outs = {n: fs[n](x, kernel) for n in names}  # retained graphs for the backward-only timing
-    fwd = _interleaved({n: (lambda f=fs[n]: f(x, kernel)) for n in names}, device, reps)
-    bwd = _interleaved({n: (lambda y=outs[n]: torch.autograd.grad(y, (x, kernel), gy, retain_graph=True))
+    outs = {n: fs[n](*args[n][:2]) for n in names}  # retained graphs for the backward-only timing
+    fwd = _interleaved({n: (lambda f=fs[n], a=args[n]: f(a[0], a[1])) for n in names}, device, reps)
+    bwd = _interleaved({n: (lambda y=outs[n], a=args[n]: torch.autograd.grad(y, a[:2], a[2], retain_graph=True))
                         for n in names}, device, reps)
-    both = _interleaved({n: (lambda f=fs[n]: torch.autograd.grad(f(x, kernel), (x, kernel), gy))
+    both = _interleaved({n: (lambda f=fs[n], a=args[n]: torch.autograd.grad(f(a[0], a[1]), a[:2], a[2]))
                          for n in names}, device, reps)
     del outs
     rows = []
     unfolded_mb = B * N * frame * C * x.element_size() / 2**20
     results_mb = (B * N * C + x.numel() + kernel.numel()) * x.element_size() / 2**20  # y, dx, dkernel
     for n in names:
-        mem = _timing.tensor_peak_mb(lambda f=fs[n]: torch.autograd.grad(f(x, kernel), (x, kernel), gy), device)
+        a = args[n]
+        mem = _timing.tensor_peak_mb(lambda f=fs[n], a=a: torch.autograd.grad(f(a[0], a[1]), a[:2], a[2]), device)
+        scale = a[0].element_size() / x.element_size()  # the sizes below are float32's
         rows.append({
-            "shape": shape_id(*shape), "provider": n,
+            "shape": shape_id(*shape), "provider": n, "dtype": str(a[0].dtype).removeprefix("torch."),
             "fwd_ms": fwd[n] * 1e3, "bwd_ms": bwd[n] * 1e3, "fwd+bwd_ms": both[n] * 1e3,
             "fwd_x": fwd["torch"] / fwd[n], "bwd_x": bwd["torch"] / bwd[n],
             "fwd+bwd_x": both["torch"] / both[n],
-            "peak_mb": mem, "results_mb": results_mb, "unfolded_mb": unfolded_mb,
+            "peak_mb": mem, "results_mb": results_mb * scale, "unfolded_mb": unfolded_mb * scale,
         })
+        base = n.removesuffix("-bf16")
+        if n != base and base in names:  # same-run ratio of the bf16 kernels over the float32 ones
+            rows[-1].update({f"fp32_{m}x": t[base] / t[n] for m, t in (("fwd_", fwd), ("bwd_", bwd), ("", both))})
     return rows
 
 
@@ -106,10 +122,10 @@ CHECK_TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 1e-2, tor
 def check(device) -> list[dict]:
     """The fused backend against the float64 reference (outputs, dx, dkernel, dbias), before any timing:
     on a GPU this is the correctness half of the GPU check. Raises when an error exceeds CHECK_TOL."""
-    fused = providers_for(device)[-1]
-    dtypes = [torch.float64, torch.float32]
+    fused = fused_for(device)
+    dtypes = [torch.float64, torch.float32, torch.bfloat16]
     if torch.device(device).type == "cuda":
-        dtypes += [torch.float16, torch.bfloat16]
+        dtypes += [torch.float16]
     rows = []
     for B, L, C, frame, hop in [(3, 50, 40, 3, 2), (2, 24, 33, 3, 3), (2, 11, 7, 2, 4), (4, 3, 300, 3, 2)]:
         N = (L - frame) // hop + 1
@@ -142,8 +158,8 @@ def _with_grads(backend, x, k, b, gy, frame, hop):
     return (y.detach(), *torch.autograd.grad(y, (x, k, b), gy))
 
 
-COLUMNS = ["shape", "provider", "fwd_ms", "bwd_ms", "fwd+bwd_ms", "fwd_x", "bwd_x", "fwd+bwd_x", "peak_mb",
-           "results_mb", "unfolded_mb"]
+COLUMNS = ["shape", "provider", "dtype", "fwd_ms", "bwd_ms", "fwd+bwd_ms", "fwd_x", "bwd_x", "fwd+bwd_x",
+           "fp32_x", "peak_mb", "results_mb", "unfolded_mb"]
 
 
 def main(argv=None):
@@ -153,27 +169,36 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--check", action="store_true", help="only the correctness check against the reference")
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (CPU); default 1")
+    ap.add_argument("--providers", default=None,
+                    help="comma-separated subset of the device's providers (torch, the ratios' base, always runs)")
+    ap.add_argument("--shapes", type=int, default=None, help="only the first N shapes (the paper's two: 2)")
     ap.add_argument("--out", default=None,
                     help="JSON results (default: results/dfc.json; --quick writes none unless --out is given)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    shapes = QUICK_SHAPES if args.quick else SHAPES
+    shapes = (QUICK_SHAPES if args.quick else SHAPES)[:args.shapes]
     reps = 3 if args.quick else args.reps
     checks = [r for device in devices for r in check(device)]
     if args.check:
         return checks
     rows = []
     for device in devices:
+        names = providers_for(device)
+        if args.providers:
+            wanted = set(args.providers.split(","))
+            if wanted - set(names):
+                ap.error(f"--providers: unknown on {device}: {sorted(wanted - set(names))}; known: {names}")
+            names = [n for n in names if n in wanted or n == "torch"]
         for shape in shapes:
-            rows += [{"device": device, **r} for r in measure(shape, device, reps)]
+            rows += [{"device": device, **r} for r in measure(shape, device, reps, names)]
     result = {"machine": _timing.machine(), "dtype": "float32", "kernel": "shared (N, frame, C)",
               "rows": rows, "checks": checks}
     _timing.write_json(_timing.results_path(args.out, args.quick, "dfc.json"), result)
     print(f"machine: {result['machine']}")
-    print("float32, kernel shared by the batch; *_x = time of the `torch` (unfold) backend / time, "
-          "same run\n")
+    print("float32 (cpp-bf16: bfloat16), kernel shared by the batch; *_x = time of the `torch` (unfold) backend "
+          "/ time, fp32_x = cpp time / cpp-bf16 time, same run\n")
     print(_timing.markdown_table(rows, ["device"] + COLUMNS))
     return result
 

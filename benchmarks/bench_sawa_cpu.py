@@ -3,11 +3,14 @@
     python benchmarks/bench_sawa_cpu.py                # paper shape, writes benchmarks/results/sawa_cpu.json
     python benchmarks/bench_sawa_cpu.py --quick        # tiny sizes (CI smoke)
     python benchmarks/bench_sawa_cpu.py --threads 1    # torch.set_num_threads (recorded either way)
+    python benchmarks/bench_sawa_cpu.py --providers cpp,cpp-bf16 --out results/sawa_cpu_bf16.json  # some rows
 
 Also the provider library of the SAWA suites (``test_bench_sawa.py``) and the scaling sweep (``sweep.py``).
 
-Providers (float32, window ω=10, hop 5; levels 2 unless named):
+Providers (float32 unless named, window ω=10, hop 5; levels 2 unless named):
   cpp / cpp-lv0    the C++ kernel, levels 2 / levels 0 (the fixed window)
+  cpp-bf16         the C++ kernel on bfloat16 copies of the same inputs (levels 2; fp32 accumulation):
+                   its ``*_x`` is bf16 time / fp32 time, same run
   triton           the Triton kernel (CUDA inputs; the suites run it when a GPU is present)
   torch            the vectorized PyTorch backend (levels 2)
   reference        the readable loop (levels 2; slow: the suites time it once)
@@ -42,7 +45,7 @@ from mfdr_kernels import sliding_adaptive_window_attention as sawa  # noqa: E402
 WINDOW, HOP = 10, 5
 PAPER = dict(B=32, H=1, L=50, T=255, d=256)
 QUICK_PAPER = dict(B=2, H=1, L=10, T=55, d=16)
-PROVIDERS = ("cpp", "cpp-lv0", "torch", "reference", "sdpa-window", "sdpa-full", "flex-window")
+PROVIDERS = ("cpp", "cpp-lv0", "cpp-bf16", "torch", "reference", "sdpa-window", "sdpa-full", "flex-window")
 FORWARD_ONLY = ("flex-window",)
 BASELINES = ("torch", "sdpa-window", "sdpa-full", "flex-window", "reference")
 
@@ -91,6 +94,8 @@ def provider(name, L, T, device="cpu"):
     """A callable ``f(q, k, v) -> out`` for provider ``name`` at L queries and T keys."""
     if name in ("cpp", "torch", "reference", "triton"):
         return lambda q, k, v: sawa(q, k, v, window=WINDOW, hop=HOP, levels=2, backend=name)
+    if name == "cpp-bf16":  # bfloat16 inputs: see closures()
+        return lambda q, k, v: sawa(q, k, v, window=WINDOW, hop=HOP, levels=2, backend="cpp")
     if name == "cpp-lv0":
         return lambda q, k, v: sawa(q, k, v, window=WINDOW, hop=HOP, levels=0, backend="cpp")
     if name == "sdpa-window":
@@ -108,8 +113,11 @@ def provider(name, L, T, device="cpu"):
 
 def closures(name, q, k, v, do):
     """``{"fwd", "bwd", "fwd+bwd"}`` closures of one provider (``bwd`` uses a retained graph);
-    forward-only providers get ``fwd`` alone."""
+    forward-only providers get ``fwd`` alone. ``*-bf16`` providers run on bfloat16 copies of the inputs."""
     f = provider(name, q.shape[2], k.shape[2], q.device)
+    if name.endswith("-bf16"):
+        q, k, v = (t.detach().bfloat16().requires_grad_() for t in (q, k, v))
+        do = do.bfloat16()
     out = {"fwd": lambda: f(q, k, v)}
     if name in FORWARD_ONLY and q.device.type == "cpu":
         return out
@@ -119,9 +127,9 @@ def closures(name, q, k, v, do):
     return out
 
 
-def levels_present(B, H, L, T, d):
+def levels_present(B, H, L, T, d, dtype=torch.float32):
     """Fraction of (b, h, i) rows at level 0, 1, 2 for these inputs (cpp backend, levels 2)."""
-    q, k, v, _ = inputs(B, H, L, T, d, requires_grad=False)
+    q, k, v, _ = inputs(B, H, L, T, d, requires_grad=False, dtype=dtype)
     _, level = sawa(q, k, v, window=WINDOW, hop=HOP, levels=2, backend="cpp", return_level=True)
     return [round(float((level == i).float().mean()), 3) for i in range(3)]
 
@@ -139,7 +147,7 @@ def measure(shape: dict, names, reps: int, block_s: float = 0.1) -> list[dict]:
     rows = []
     for n in names:
         last = "fwd+bwd" if "fwd+bwd" in fns[n] else "fwd"
-        row = {"shape": shape_id(**shape), "provider": n}
+        row = {"shape": shape_id(**shape), "provider": n, "dtype": "bfloat16" if n.endswith("-bf16") else "float32"}
         for mode in ("fwd", "bwd", "fwd+bwd"):
             if n in times[mode]:
                 row[f"{mode}_ms"] = times[mode][n]["median"] * 1e3
@@ -150,7 +158,7 @@ def measure(shape: dict, names, reps: int, block_s: float = 0.1) -> list[dict]:
     return rows
 
 
-COLUMNS = ["shape", "provider", "fwd_ms", "bwd_ms", "fwd+bwd_ms", "fwd_x", "bwd_x", "fwd+bwd_x", "peak_mb",
+COLUMNS = ["shape", "provider", "dtype", "fwd_ms", "bwd_ms", "fwd+bwd_ms", "fwd_x", "bwd_x", "fwd+bwd_x", "peak_mb",
            "peak_of"]
 
 
@@ -161,19 +169,30 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--block-ms", type=float, default=100.0, help="time per provider per repetition")
     ap.add_argument("--no-flex", action="store_true", help="leave out FlexAttention (compiles for ~20 s)")
+    ap.add_argument("--providers", default=None,
+                    help=f"comma-separated subset of {','.join(PROVIDERS)} (cpp, the ratios' base, always runs)")
     ap.add_argument("--out", default=None,
                     help="JSON results (default: results/sawa_cpu.json; --quick writes none unless --out is given)")
     args = ap.parse_args(argv)
     threads = _timing.set_threads(args.threads)
     shape = QUICK_PAPER if args.quick else PAPER
     names = [n for n in PROVIDERS if n != "reference" and not (args.no_flex and n == "flex-window")]
+    if args.providers:
+        wanted = set(args.providers.split(","))
+        unknown = wanted - set(PROVIDERS)
+        if unknown:
+            ap.error(f"--providers: unknown {sorted(unknown)}; known: {PROVIDERS}")
+        names = [n for n in PROVIDERS if n in wanted or n == "cpp"]
     rows = measure(shape, names, 2 if args.quick else args.reps, args.block_ms / 1e3)
     result = {"machine": _timing.machine(), "threads": threads, "dtype": "float32", "window": WINDOW,
               "hop": HOP, "levels_fraction": levels_present(**shape), "shape": shape,
               "reps": 2 if args.quick else args.reps, "block_ms": args.block_ms, "rows": rows}
+    if "cpp-bf16" in names:
+        result["levels_fraction_bf16"] = levels_present(**shape, dtype=torch.bfloat16)
     _timing.write_json(_timing.results_path(args.out, args.quick, "sawa_cpu.json"), result)
     print(f"machine: {result['machine']}")
-    print(f"fraction of rows at level 0/1/2: {result['levels_fraction']}")
+    print(f"fraction of rows at level 0/1/2: {result['levels_fraction']}"
+          + (f" (bf16 inputs: {result['levels_fraction_bf16']})" if "levels_fraction_bf16" in result else ""))
     print("*_x = provider time / cpp time, same run (interleaved)\n")
     print(_timing.markdown_table(rows, COLUMNS))
     return result
