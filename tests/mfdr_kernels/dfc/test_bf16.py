@@ -118,6 +118,24 @@ def test_bf16_cpu_tensors_run_the_cpp_kernel(monkeypatch):
     assert calls == ["cpp", "cpp"] and x.grad.dtype == torch.bfloat16
 
 
+def test_autocast_runs_the_cpp_kernel_in_bf16(monkeypatch):
+    """Under CPU autocast (bf16) float32 inputs are cast to bf16 and take the C++ kernel: the same output
+    as an explicit bf16 call, float32 gradients for the float32 inputs."""
+    calls = []
+    real = op._impl
+    monkeypatch.setattr(op, "_impl", lambda name: calls.append(name) or real(name))
+    monkeypatch.delenv("MFDR_KERNELS_BACKEND", raising=False)
+    inputs, gy = make(CASES[0], False, "C")
+    x, kernel, bias = (inputs[k].float().requires_grad_() for k in ("x", "kernel", "bias"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = dynamic_frame_conv(x, kernel, bias=bias)
+    y.backward(gy)
+    assert calls == ["cpp", "cpp"] and x.grad.dtype == kernel.grad.dtype == bias.grad.dtype == torch.float32
+    want = dynamic_frame_conv(*(t.detach().bfloat16() for t in (x, kernel)), bias=bias.detach().bfloat16(),
+                              backend="cpp")
+    assert torch.equal(y, want)
+
+
 @pytest.mark.parametrize("per_sample", [False, True], ids=["shared", "per_sample"])
 def test_opcheck_bf16(per_sample):
     case = Case(2, 9, 43)

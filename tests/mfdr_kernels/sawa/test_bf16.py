@@ -163,6 +163,22 @@ def test_bf16_cpu_tensors_run_the_cpp_kernel(monkeypatch):
     assert calls == ["cpp", "cpp"] and q.grad.dtype == torch.bfloat16
 
 
+def test_autocast_runs_the_cpp_kernel_in_bf16(monkeypatch):
+    """Under CPU autocast (bf16) float32 inputs are cast to bf16 and take the C++ kernel: the same output
+    as an explicit bf16 call, float32 gradients for the float32 inputs."""
+    calls = []
+    real = op._impl
+    monkeypatch.setattr(op, "_impl", lambda name: calls.append(name) or real(name))
+    monkeypatch.delenv("MFDR_KERNELS_BACKEND", raising=False)
+    (q, k, v, do), kw = make(Case(d=40, dv=24), torch.float32)
+    q.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sawa(q, k, v, **kw)
+    out.backward(do.bfloat16())
+    assert calls == ["cpp", "cpp"] and q.grad.dtype == torch.float32
+    assert torch.equal(out, sawa(q.detach().bfloat16(), k.bfloat16(), v.bfloat16(), backend="cpp", **kw))
+
+
 def test_opcheck_bf16():
     (q, k, v, _), _ = make(Case(d=40, dv=24), torch.bfloat16)
     q, k, v = (t.requires_grad_() for t in (q, k, v))
