@@ -37,6 +37,7 @@
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include "output_cache.h"
@@ -137,7 +138,7 @@ void forward_kernel(const Dims& d, const T* x_r, const T* x_z, const T* x_g, con
   const int64_t ldg = L * GD;  // row stride of the gates at a fixed step and slot
   std::vector<T> state(2 * B * D), rh_buf(B * D), hu_buf(B * D);  // h ping-pong; r ⊙ h; W_hu rh + b_u
   T *h = state.data(), *h_next = state.data() + B * D, *rh = rh_buf.data(), *hu = hu_buf.data();
-  std::memcpy(h, h0, sizeof(T) * B * D);
+  if (h0) std::memcpy(h, h0, sizeof(T) * B * D);  // else the zero state of the vector's initialization
   for (int64_t t = 0; t < d.steps; ++t) {
     T* gt = gates + t * GD;  // gates[b, t, slot, c] = gt[b * ldg + slot * D + c]
     // (1) r = σ(x_r + W_hr h), rh = r ⊙ h
@@ -309,11 +310,12 @@ void backward_kernel(const Dims& d, const T* gH, const T* H, const T* gates, con
 }
 
 // ------------------------------------------------------------------------------------------- entry points
-Dims check_inputs(const char* fn, const at::Tensor& x_r, const std::optional<at::Tensor>& x_g,
-                  const at::Tensor& lengths, const std::vector<const at::Tensor*>& same) {
+// Checks the tensors; returns the sizes, and the lengths clamped to [0, L] in `len` (unchecked values never
+// index out of bounds; op.py checks them where MFDR_KERNELS_CHECK_VALUES says so).
+Dims check_inputs(const char* fn, const at::Tensor& x_r, bool context, const at::Tensor& lengths,
+                  const std::vector<const at::Tensor*>& same, std::vector<int64_t>& len) {
   TORCH_CHECK(x_r.dim() == 3, fn, ": x_r must be a (B, L, D) tensor, got shape ", x_r.sizes());
   const int64_t B = x_r.size(0), L = x_r.size(1), D = x_r.size(2);
-  const bool context = x_g.has_value() && x_g->defined();
   for (const at::Tensor* t : same) {
     TORCH_CHECK(t->is_contiguous() && t->scalar_type() == x_r.scalar_type(), fn,
                 ": every tensor must be contiguous with the dtype of x_r");
@@ -322,10 +324,11 @@ Dims check_inputs(const char* fn, const at::Tensor& x_r, const std::optional<at:
   TORCH_CHECK(lengths.dim() == 1 && lengths.size(0) == B && lengths.scalar_type() == at::kLong &&
                   lengths.is_contiguous(),
               fn, ": lengths must be a contiguous int64 (B,) tensor");
-  const int64_t* len = lengths.const_data_ptr<int64_t>();
+  const int64_t* given = lengths.const_data_ptr<int64_t>();
+  len.resize(B);
   int64_t steps = 0;
   for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK(len[b] >= 0 && len[b] <= L, fn, ": lengths must lie in [0, ", L, "], got ", len[b]);
+    len[b] = std::clamp<int64_t>(given[b], 0, L);
     steps = std::max(steps, len[b]);
   }
   return Dims{B, L, D, context ? 4 : 3, context, steps};
@@ -338,20 +341,23 @@ void check_shape(const char* fn, const char* name, const at::Tensor& t, at::IntA
 std::tuple<at::Tensor, at::Tensor> gcpu_forward(
     const at::Tensor& x_r, const at::Tensor& x_z, const std::optional<at::Tensor>& x_g, const at::Tensor& W_hr,
     const at::Tensor& W_hz, const std::optional<at::Tensor>& W_hg, const at::Tensor& W_hu, const at::Tensor& W_zu,
-    const std::optional<at::Tensor>& W_gu, const at::Tensor& b_u, const at::Tensor& lengths, const at::Tensor& h0) {
+    const std::optional<at::Tensor>& W_gu, const at::Tensor& b_u, const at::Tensor& lengths,
+    const std::optional<at::Tensor>& h0) {
   constexpr const char* fn = "mfdr_C::gcpu_forward";
-  std::vector<const at::Tensor*> same = {&x_r, &x_z, &W_hr, &W_hz, &W_hu, &W_zu, &b_u, &h0};
-  const bool context = x_g.has_value() && x_g->defined();
+  std::vector<const at::Tensor*> same = {&x_r, &x_z, &W_hr, &W_hz, &W_hu, &W_zu, &b_u};
+  const bool context = x_g.has_value() && x_g->defined(), has_h0 = h0.has_value() && h0->defined();
   TORCH_CHECK(context == (W_hg.has_value() && W_hg->defined()) && context == (W_gu.has_value() && W_gu->defined()),
               fn, ": x_g, W_hg and W_gu must be all given (context) or all None");
   if (context) same.insert(same.end(), {&*x_g, &*W_hg, &*W_gu});
-  const Dims d = check_inputs(fn, x_r, x_g, lengths, same);
+  if (has_h0) same.push_back(&*h0);
+  std::vector<int64_t> len;
+  const Dims d = check_inputs(fn, x_r, context, lengths, same, len);
   const int64_t B = d.B, L = d.L, D = d.D;
   for (const at::Tensor* t : {&x_z, context ? &*x_g : &x_z}) check_shape(fn, "x_z and x_g", *t, {B, L, D});
   for (const at::Tensor* t : {&W_hr, &W_hz, &W_hu, &W_zu}) check_shape(fn, "each W", *t, {D, D});
   if (context) for (const at::Tensor* t : {&*W_hg, &*W_gu}) check_shape(fn, "each W", *t, {D, D});
   check_shape(fn, "b_u", b_u, {D});
-  check_shape(fn, "h0", h0, {B, D});
+  if (has_h0) check_shape(fn, "h0", *h0, {B, D});
   // the weights as the right-hand (K x N) operands of the row-major products: transposes, built once
   const auto WhrT = W_hr.t().contiguous(), WzuT = W_zu.t().contiguous();
   const auto WrhT = (context ? at::cat({W_hz, W_hu, *W_hg}) : at::cat({W_hz, W_hu})).t().contiguous();
@@ -362,7 +368,7 @@ std::tuple<at::Tensor, at::Tensor> gcpu_forward(
     forward_kernel<scalar_t>(
         d, x_r.const_data_ptr<scalar_t>(), x_z.const_data_ptr<scalar_t>(),
         context ? x_g->const_data_ptr<scalar_t>() : nullptr, b_u.const_data_ptr<scalar_t>(),
-        lengths.const_data_ptr<int64_t>(), h0.const_data_ptr<scalar_t>(), WhrT.const_data_ptr<scalar_t>(),
+        len.data(), has_h0 ? h0->const_data_ptr<scalar_t>() : nullptr, WhrT.const_data_ptr<scalar_t>(),
         WrhT.const_data_ptr<scalar_t>(), WzuT.const_data_ptr<scalar_t>(),
         context ? WguT.const_data_ptr<scalar_t>() : nullptr, H.mutable_data_ptr<scalar_t>(),
         gates.mutable_data_ptr<scalar_t>());
@@ -373,19 +379,22 @@ std::tuple<at::Tensor, at::Tensor> gcpu_forward(
 std::vector<at::Tensor> gcpu_backward(
     const at::Tensor& grad_H, const at::Tensor& H, const at::Tensor& gates, const at::Tensor& W_hr,
     const at::Tensor& W_hz, const std::optional<at::Tensor>& W_hg, const at::Tensor& W_hu, const at::Tensor& W_zu,
-    const std::optional<at::Tensor>& W_gu, const at::Tensor& lengths, const at::Tensor& h0) {
+    const std::optional<at::Tensor>& W_gu, const at::Tensor& lengths, const std::optional<at::Tensor>& h0) {
   constexpr const char* fn = "mfdr_C::gcpu_backward";
-  std::vector<const at::Tensor*> same = {&grad_H, &H, &gates, &W_hr, &W_hz, &W_hu, &W_zu, &h0};
-  const bool context = W_hg.has_value() && W_hg->defined();
+  std::vector<const at::Tensor*> same = {&grad_H, &H, &gates, &W_hr, &W_hz, &W_hu, &W_zu};
+  const bool context = W_hg.has_value() && W_hg->defined(), has_h0 = h0.has_value() && h0->defined();
   TORCH_CHECK(context == (W_gu.has_value() && W_gu->defined()), fn, ": W_hg and W_gu must be both given or None");
   if (context) same.insert(same.end(), {&*W_hg, &*W_gu});
-  const Dims d = check_inputs(fn, H, context ? W_hg : std::nullopt, lengths, same);
+  if (has_h0) same.push_back(&*h0);
+  std::vector<int64_t> len;
+  const Dims d = check_inputs(fn, H, context, lengths, same, len);
   const int64_t B = d.B, L = d.L, D = d.D;
   check_shape(fn, "grad_H", grad_H, {B, L, D});
   check_shape(fn, "gates", gates, {B, L, d.G, D});
   for (const at::Tensor* t : {&W_hr, &W_hz, &W_hu, &W_zu}) check_shape(fn, "each W", *t, {D, D});
   if (context) for (const at::Tensor* t : {&*W_hg, &*W_gu}) check_shape(fn, "each W", *t, {D, D});
-  check_shape(fn, "h0", h0, {B, D});
+  if (has_h0) check_shape(fn, "h0", *h0, {B, D});
+  const auto h0_or_zeros = has_h0 ? *h0 : at::zeros({B, D}, H.options());
   const auto Wback = at::cat(context ? std::vector<at::Tensor>{W_zu, *W_gu, W_hu} : std::vector<at::Tensor>{W_zu, W_hu}, 1);
   auto dx_r = cached_empty({B, L, D}, H.options()), dx_z = cached_empty({B, L, D}, H.options());
   auto dx_g = context ? cached_empty({B, L, D}, H.options()) : at::Tensor();
@@ -398,7 +407,7 @@ std::vector<at::Tensor> gcpu_backward(
   AT_DISPATCH_FLOATING_TYPES(H.scalar_type(), "mfdr_gcpu_backward", [&] {
     backward_kernel<scalar_t>(
         d, grad_H.const_data_ptr<scalar_t>(), H.const_data_ptr<scalar_t>(), gates.const_data_ptr<scalar_t>(),
-        lengths.const_data_ptr<int64_t>(), h0.const_data_ptr<scalar_t>(), Wback.const_data_ptr<scalar_t>(),
+        len.data(), h0_or_zeros.const_data_ptr<scalar_t>(), Wback.const_data_ptr<scalar_t>(),
         W_hz.const_data_ptr<scalar_t>(), context ? W_hg->const_data_ptr<scalar_t>() : nullptr,
         W_hr.const_data_ptr<scalar_t>(), dx_r.mutable_data_ptr<scalar_t>(), dx_z.mutable_data_ptr<scalar_t>(),
         context ? dx_g.mutable_data_ptr<scalar_t>() : nullptr, d_au.mutable_data_ptr<scalar_t>(),
@@ -407,7 +416,7 @@ std::vector<at::Tensor> gcpu_backward(
   // Weight gradients: one product each over all B·L rows (padded rows have d_a = 0). h_{t-1} of step t
   // is H[:, t-1] for t >= 1 (valid steps are a prefix) and h0 for t = 0.
   auto h_prev = cached_empty({B, L, D}, H.options());
-  h_prev.select(1, 0).copy_(h0);
+  h_prev.select(1, 0).copy_(h0_or_zeros);
   if (L > 1) h_prev.narrow(1, 1, L - 1).copy_(H.narrow(1, 0, L - 1));
   const auto rows = [&](const at::Tensor& x) { return x.reshape({B * L, D}); };
   auto rh = rows(gates.select(2, R)).mul(rows(h_prev));
@@ -428,10 +437,10 @@ std::vector<at::Tensor> gcpu_backward(
 TORCH_LIBRARY_FRAGMENT(mfdr_C, m) {
   m.def(
       "gcpu_forward(Tensor x_r, Tensor x_z, Tensor? x_g, Tensor W_hr, Tensor W_hz, Tensor? W_hg, Tensor W_hu, "
-      "Tensor W_zu, Tensor? W_gu, Tensor b_u, Tensor lengths, Tensor h0) -> (Tensor, Tensor)");
+      "Tensor W_zu, Tensor? W_gu, Tensor b_u, Tensor lengths, Tensor? h0) -> (Tensor, Tensor)");
   m.def(
       "gcpu_backward(Tensor grad_H, Tensor H, Tensor gates, Tensor W_hr, Tensor W_hz, Tensor? W_hg, Tensor W_hu, "
-      "Tensor W_zu, Tensor? W_gu, Tensor lengths, Tensor h0) -> Tensor[]");  // [dx_r, dx_z, dW_hr, dW_hz, dW_hu,
+      "Tensor W_zu, Tensor? W_gu, Tensor lengths, Tensor? h0) -> Tensor[]");  // [dx_r, dx_z, dW_hr, dW_hz, dW_hu,
   // dW_zu, db_u, dh0] and, with context, [dx_g, dW_hg, dW_gu]
 }
 

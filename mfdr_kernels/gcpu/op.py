@@ -6,12 +6,14 @@ and registered autograd -> :func:`gated_context_recurrence` -> ``mfdr.gcpu.GCPU.
 
 Shape, dtype and device checks happen once, in Python, before the op (they trace under
 ``torch.compile``). The one value check (``lengths`` in ``[0, L]``) follows ``MFDR_KERNELS_CHECK_VALUES``
-(default: CPU tensors only; never while tracing); whatever the flag, the kernels receive lengths clamped
-to ``[0, L]``, so unchecked values never read or write out of bounds. Under ``torch.autocast`` the
-floating inputs are cast to the autocast dtype (matmul-like policy); the kernels accumulate in fp32.
+(default: CPU tensors only; never while tracing); whatever the flag, every kernel clamps the lengths it
+reads to ``[0, L]``, so unchecked values never read or write out of bounds (and cost no clamp launch).
+Under ``torch.autocast`` the floating inputs are cast to the autocast dtype (matmul-like policy); the
+kernels accumulate in fp32.
 
 The launchers of every backend (``torch_impl``, ``cpp_impl``, ``triton_impl``) take contiguous inputs of
-one dtype and device, ``lengths`` int64 in ``[0, L]`` and ``h0`` a ``(B, D)`` tensor::
+one dtype and device, ``lengths`` an int64 ``(B,)`` tensor (values clamped to ``[0, L]`` by the kernels)
+and ``h0`` a ``(B, D)`` tensor or None (a zero state)::
 
     gcpu_forward(x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, b_u, lengths, h0) -> (H, gates)
         H (B, L, D) in the input dtype; gates (B, L, G, D) in fp32 (fp64 for fp64 inputs), the slots
@@ -55,7 +57,7 @@ def _gate_count(context: bool) -> int:
 def gcpu_forward(
     x_r: torch.Tensor, x_z: torch.Tensor, x_g: torch.Tensor | None, W_hr: torch.Tensor, W_hz: torch.Tensor,
     W_hg: torch.Tensor | None, W_hu: torch.Tensor, W_zu: torch.Tensor, W_gu: torch.Tensor | None,
-    b_u: torch.Tensor, lengths: torch.Tensor, h0: torch.Tensor, backend: str,
+    b_u: torch.Tensor, lengths: torch.Tensor, h0: torch.Tensor | None, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _forward_body(x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, b_u, lengths, h0, backend)
 
@@ -83,7 +85,7 @@ def _(x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, b_u, lengths, h0, backe
 def gcpu_backward(
     grad_H: torch.Tensor, H: torch.Tensor, gates: torch.Tensor, W_hr: torch.Tensor, W_hz: torch.Tensor,
     W_hg: torch.Tensor | None, W_hu: torch.Tensor, W_zu: torch.Tensor, W_gu: torch.Tensor | None,
-    lengths: torch.Tensor, h0: torch.Tensor, backend: str,
+    lengths: torch.Tensor, h0: torch.Tensor | None, backend: str,
 ) -> list[torch.Tensor]:
     return _backward_body(grad_H, H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths, h0, backend)
 
@@ -128,7 +130,7 @@ def _backward(ctx, grad_H, _grad_gates, backward=gcpu_backward):
     grads = backward(grad_H.contiguous(), H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths, h0, ctx.backend)
     dx_r, dx_z, dW_hr, dW_hz, dW_hu, dW_zu, db_u, dh0 = grads[:8]
     dx_g, dW_hg, dW_gu = grads[8:] if W_hg is not None else (None, None, None)
-    return dx_r, dx_z, dx_g, dW_hr, dW_hz, dW_hg, dW_hu, dW_zu, dW_gu, db_u, None, dh0, None
+    return dx_r, dx_z, dx_g, dW_hr, dW_hz, dW_hg, dW_hu, dW_zu, dW_gu, db_u, None, None if h0 is None else dh0, None
 
 
 gcpu_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -152,9 +154,8 @@ class _EagerGCPU(torch.autograd.Function):
 
 
 def _check(x_r, x_z, x_g, weights: dict, b_u, lengths, h0):
-    """Checks shapes, dtypes, devices and the context arguments; returns ``(lengths, h0)`` as tensors:
-    lengths int64 clamped to ``[0, L]`` (checked first where ``MFDR_KERNELS_CHECK_VALUES`` says so), h0
-    zeros when absent."""
+    """Checks shapes, dtypes, devices and the context arguments; returns ``lengths`` as an int64 tensor
+    (its values checked where ``MFDR_KERNELS_CHECK_VALUES`` says so; the kernels clamp them regardless)."""
     _checks.tensor("x_r", x_r, 3)
     B, L, D = x_r.shape
     context = x_g is not None
@@ -187,8 +188,8 @@ def _check(x_r, x_z, x_g, weights: dict, b_u, lengths, h0):
     if lengths is None:
         lengths = torch.full((B,), L, dtype=torch.int64, device=dev)
     else:
-        lengths = _checks.lengths("lengths", lengths, B, 0, L, dev).clamp(0, L)
-    return lengths, x_r.new_zeros(B, D) if h0 is None else h0
+        lengths = _checks.lengths("lengths", lengths, B, 0, L, dev)
+    return lengths
 
 
 def gated_context_recurrence(
@@ -226,13 +227,14 @@ def gated_context_recurrence(
     x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, b_u, h0 = _checks.autocast_inputs(
         x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, b_u, h0)
     weights = dict(zip(_WEIGHTS, (W_hr, W_hz, W_hg, W_hu, W_zu, W_gu), strict=True))
-    lengths, h0 = _check(x_r, x_z, x_g, weights, b_u, lengths, h0)
+    lengths = _check(x_r, x_z, x_g, weights, b_u, lengths, h0)
     name = _backends.choose("gated_context_recurrence", backend, CHECKS, (x_r, x_z))
     if name == "reference":
         _checks.finite_if_asked(x_r=x_r, x_z=x_z, x_g=x_g, **weights, b_u=b_u, h0=h0)
         return reference.gcpu_reference(x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, b_u, lengths, h0)
     inputs = [None if t is None else t.contiguous() for t in (x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu,
                                                               b_u)]
+    h0 = None if h0 is None else h0.contiguous()
     run = _EagerGCPU.apply if _backends.eager(*inputs, h0) else gcpu_forward
-    H, _gates = run(*inputs, lengths, h0.contiguous(), name)
+    H, _gates = run(*inputs, lengths, h0, name)
     return H

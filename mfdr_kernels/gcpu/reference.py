@@ -28,10 +28,11 @@ def _W(W: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def gcpu_reference(x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, b_u, lengths, h0) -> torch.Tensor:
     """Reference recurrence on checked arguments (see ``op.py``): ``x_* (B, L, D)``, ``W_* (D, D)``,
-    ``b_u (D,)``, ``lengths (B,)`` int64 in [0, L], ``h0 (B, D)``. Returns ``H (B, L, D)``."""
+    ``b_u (D,)``, ``lengths (B,)`` int64 (values past [0, L] act as clamped), ``h0 (B, D)`` or None (zeros).
+    Returns ``H (B, L, D)``."""
     context = x_g is not None
     B, L, D = x_r.shape
-    h = h0
+    h = x_r.new_zeros(B, D) if h0 is None else h0
     out = []
     for t in range(L):
         r = torch.sigmoid(x_r[:, t] + _W(W_hr, h))  # (1)

@@ -7,8 +7,9 @@ gates of every step into one ``(B, L, G, D)`` buffer, the backward walks the ste
 only the products with the state, and the weight gradients are taken after the loop as single
 products over all ``B·L`` rows. Arithmetic is in float32 for half-precision inputs (float64 for float64).
 
-Arguments are the checked ones of ``op.py`` (contiguous, one dtype and device, ``lengths`` int64 in
-[0, L], ``h0`` a tensor); the launcher contract, shared by every backend, is in ``op.py``'s docstring.
+Arguments are the checked ones of ``op.py`` (contiguous, one dtype and device, ``lengths`` int64, whose
+values act as clamped to [0, L], ``h0`` a tensor or None); the launcher contract, shared by every backend,
+is in ``op.py``'s docstring.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def gcpu_forward(x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, b_u, lengths
     gates = x_r.new_empty(B, L, 4 if context else 3, D)
     H = x_r.new_empty(B, L, D, dtype=dtype)
     valid = (torch.arange(L, device=x_r.device) < lengths[:, None])[..., None]  # (B, L, 1)
-    h = h0.to(acc)
+    h = x_r.new_zeros(B, D) if h0 is None else h0.to(acc)
     hr, rh, u_in = x_r.new_empty(B, D), x_r.new_empty(B, D), x_r.new_empty(B, D)
     p = x_r.new_empty(B, W_rh.shape[1])
     cand = x_r.new_empty(B, 2 * D) if context else None  # [z̃, g̃] side by side for the u product
@@ -78,7 +79,8 @@ def gcpu_backward(grad_H, H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths,
     W_hr, W_hz, W_hg = (_acc(t, acc) for t in (W_hr, W_hz, W_hg))
     W_back = torch.cat([W_zu, W_gu, W_hu] if context else [W_zu, W_hu], 1).to(acc)  # d_au -> z̃ (, g̃), rh
     valid = (torch.arange(L, device=H.device) < lengths[:, None])[..., None]  # (B, L, 1)
-    h_prev = torch.cat([h0.to(acc)[:, None], H[:, :-1].to(acc)], 1)  # (B, L, D): h_{t-1} of valid steps
+    h0 = H.new_zeros(B, D, dtype=acc) if h0 is None else h0.to(acc)
+    h_prev = torch.cat([h0[:, None], H[:, :-1].to(acc)], 1)  # (B, L, D): h_{t-1} of valid steps
     d_ar, d_az, d_au = (H.new_zeros(B, L, D, dtype=acc) for _ in range(3))
     d_ag = H.new_zeros(B, L, D, dtype=acc) if context else None
     dh = H.new_zeros(B, D, dtype=acc)
