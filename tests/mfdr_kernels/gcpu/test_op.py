@@ -69,9 +69,9 @@ def test_compile_fullgraph_cpu(context):
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
 def test_dispatched_ops_do_not_grow_with_the_steps(backend, monkeypatch):
     """The cpp op's forward + backward is a fixed handful of dispatched ops, whatever L (the loop over t
-    is inside the kernel): the op pair, the lengths' clamp and one gradient accumulation per leaf. The
-    torch backend's grow with L. The ops a GPU would launch, counted on the CPU (value checks off, as on
-    an accelerator)."""
+    is inside the kernel): the op pair, the detach of the two saved outputs and one gradient accumulation
+    per leaf. The torch backend's grow with L. The ops a GPU would launch, counted on the CPU (value checks off,
+    as on an accelerator)."""
     monkeypatch.setenv("MFDR_KERNELS_CHECK_VALUES", "0")
 
     def count(L):
@@ -82,9 +82,10 @@ def test_dispatched_ops_do_not_grow_with_the_steps(backend, monkeypatch):
             H.backward(grad)
         return c.ops
 
+    count(3)  # warm-up: loads the extension
     short, long = count(3), count(30)
     if backend == "cpp":
-        assert short == long <= 11 + 5, (short, long)  # 11 leaves
+        assert short == long <= 11 + 4, (short, long)  # 11 leaves
     else:
         assert long > short + 27 * 10, (short, long)
 
@@ -191,7 +192,7 @@ def test_unchecked_lengths_are_clamped(monkeypatch):
     ones as 0: clamped, never an out-of-bounds read or write."""
     monkeypatch.setenv("MFDR_KERNELS_CHECK_VALUES", "0")
     args, h0 = _inputs(dtype=torch.float64, requires_grad=False)
-    for backend in ("torch", "cpp"):
+    for backend in BACKENDS:
         got = gated_context_recurrence(*args, lengths=torch.tensor([99, -3]), h0=h0, backend=backend)
         want = gated_context_recurrence(*args, lengths=torch.tensor([4, 0]), h0=h0, backend="reference")
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
