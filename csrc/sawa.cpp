@@ -101,13 +101,15 @@ inline void softmax_rings(Row<A>& row, int r_lo, int r_hi) {
       if (row.ring[t] >= r_lo && row.ring[t] <= r_hi) row.w[t] /= sum;
 }
 
-// Final weights of the active rings (<= level): one softmax per ring, or one joint softmax.
+// Final weights of the active rings (<= level): one softmax per ring, or one joint softmax. `done`: the
+// level whose final weights row.w already holds from the decisions (-1: none), not computed again
+// (segment: rings <= done; joint: the softmax over rings <= done).
 template <typename A>
-inline void final_weights(Row<A>& row, int level, bool joint) {
+inline void final_weights(Row<A>& row, int level, bool joint, int done) {
   if (joint) {
-    softmax_rings(row, 0, level);
+    if (done != level) softmax_rings(row, 0, level);
   } else {
-    for (int r = 0; r <= level; ++r) softmax_rings(row, r, r);
+    for (int r = done + 1; r <= level; ++r) softmax_rings(row, r, r);
   }
 }
 
@@ -133,9 +135,10 @@ int build_row(Row<A>& row, const T* q, const T* K, int64_t d, int64_t s, int64_t
     add_range<T, A>(row, r, s + w + b, s + w + a, k_len, q, K, d, scale);
   };
 
-  int level = 0;
+  int level = 0, done = -1;
   if (forced < 0 && levels >= 1) {
     softmax_rings(row, 0, 0);  // base-window weights: Alg. 1 lines 2-4
+    done = 0;
     const A thr = A(1) / static_cast<A>(row.count[0]);
     int64_t c0 = 0;
     for (size_t t = 0; t < row.w.size(); ++t) c0 += row.w[t] > thr;
@@ -144,6 +147,7 @@ int build_row(Row<A>& row, const T* q, const T* K, int64_t d, int64_t s, int64_t
       add_ring(1);
       if (levels >= 2) {
         if (joint) softmax_rings(row, 0, 1); else softmax_rings(row, 1, 1);
+        done = 1;
         A sum = 0;
         for (A v : row.w) sum += v;
         const A mean = sum / static_cast<A>(row.w.size());
@@ -159,7 +163,7 @@ int build_row(Row<A>& row, const T* q, const T* K, int64_t d, int64_t s, int64_t
     level = forced;
     for (int r = 1; r <= forced; ++r) add_ring(r);
   }
-  final_weights(row, level, joint);
+  final_weights(row, level, joint, done);
   return level;
 }
 
