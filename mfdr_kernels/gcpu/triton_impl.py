@@ -19,7 +19,8 @@ outputs at a time. Each step is three phases (forward) or four (backward); every
 previous one wrote for *all* columns, so phases are separated by ``tl.debug_barrier()`` (``bar.sync``
 orders a CTA's global writes before its later reads; no other program reads these rows). No phase reads
 a scratch location that it also writes (the forward's state is double-buffered by the parity of t), so
-replicated register layouts can never read a value that a sibling thread has already updated.
+replicated register layouts can never read a value that a sibling thread has already updated. (The
+interpreter runs each program's phases in order whatever the barriers: only the CUDA tests check them.)
 
 Forward phases (columns ``n`` in chunks of ``BLOCK_N``, reductions over ``k`` in chunks of ``BLOCK_K``):
 
@@ -38,7 +39,7 @@ d_rh ⊙ r; padded rows carry dh and write zeros for every d_a*):
     4  dh = d_rh ⊙ r + d_ar W_hr                                                    (dh of step t-1)
 
 Phases 2 and B (the forward's) carry two accumulators over one read of their operand; the others one at
-a time (sequential ``_mm`` calls): at most two weight tiles are in flight, which keeps D = 256 spill-free.
+a time (sequential ``_mm`` calls): at most two weight tiles are in flight (spills at D = 256: see Tuning).
 
 ``h = h_{t-1}`` is read from ``H[t-1]`` (or ``h0``): valid steps are a prefix, so the forward saves no
 state beyond ``H`` and the gates ``[r, z̃, u, g̃]`` (fp32; fp64 for fp64). The weight gradients are then
@@ -50,11 +51,12 @@ to 0, so whatever padded inputs hold (NaN, Inf) never reaches H or a gradient.
 **Precision.** The state, the gates and every accumulator are fp32 (fp64 for fp64 inputs); the ``tl.dot``
 operands are the weights in the input dtype and the staged activations cast to it (fp16/bf16 tensor
 cores, as torch's matmuls of the same dtype); fp32 dots follow ``torch.set_float32_matmul_precision``
-(:func:`_precision`). Only the outputs are rounded to the input dtype.
+(:func:`_precision`). Besides those operands, only the outputs are rounded to the input dtype.
 
 **Tuning.** ``triton.autotune`` over a few configs on CUDA (none timed yet: no GPU in the session that
-wrote this; chosen from offline sm_90 compiles, ``benchmarks/compile_check.py``); ``MFDR_TRITON_AUTOTUNE=0``
-or the interpreter run one config. Every kernel rewrites all it reads, so re-running one (autotuning)
+wrote this; chosen from offline sm_90 compiles, ``benchmarks/compile_check.py``, see ``_FWD_CONFIGS``);
+``MFDR_TRITON_AUTOTUNE=0`` runs the first (spill-free but for 24 bytes in the bf16 backward at D = 256),
+the interpreter its own small one. Every kernel rewrites all it reads, so re-running one (autotuning)
 needs no reset. ``B`` and ``L`` are not specialized; loops with runtime bounds are ``while`` loops (the
 triton 3.6 interpreter cannot take a loaded scalar as a ``range`` bound with numpy >= 2.4).
 """
@@ -133,13 +135,15 @@ def _mm(acc, a_base, a_row, m_b, w, o_n, D: tl.constexpr, WT: tl.constexpr, PREC
 
 
 @triton.jit
-def _rows(B, L, BLOCK_B: tl.constexpr, lens):
-    """The program's batch rows: ids (int64), in-range mask, lengths clamped to [0, L], the longest."""
+def _rows(B, L, D: tl.constexpr, BLOCK_B: tl.constexpr, lens):
+    """The program's batch rows: ids (int64), in-range mask, lengths clamped to [0, L], the longest; and
+    ``B·D``, one slot of a (·, B, D) scratch buffer (int32: the launchers check 3·B·D < 2**31)."""
     o_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB]
     m_b = o_b < B
     n = tl.load(lens + o_b, mask=m_b, other=0)
     n = tl.minimum(tl.maximum(n, 0), L).to(tl.int32)  # unchecked lengths never index out of bounds
-    return o_b.to(tl.int64), m_b, n, tl.max(n, axis=0)
+    b = o_b.to(tl.int64)
+    return b, m_b, n, tl.max(n, axis=0), B * D
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -155,7 +159,7 @@ def _gcpu_fwd_kernel(
 ):
     """Grid ``(cdiv(B, BLOCK_B),)``: ``H (B, L, D)`` and ``gates (B, L, G, D)`` of a tile of batch rows,
     all steps. Scratch: ``hbuf (2, B, D)`` (h_{t-1} in slot t % 2), ``rhbuf (B, D)``."""
-    b, m_b, n, t_end = _rows(B, L, BLOCK_B, lens)
+    b, m_b, n, t_end, BD = _rows(B, L, D, BLOCK_B, lens)
     s_row = b * D  # [BB] rows of a (B, D) buffer
     for c in range(0, D, BLOCK_N):  # h_{-1} = h0 (or 0) into slot 0
         o_n = c + tl.arange(0, BLOCK_N)
@@ -170,8 +174,8 @@ def _gcpu_fwd_kernel(
         valid = m_b & (t < n)  # [BB]
         x_row = (b * L + t) * D  # [BB] rows of (B, L, D)
         g_row = (b * L + t) * (G * D)  # [BB] rows of gates (B, L, G, D); slot s at + s * D
-        h_in = (t % 2) * B * D + s_row  # [BB] h_{t-1}
-        h_out = ((t + 1) % 2) * B * D + s_row  # [BB] h_t
+        h_in = (t % 2) * BD + s_row  # [BB] h_{t-1}
+        h_out = ((t + 1) % 2) * BD + s_row  # [BB] h_t
         # A: r = σ(x_r + h W_hrᵀ); rh = r ⊙ h
         for c in range(0, D, BLOCK_N):
             o_n = c + tl.arange(0, BLOCK_N)  # [BN]
@@ -245,10 +249,10 @@ def _gcpu_bwd_kernel(
     gradients ``dx_r, dx_z, dx_g, d_au`` and ``rh``, ``h_prev`` (all (B, L, D) in ACC; zero rows at padded
     steps) for the weight gradients, and leaves ``dh0`` in ``scratch[0]``. ``scratch (3, B, D)``: dh between
     steps (0), dh with grad_H[t] (1), d_rh ⊙ r (2)."""
-    b, m_b, n, t_end = _rows(B, L, BLOCK_B, lens)
+    b, m_b, n, t_end, BD = _rows(B, L, D, BLOCK_B, lens)
     dh_row = b * D  # [BB] rows of scratch[0]
-    dhg_row = B * D + dh_row  # scratch[1]
-    dr_row = 2 * B * D + dh_row  # scratch[2]
+    dhg_row = BD + dh_row  # scratch[1]
+    dr_row = 2 * BD + dh_row  # scratch[2]
     zero = tl.zeros([BLOCK_B, BLOCK_N], ACC)
     for c in range(0, D, BLOCK_N):  # dh = 0
         _store(scratch, dh_row, c + tl.arange(0, BLOCK_N), m_b, D, zero)
@@ -392,6 +396,12 @@ def _lengths(lengths, B: int, L: int, device) -> torch.Tensor:
     return torch.full((B,), L, dtype=torch.int64, device=device) if lengths is None else lengths
 
 
+def _check_sizes(B: int, D: int) -> None:
+    if 3 * B * D >= 2**31:
+        raise ValueError(f"the triton GCPU kernels index their (3, B, D) scratch in 32 bits: 3*B*D must be "
+                         f"< 2**31, got B={B}, D={D}")
+
+
 def _grid(B: int):
     return lambda meta: (triton.cdiv(B, meta["BLOCK_B"]),)
 
@@ -400,6 +410,7 @@ def gcpu_forward(x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, b_u, lengths
     """Returns ``(H (B, L, D) in the input dtype, gates (B, L, G, D) fp32 (fp64 for fp64))``, slots
     ``[r, z̃, u, g̃]`` (G = 4 with context, 3 without)."""
     B, L, D = x_r.shape
+    _check_sizes(B, D)
     context = x_g is not None
     acc = _acc_dtype(x_r.dtype)
     H = torch.empty_like(x_r)
@@ -420,6 +431,7 @@ def gcpu_backward(grad_H, H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths,
     """``(dx_r, dx_z, dx_g, dW_hr, dW_hz, dW_hg, dW_hu, dW_zu, dW_gu, db_u, dh0)``, each in its input's
     dtype; dx_g, dW_hg, dW_gu None without context."""
     B, L, D = H.shape
+    _check_sizes(B, D)
     context = W_hg is not None
     dtype, dev = H.dtype, H.device
     acc = _acc_dtype(dtype)

@@ -251,6 +251,12 @@ def test_autotune_flag_chooses_the_configs(monkeypatch):
         assert c.kwargs["BLOCK_B"] >= 16 and c.kwargs["BLOCK_K"] >= 16 and c.kwargs["BLOCK_N"] >= 16
 
 
+def test_sizes_past_32_bit_scratch_indexing_raise():
+    with pytest.raises(ValueError, match=r"3\*B\*D must be < 2\*\*31, got B=3000000, D=256"):
+        triton_impl._check_sizes(3_000_000, 256)
+    triton_impl._check_sizes(32, 256)
+
+
 @requires_interpreter
 def test_torch_compile_fullgraph_interpreter():
     """The triton backend under torch.compile: no graph break (the custom op is opaque), same values."""
