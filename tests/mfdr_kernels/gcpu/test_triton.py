@@ -329,9 +329,10 @@ def test_cuda_single_config_matches_autotuned(monkeypatch, dtype):
 @requires_cuda
 @pytest.mark.cuda
 def test_cuda_default_backend_and_torch_compile():
-    from mfdr_kernels import default_backend
+    from mfdr_kernels import _backends
 
-    assert default_backend("cuda", torch.bfloat16) == "triton"
+    x = torch.empty(1, 1, 1, device="cuda", dtype=torch.bfloat16)
+    assert _backends.choose("gated_context_recurrence", None, CHECKS, (x, x)) == "triton"
     torch._dynamo.reset()
     case = REAL[0]
     args, grad_H, lengths, _ = _inputs(case, torch.bfloat16, "cuda")
