@@ -79,17 +79,17 @@ def test_env_forces_backend(monkeypatch):
     assert calls == ["cpp"]
 
 
-def test_cpu_bfloat16_runs_on_torch():
+def test_cpu_bfloat16_runs_on_cpp():
     x, kernel, _ = _inputs(dtype=torch.bfloat16)
-    assert mfdr_kernels._backends.choose("dynamic_frame_conv", None, CHECKS, (x, kernel)) == "torch"
+    assert mfdr_kernels._backends.choose("dynamic_frame_conv", None, CHECKS, (x, kernel)) == "cpp"
     y = dynamic_frame_conv(x, kernel)
     want = dynamic_frame_conv(x.double(), kernel.double(), backend="reference")
     torch.testing.assert_close(y.double(), want, atol=0.1, rtol=0.05)
 
 
 def test_explicit_backend_that_cannot_run_says_why():
-    x, kernel, _ = _inputs(dtype=torch.bfloat16)
-    with pytest.raises(RuntimeError, match="cpp.*float32 or float64"):
+    x, kernel, _ = _inputs(dtype=torch.float16)
+    with pytest.raises(RuntimeError, match="cpp.*float32 or float64 or bfloat16, got torch.float16"):
         dynamic_frame_conv(x, kernel, backend="cpp")
     with pytest.raises(ValueError, match="backend= must be one of"):
         dynamic_frame_conv(x, kernel, backend="cuda")

@@ -81,8 +81,8 @@ def test_unavailable_backend_explains_why():
             sawa(q, k, v, window=4, backend="triton")
         finally:
             os.environ["TRITON_INTERPRET"] = old
-    with pytest.raises(RuntimeError, match="cpp backend takes float32 or float64"):
-        sawa(q.bfloat16(), k.bfloat16(), v.bfloat16(), window=4, backend="cpp")
+    with pytest.raises(RuntimeError, match="cpp backend takes float32 or float64 or bfloat16, got torch.float16"):
+        sawa(q.half(), k.half(), v.half(), window=4, backend="cpp")
 
 
 def test_env_override_and_report(monkeypatch):
@@ -95,7 +95,8 @@ def test_env_override_and_report(monkeypatch):
         sawa(q, k, v, window=4)
     monkeypatch.delenv("MFDR_KERNELS_BACKEND")
     assert mfdr_kernels.default_backend() == "cpp"
-    assert mfdr_kernels.default_backend(dtype=torch.bfloat16) == "torch"
+    assert mfdr_kernels.default_backend(dtype=torch.bfloat16) == "cpp"
+    assert mfdr_kernels.default_backend(dtype=torch.float16) == "torch"
     report = mfdr_kernels.backends()["sliding_adaptive_window_attention"]
     assert report["cpp"] is None and report["torch"] is None
 
