@@ -39,6 +39,7 @@ SCRIPTS = {
     "sawa-malloc": lambda t, r: ["bench_sawa_cpu.py", "--threads", t, "--no-flex",
                                  "--out", str(r / "sawa_cpu_malloc.json")],
     "dfc": lambda t, r: ["bench_dfc.py", "--threads", t, "--out", str(r / "dfc.json")],
+    "gcpu": lambda t, r: ["bench_gcpu.py", "--threads", t, "--out", str(r / "gcpu.json")],
     "sweep": lambda t, r: ["sweep.py", "--threads", t, "--out", str(r / "sweep.json")],
     "model": lambda t, r: ["bench_model.py", "--threads", t, "--backends", "reference,torch,default",
                            "--reference-steps", "2", "--steps", "7", "--json", str(r / "model.json")],
@@ -46,7 +47,8 @@ SCRIPTS = {
 # glibc told to keep freed memory (no trimming, no per-allocation mmap): no first-touch page faults
 MALLOC_KEEP = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
 ENV = {"sawa-malloc": MALLOC_KEEP}
-TARGETS = {"sawa_vs_sdpa_window": 3.0, "sawa_vs_torch": 5.0, "dfc_vs_unfold": 2.0, "growth_time": 20.0}
+TARGETS = {"sawa_vs_sdpa_window": 3.0, "sawa_vs_torch": 5.0, "dfc_vs_unfold": 2.0, "growth_time": 20.0,
+           "gcpu_vs_loop": 2.0, "gcpu_vs_compiled": 1.3, "gcpu_ops": 60}
 
 
 # --------------------------------------------------------------------------- running
@@ -215,7 +217,7 @@ def machine_section(infos, run_log) -> str:
     return _table(["", ""], rows)
 
 
-def headline_section(sawa, dfc, sweep, pyb) -> str:
+def headline_section(sawa, dfc, sweep, pyb, gcpu=None) -> str:
     rows = []
     by = {r["provider"]: r for r in (sawa or {}).get("rows", [])}
     shape = (sawa or {}).get("shape", {})
@@ -238,6 +240,7 @@ def headline_section(sawa, dfc, sweep, pyb) -> str:
             rows.append([f"DFC fused (cpp) vs unfold (torch backend), {r['shape']}, fwd+bwd",
                          f"≥ {TARGETS['dfc_vs_unfold']:.0f}×", _x(val), _x(py),
                          verdict2(val, py, TARGETS["dfc_vs_unfold"])])
+    rows += gcpu_headline(gcpu, pyb)
     for g in (sweep or {}).get("growth", []):
         if g["provider"] in ("cpp", "cpp-lv0"):
             lo, hi = (int(t) for t in g["T"].split(" → "))
@@ -246,8 +249,8 @@ def headline_section(sawa, dfc, sweep, pyb) -> str:
                          f"≤ {TARGETS['growth_time']:.0f}×", _x(g["time_x"]), "–",
                          verdict(g["time_x"], TARGETS["growth_time"], higher_is_better=False)])
     return ("Measured ratios against the targets of the kernel issues. *Interleaved*: `bench_sawa_cpu.py`, "
-            "`bench_dfc.py`, `sweep.py` (providers take turns repetition by repetition in one process); "
-            "*pytest-benchmark*: the suite's medians from the same `make bench`. Ratio = baseline time ÷ our "
+            "`bench_dfc.py`, `bench_gcpu.py`, `sweep.py` (providers take turns repetition by repetition in one "
+            "process); *pytest-benchmark*: the suite's medians from the same `make bench`. Ratio = baseline time ÷ our "
             "time (or, for growth, time at the larger T ÷ time at the smaller).\n\n"
             + _table(["claim", "target", "interleaved", "pytest-benchmark", "verdict"], rows))
 
@@ -301,6 +304,52 @@ def dfc_section(dfc) -> str:
             f"(profiler records); unfolded: the (B, N, frame, C) tensor the fused kernel never builds. "
             f"Threads: {dfc.get('machine', {}).get('threads')}.\n\n"
             + _timing.markdown_table(dfc["rows"], cols, heads))
+
+
+def _gcpu_rows(gcpu, level="stage", shape=None) -> dict:
+    """{provider: row} of bench_gcpu's CPU rows at a level (the first shape unless named)."""
+    rows = [r for r in (gcpu or {}).get("rows", []) if r.get("device", "cpu") == "cpu" and r["level"] == level]
+    shape = shape or next((r["shape"] for r in rows), None)
+    return {r["provider"]: r for r in rows if r["shape"] == shape}
+
+
+def gcpu_headline(gcpu, pyb) -> list:
+    by = _gcpu_rows(gcpu)
+    if "cpp" not in by:
+        return []
+    cpp, shape = by["cpp"], by["cpp"]["shape"]
+    rows = [[f"GCPU recurrence cpp vs the readable loop (eager), {shape}, fwd+bwd", f"≥ {TARGETS['gcpu_vs_loop']:.0f}×",
+             _x(cpp["fwd+bwd_x"]), _x(pytest_ratio(pyb, "gcpu", shape, "loop")),
+             verdict2(cpp["fwd+bwd_x"], pytest_ratio(pyb, "gcpu", shape, "loop"), TARGETS["gcpu_vs_loop"])]]
+    if cpp.get("vs_compiled_x") is not None:
+        rows.append([f"GCPU recurrence cpp vs `torch.compile` of the loop, {shape}, fwd+bwd",
+                     f"≥ {TARGETS['gcpu_vs_compiled']:.1f}×", _x(cpp["vs_compiled_x"]), "–",
+                     verdict(cpp["vs_compiled_x"], TARGETS["gcpu_vs_compiled"])])
+    rows.append([f"GCPU recurrence stage, dispatched aten ops per fwd+bwd (loop: {by.get('loop', {}).get('ops', '?')})",
+                 f"≤ {TARGETS['gcpu_ops']}", str(cpp["ops"]), "–",
+                 "**met**" if cpp["ops"] <= TARGETS["gcpu_ops"] else f"**missed**: {cpp['ops']}"])
+    return rows
+
+
+def gcpu_section(gcpu) -> str:
+    if not gcpu:
+        return "*not run*"
+    cols = ["shape", "level", "provider", "fwd_ms", "bwd_ms", "fwd+bwd_ms", "fwd_x", "bwd_x", "fwd+bwd_x",
+            "vs_compiled_x", "ops", "peak_mb"]
+    heads = {"fwd_ms": "fwd ms", "bwd_ms": "bwd ms", "fwd+bwd_ms": "fwd+bwd ms", "fwd_x": "loop ÷ fwd",
+             "bwd_x": "loop ÷ bwd", "fwd+bwd_x": "loop ÷ fwd+bwd", "vs_compiled_x": "compiled ÷ fwd+bwd",
+             "ops": "aten ops", "peak_mb": "peak MiB"}
+    return ("From `bench_gcpu.py` (float32, padded lengths, providers interleaved). *stage*: "
+            "`GCPU.recurrence(z, g, lengths)`, the model's GCPU stage (the input-side products for all steps, "
+            "one matmul per stream, then the recurrence); *op*: `gated_context_recurrence` alone on given "
+            "input-side terms. `loop` is the reference backend (the readable loop of eqs. 1-6, autograd "
+            "through it), `compiled` is `torch.compile` (Inductor) of that loop, `torch` the vectorized "
+            "backend (a Python loop with hand-written backpropagation through time), `cpp` the fused kernels. "
+            "Ratios: the `loop`'s time ÷ the provider's, and `torch.compile`'s fwd+bwd ÷ the provider's, "
+            "same run. *aten ops*: dispatched by one forward+backward with `autograd.grad` (value checks off, "
+            "as on an accelerator); a `.backward()` into parameters' `.grad` adds one op per leaf. Peak: "
+            f"tensors allocated during one forward+backward. Threads: {gcpu.get('machine', {}).get('threads')}."
+            "\n\n" + _timing.markdown_table([r for r in gcpu["rows"] if r.get("device", "cpu") == "cpu"], cols, heads))
 
 
 def model_section(model) -> str:
@@ -407,7 +456,7 @@ machine, measure more threads with those flags."""
 
 
 def render(results: Path, out: Path, run_log: dict) -> str:
-    sawa, dfc, sweep = (_load(results / f) for f in ("sawa_cpu.json", "dfc.json", "sweep.json"))
+    sawa, dfc, sweep, gcpu = (_load(results / f) for f in ("sawa_cpu.json", "dfc.json", "sweep.json", "gcpu.json"))
     model, pyb = _load(results / "model.json"), _load(results / "pytest_benchmark.json")
     infos = [(x or {}).get("machine") for x in (sawa, dfc, sweep)]
     if pyb:
@@ -419,11 +468,12 @@ def render(results: Path, out: Path, run_log: dict) -> str:
         "The machine was shared with other jobs while these ran: expect a few tens of percent of noise in "
         "any single median; the ratios come from runs in which the providers take turns.",
         "## Machine\n\n" + machine_section(infos, run_log),
-        "## Promised ratios\n\n" + headline_section(sawa, dfc, sweep, pyb),
+        "## Promised ratios\n\n" + headline_section(sawa, dfc, sweep, pyb, gcpu),
         "## SAWA at the paper's shape (interleaved)\n\n" + sawa_section(sawa),
         "### Allocator sensitivity\n\n" + malloc_section(sawa, _load(results / "sawa_cpu_malloc.json")),
         "## Scaling sweep: SAWA vs dense SDPA as T grows\n\n" + sweep_section(sweep),
         "## DFC (interleaved)\n\n" + dfc_section(dfc),
+        "## GCPU recurrence (interleaved)\n\n" + gcpu_section(gcpu),
         "## MFDR training step (interleaved)\n\n" + model_section(model),
         "## pytest-benchmark suite\n\n" + pytest_section(pyb),
         "## GPU\n\n" + gpu_section(results),
