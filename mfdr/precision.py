@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from .config.run import PRECISIONS
+from .errors import ConfigError
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -66,11 +68,11 @@ class Precision:
 def resolve(precision: str, device: torch.device | str) -> Precision:
     """The precision ``precision`` means on ``device`` (``auto`` decided by the hardware)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     device_type = torch.device(device).type
     if precision != "auto":
         if precision == "bf16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ValueError("precision bf16: this CUDA device does not support bf16; use fp16 or fp32")
+            raise ConfigError("precision bf16: this CUDA device does not support bf16; use fp16 or fp32")
         return Precision(precision, device_type, "asked for")
     if device_type == "cuda":
         if torch.cuda.is_bf16_supported():

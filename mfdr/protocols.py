@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .runconfig import DataConfig, RunConfig
+from .config import DataConfig, RunConfig
+from .errors import ConfigError, DataError, MissingFileError
 
 
 @dataclass
@@ -51,7 +52,7 @@ class DataSource:
             from .data import read_mmsa
 
             if not cfg.data.path:
-                raise ValueError("data.dataset is 'mmsa': set data.path to the MMSA feature pickle")
+                raise ConfigError("data.dataset is 'mmsa': set data.path to the MMSA feature pickle")
             self.mmsa = read_mmsa(cfg.data.path)
             self.entries = [{"id": str(i), "split": name, "label": float(y), "speaker": None}
                             for name, s in self.mmsa.items() for i, y in zip(s.id, s.label, strict=True)]
@@ -60,26 +61,26 @@ class DataSource:
             self.hash = None
         else:
             if not cfg.data.features:
-                raise ValueError("set data.features to the feature cache folder (written by `mfdr extract`)")
+                raise ConfigError("set data.features to the feature cache folder (written by `mfdr extract`)")
             try:
                 self.cache = FeatureCache(cfg.data.features)
             except FileNotFoundError as e:
-                raise FileNotFoundError(f"{e}. Run `mfdr extract --config ...` first, or point "
+                raise MissingFileError(f"{e}. Run `mfdr extract --config ...` first, or point "
                                         "data.features (--features) at an existing cache.") from None
             if len(self.cache) == 0:
-                raise ValueError(f"feature cache {cfg.data.features} holds no utterances")
+                raise DataError(f"feature cache {cfg.data.features} holds no utterances")
             self.entries = self.cache.entries
             self.audio_dim, self.text_dim = self.cache.audio_dim, self.cache.text_dim
             self.hash = self.cache.config_hash
             if task == "classification":
                 bad = sorted({str(e["label"]) for e in self.entries} - set(cfg.data.classes))
                 if bad:
-                    raise ValueError(f"feature cache {cfg.data.features} has labels {bad} that are not in "
+                    raise DataError(f"feature cache {cfg.data.features} has labels {bad} that are not in "
                                      f"data.classes {list(cfg.data.classes)}")
         for name, have in (("audio_dim", self.audio_dim), ("text_dim", self.text_dim)):
             want = getattr(cfg.model, name)
             if have != want:
-                raise ValueError(f"model.{name} is {want} but the features are {have}-dimensional; "
+                raise ConfigError(f"model.{name} is {want} but the features are {have}-dimensional; "
                                  f"set model.{name}: {have}")
 
     def labels(self) -> list:
@@ -121,7 +122,7 @@ def _deal_speakers(entries: list[dict], k: int) -> list[list[str]]:
     for e in entries:
         counts[str(e["speaker"])] += 1
     if len(counts) < k:
-        raise ValueError(f"data.protocol 'kfold' with {k} folds needs at least {k} speakers; the data has "
+        raise DataError(f"data.protocol 'kfold' with {k} folds needs at least {k} speakers; the data has "
                          f"{len(counts)}: {sorted(counts)}")
     groups, sizes = [[] for _ in range(k)], [0] * k
     for spk in sorted(counts, key=lambda s: (-counts[s], s)):
@@ -137,12 +138,12 @@ def _split_protocol(entries: list[dict]) -> list[Fold]:
     for i, e in enumerate(entries):
         split = names.get(str(e.get("split") or "").lower())
         if split is None:
-            raise ValueError(f"protocol 'split': utterance {e['id']!r} has split {e.get('split')!r}; "
+            raise DataError(f"protocol 'split': utterance {e['id']!r} has split {e.get('split')!r}; "
                              "expected train, valid (val, dev) or test")
         parts[split].append(i)
     if not parts["train"] or not parts["test"]:
         counts = {k: len(v) for k, v in parts.items()}
-        raise ValueError(f"protocol 'split' needs train and test utterances; found {counts}")
+        raise DataError(f"protocol 'split' needs train and test utterances; found {counts}")
     return [Fold("standard", parts["train"], parts["val"], parts["test"], ["test"], "the 'valid' split")]
 
 
@@ -153,11 +154,11 @@ def _groups(entries: list[dict], data: DataConfig) -> tuple[str, list[list[str]]
     key = "session" if data.protocol == "session" else "speaker"
     missing = [e["id"] for e in entries if e.get(key) in (None, "")]
     if missing:
-        raise ValueError(f"protocol {data.protocol!r} needs a {key} for every utterance; {len(missing)} "
+        raise DataError(f"protocol {data.protocol!r} needs a {key} for every utterance; {len(missing)} "
                          f"have none (e.g. {missing[:3]})")
     values = sorted({str(e[key]) for e in entries}, key=lambda g: (len(g), g))
     if len(values) < 2:
-        raise ValueError(f"protocol {data.protocol!r} needs at least 2 {key}s to hold out; the data has "
+        raise DataError(f"protocol {data.protocol!r} needs at least 2 {key}s to hold out; the data has "
                          f"{values}")
     return key, [[v] for v in values]
 

@@ -91,7 +91,7 @@ def check_finite() -> bool:
     return _flag("MFDR_KERNELS_CHECK_FINITE")
 
 
-def check_values(device: "str | torch.device | None" = None) -> bool:
+def check_values(device=None) -> bool:
     """``MFDR_KERNELS_CHECK_VALUES``: whether data-dependent value checks run for tensors on ``device``.
 
     ``auto`` (default): only on the CPU, where reading a value costs no device-to-host sync.

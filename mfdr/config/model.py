@@ -14,20 +14,22 @@ window 10 and hop 5, GCPU width 256, two DFC layers with frame 3, hops 2 and 3 a
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mfdr_kernels._env import BACKENDS
+from mfdr_kernels.sawa.op import NORMALIZE
+
+from ..errors import ConfigError, ConfigTypeError, MissingFileError
+from .schema import Section, read_file
+
 ATTENTION = ("sawa", "full")
 CONTEXT = ("gcpu", "none", "gru", "mgru")
 POOLING = ("dfc", "max", "avg", "linear")
-NORMALIZE = ("segment", "joint")
 ALIGN = ("paper", "stretch")
 TASK = ("classification", "regression")
-BACKENDS = ("triton", "cpp", "torch", "reference")
 
 # The paper's Table 3, one config switch per row ("MFDR" is the full model).
 TABLE3: dict[str, dict] = {
@@ -46,7 +48,7 @@ TABLE3: dict[str, dict] = {
 
 
 @dataclass
-class MFDRConfig:
+class MFDRConfig(Section):
     """Hyper-parameters of :class:`mfdr.MFDR`.
 
     Attributes:
@@ -98,42 +100,38 @@ class MFDRConfig:
     num_classes: int = 4
     backend: str | None = None
 
+    PREFIX: typing.ClassVar[str] = "MFDRConfig"
     # Fields that do not change the weights: a saved model may be loaded with other values.
     RUNTIME_FIELDS: typing.ClassVar[tuple[str, ...]] = ("backend", "dropout")
 
     def __post_init__(self) -> None:
-        if isinstance(self.dfc_hops, list):
-            self.dfc_hops = tuple(self.dfc_hops)
-        for f in dataclasses.fields(self):
-            _check_type(f.name, getattr(self, f.name), _HINTS[f.name])
-        for name in ("audio_dim", "text_dim", "audio_len", "text_len", "d_model", "heads", "window", "hop",
-                     "dfc_frame", "dfc_hidden", "num_classes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"MFDRConfig.{name} must be >= 1, got {getattr(self, name)}")
-        _choice("levels", self.levels, (0, 1, 2))
-        _choice("normalize", self.normalize, NORMALIZE)
-        _choice("align", self.align, ALIGN)
-        _choice("attention", self.attention, ATTENTION)
-        _choice("context", self.context, CONTEXT)
-        _choice("pooling", self.pooling, POOLING)
-        _choice("task", self.task, TASK)
+        self.check_types()
+        self.at_least(1, "audio_dim", "text_dim", "audio_len", "text_len", "d_model", "heads", "window", "hop",
+                      "dfc_frame", "dfc_hidden", "num_classes")
+        self.choice("levels", (0, 1, 2))
+        self.choice("normalize", NORMALIZE)
+        self.choice("align", ALIGN)
+        self.choice("attention", ATTENTION)
+        self.choice("context", CONTEXT)
+        self.choice("pooling", POOLING)
+        self.choice("task", TASK)
         if self.backend is not None:
-            _choice("backend", self.backend, BACKENDS)
+            self.choice("backend", BACKENDS)
         if self.d_model % self.heads:
-            raise ValueError(f"MFDRConfig.d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+            raise ConfigError(f"MFDRConfig.d_model ({self.d_model}) must be divisible by heads ({self.heads})")
         if self.attention == "sawa" and self.levels > 0 and self.window % 2:
-            raise ValueError(f"MFDRConfig.window must be even when levels > 0 (half windows are sliced), "
-                             f"got {self.window}")
+            raise ConfigError(f"MFDRConfig.window must be even when levels > 0 (half windows are sliced), "
+                              f"got {self.window}")
         last_start = (self.text_len - 1) * self.hop
         if self.attention == "sawa" and self.align == "paper" and last_start >= self.audio_len:
-            raise ValueError(
+            raise ConfigError(
                 f"MFDRConfig: with align='paper' word i's window starts at frame i * hop, and the last "
                 f"word's ({self.text_len - 1} * {self.hop}) is past audio_len ({self.audio_len}); lower hop, "
                 f"raise audio_len or use align='stretch'")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"MFDRConfig.dropout must lie in [0, 1), got {self.dropout}")
+            raise ConfigError(f"MFDRConfig.dropout must lie in [0, 1), got {self.dropout}")
         if not self.dfc_hops or any(h < 1 for h in self.dfc_hops):
-            raise ValueError(f"MFDRConfig.dfc_hops must be a non-empty sequence of ints >= 1, "
+            raise ConfigError(f"MFDRConfig.dfc_hops must be a non-empty sequence of ints >= 1, "
                              f"got {self.dfc_hops}")
         if self.pooling != "linear":
             self.pooled_lengths()  # raises when the sequence gets shorter than a frame
@@ -154,7 +152,7 @@ class MFDRConfig:
         for i, hop in enumerate(self.dfc_hops):
             n = lengths[-1]
             if n < self.dfc_frame:
-                raise ValueError(
+                raise ConfigError(
                     f"MFDRConfig: pooling layer {i} gets a sequence of {n} < dfc_frame ({self.dfc_frame}) "
                     f"(lengths so far {lengths}); raise text_len or lower dfc_hops / dfc_frame")
             lengths.append((n - self.dfc_frame) // hop + 1)
@@ -167,29 +165,22 @@ class MFDRConfig:
         return n * self.d_model
 
     # ------------------------------------------------------------------ round-trip
-    def replace(self, **changes) -> MFDRConfig:
-        """A copy with some fields changed (validated)."""
-        _check_keys(changes)
-        return dataclasses.replace(self, **changes)
+    @classmethod
+    def unknown_message(cls, unknown: list[str]) -> str:
+        return f"MFDRConfig: unknown field(s) {unknown}; the fields are {list(cls.field_names())}"
 
     @classmethod
     def ablation(cls, name: str, **changes) -> MFDRConfig:
         """The config of a row of the paper's Table 3 (keys of :data:`TABLE3`), on top of ``changes``."""
         if name not in TABLE3:
-            raise ValueError(f"ablation must be one of {tuple(TABLE3)}, got {name!r}")
+            raise ConfigError(f"ablation must be one of {tuple(TABLE3)}, got {name!r}")
         return cls(**{**changes, **TABLE3[name]})
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["dfc_hops"] = list(self.dfc_hops)
-        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> MFDRConfig:
         if not isinstance(d, dict):
-            raise TypeError(f"MFDRConfig.from_dict takes a dict, got {type(d).__name__}")
-        _check_keys(d)
-        return cls(**d)
+            raise ConfigTypeError(f"MFDRConfig.from_dict takes a dict, got {type(d).__name__}")
+        return super().from_dict(d)
 
     def save(self, path: str | Path) -> Path:
         """Write ``.json`` or ``.yaml``/``.yml`` (by the suffix)."""
@@ -202,7 +193,7 @@ class MFDRConfig:
         elif path.suffix.lower() == ".json":
             text = json.dumps(d, indent=2) + "\n"
         else:
-            raise ValueError(f"MFDRConfig.save: path must end in .json, .yaml or .yml, got {str(path)!r}")
+            raise ConfigError(f"MFDRConfig.save: path must end in .json, .yaml or .yml, got {str(path)!r}")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         return path
@@ -213,84 +204,19 @@ class MFDRConfig:
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix not in (".json", ".yaml", ".yml"):
-            raise ValueError(f"MFDRConfig.load: path must end in .json, .yaml or .yml, got {str(path)!r}")
+            raise ConfigError(f"MFDRConfig.load: path must end in .json, .yaml or .yml, got {str(path)!r}")
         if not path.is_file():
-            raise FileNotFoundError(f"MFDRConfig.load: config file {path} does not exist")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise ValueError(f"MFDRConfig.load: {path} is not UTF-8 text ({e})") from None
+            raise MissingFileError(f"MFDRConfig.load: config file {path} does not exist")
         if suffix == ".json":
             try:
-                d = json.loads(text)
+                d = json.loads(path.read_text(encoding="utf-8"))
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"MFDRConfig.load: {path} is not UTF-8 text ({e})") from None
             except json.JSONDecodeError as e:
-                raise ValueError(f"MFDRConfig.load: {path} is not valid JSON ({e})") from None
+                raise ConfigError(f"MFDRConfig.load: {path} is not valid JSON ({e})") from None
         else:
-            import yaml
-
-            try:
-                d = yaml.safe_load(text) or {}
-            except yaml.YAMLError as e:
-                raise ValueError(f"MFDRConfig.load: {path} is not valid YAML ({_one_line(e)})") from None
+            d = read_file(path)
         try:
             return cls.from_dict(d)
-        except (TypeError, ValueError) as exc:
+        except ConfigError as exc:
             raise type(exc)(f"{path}: {exc}") from None
-
-    def diff(self, other: MFDRConfig, *, ignore: tuple[str, ...] = ()) -> dict[str, tuple]:
-        """``{field: (self's value, other's value)}`` for the fields that differ."""
-        return {f.name: (getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)
-                if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name)}
-
-
-_HINTS = typing.get_type_hints(MFDRConfig)
-_FIELDS = tuple(f.name for f in dataclasses.fields(MFDRConfig))
-
-
-def _one_line(error: Exception) -> str:
-    """A YAML (or any) error message on one line: ``problem at line L, column C``."""
-    mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
-    if problem and mark is not None:
-        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return " ".join(str(error).split())
-
-
-def _check_keys(d: dict) -> None:
-    unknown = sorted(set(d) - set(_FIELDS))
-    if unknown:
-        raise ValueError(f"MFDRConfig: unknown field(s) {unknown}; the fields are {list(_FIELDS)}")
-
-
-def _choice(name: str, value, options: tuple) -> None:
-    if value not in options:
-        raise ValueError(f"MFDRConfig.{name} must be one of {options}, got {value!r}")
-
-
-def _type_name(hint) -> str:
-    if typing.get_origin(hint) is not None:  # tuple[int, ...], not "tuple"
-        return str(hint).replace("typing.", "")
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
-def _check_type(name: str, value, hint) -> None:
-    """int fields take ints (not bools), float fields ints or floats, str fields strings, and so on."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        if any(_matches(value, h) for h in typing.get_args(hint)):
-            return
-    elif _matches(value, hint):
-        return
-    raise TypeError(f"MFDRConfig.{name} must be {_type_name(hint)}, got {type(value).__name__} {value!r}")
-
-
-def _matches(value, hint) -> bool:
-    if hint is type(None):
-        return value is None
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if typing.get_origin(hint) is tuple:
-        (item, *_) = typing.get_args(hint)
-        return isinstance(value, tuple) and all(_matches(v, item) for v in value)
-    return isinstance(value, hint)

@@ -12,92 +12,26 @@ message (``train.lr must be float, got str 'fast'``). ``configs/`` holds the pap
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoint import atomic_write_text
-from .config import MFDRConfig, _one_line
+from ..errors import ConfigError, ConfigTypeError
+from .model import MFDRConfig
+from .schema import Section, apply_overrides, read_file
 
-EMOTIONS = ("neutral", "happy", "angry", "sad")  # mfdr.data.EMOTIONS, without importing torch here
+EMOTIONS = ("neutral", "happy", "angry", "sad")  # the IEMOCAP four (mfdr.data.EMOTIONS)
 PROTOCOLS = ("session", "speaker", "kfold", "split")
 DATASETS = ("iemocap", "manifest", "mmsa")
 ZERO = ("audio", "text")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # mfdr.precision.PRECISIONS, without importing torch here
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CLASSIFICATION_METRICS = ("wa", "ua", "macro_f1", "weighted_f1")
 REGRESSION_METRICS = ("acc7", "acc5", "has0_acc2", "has0_f1", "non0_acc2", "non0_f1", "mae", "corr")
 
 
-def _check_value(where: str, value, hint):
-    """Return ``value`` (lists become tuples for tuple fields) or raise TypeError naming ``where``."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        for h in typing.get_args(hint):
-            with contextlib.suppress(TypeError):
-                return _check_value(where, value, h)
-    elif hint is type(None):
-        if value is None:
-            return value
-    elif hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads 5e-4 (no dot) as a string
-            with contextlib.suppress(ValueError):
-                return float(value)
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    elif origin is tuple and isinstance(value, (list, tuple)):
-        (item, *_) = typing.get_args(hint)
-        return tuple(_check_value(where, v, item) for v in value)
-    name = str(hint).replace("typing.", "") if origin else getattr(hint, "__name__", str(hint))
-    raise TypeError(f"{where} must be {name}, got {type(value).__name__} {value!r}")
-
-
-class _Section:
-    """Mixin for the config sections: type checks, ``from_dict`` refusing unknown keys."""
-
-    SECTION: typing.ClassVar[str] = ""
-
-    def _check_types(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            value = _check_value(f"{self.SECTION}.{f.name}", getattr(self, f.name), hints[f.name])
-            setattr(self, f.name, value)
-
-    def _choice(self, name: str, options: tuple) -> None:
-        value = getattr(self, name)
-        if value not in options:
-            raise ValueError(f"{self.SECTION}.{name} must be one of {options}, got {value!r}")
-
-    @classmethod
-    def from_dict(cls, d) -> _Section:
-        if not isinstance(d, dict):
-            raise TypeError(f"config section {cls.SECTION!r} must be a mapping, got {type(d).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ValueError(f"unknown key(s) {[f'{cls.SECTION}.{k}' for k in unknown]}; "
-                             f"section {cls.SECTION!r} has {names}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-
 @dataclass
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """The optimisation. Paper: Adam, lr 5e-4 / batch 32 / 40 epochs (IEMOCAP), 1e-3 / 64 / 20
     (MOSEI), lr ÷10 at every 50 % of the epochs.
 
@@ -123,7 +57,7 @@ class TrainConfig(_Section):
             (``auto``: ``reduce-overhead``, i.e. CUDA graphs, on CUDA, else ``default``).
     """
 
-    SECTION: typing.ClassVar[str] = "train"
+    PREFIX: typing.ClassVar[str] = "train"
     epochs: int = 40
     batch_size: int = 32
     lr: float = 5e-4
@@ -144,17 +78,17 @@ class TrainConfig(_Section):
     compile_mode: str = "auto"
 
     def __post_init__(self):
-        self._check_types()
+        self.check_types()
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or not 0 < self.lr_decay <= 1 or not 0 < self.lr_decay_every <= 1:
-            raise ValueError(f"train: need lr > 0, 0 < lr_decay <= 1, 0 < lr_decay_every <= 1; got "
+            raise ConfigError(f"train: need lr > 0, 0 < lr_decay <= 1, 0 < lr_decay_every <= 1; got "
                              f"lr={self.lr}, lr_decay={self.lr_decay}, lr_decay_every={self.lr_decay_every}")
         if self.zero is not None:
-            self._choice("zero", ZERO)
+            self.choice("zero", ZERO)
         if self.num_workers < 0:
-            raise ValueError(f"train.num_workers must be >= 0, got {self.num_workers}")
+            raise ConfigError(f"train.num_workers must be >= 0, got {self.num_workers}")
         if self.amp is not None:
             import warnings
 
@@ -162,10 +96,10 @@ class TrainConfig(_Section):
             warnings.warn(f"train.amp is deprecated: it means train.precision={new!r}; set train.precision "
                           "instead", DeprecationWarning, stacklevel=3)
             self.precision, self.amp = new, None
-        self._choice("precision", PRECISIONS)
+        self.choice("precision", PRECISIONS)
         if self.log_every < 1:
-            raise ValueError(f"train.log_every must be >= 1, got {self.log_every}")
-        self._choice("compile_mode", COMPILE_MODES)
+            raise ConfigError(f"train.log_every must be >= 1, got {self.log_every}")
+        self.choice("compile_mode", COMPILE_MODES)
 
     def compile_mode_for(self, device) -> str:
         """The ``torch.compile`` mode on ``device`` (``auto``: CUDA graphs on CUDA, else the default)."""
@@ -186,7 +120,7 @@ class TrainConfig(_Section):
 
 
 @dataclass
-class DataConfig(_Section):
+class DataConfig(Section):
     """Where the data is and how it is split.
 
     Attributes:
@@ -200,7 +134,7 @@ class DataConfig(_Section):
         classes: class names in label order (classification).
     """
 
-    SECTION: typing.ClassVar[str] = "data"
+    PREFIX: typing.ClassVar[str] = "data"
     dataset: str = "manifest"
     path: str | None = None
     features: str | None = None
@@ -210,19 +144,19 @@ class DataConfig(_Section):
     classes: tuple[str, ...] = EMOTIONS
 
     def __post_init__(self):
-        self._check_types()
-        self._choice("dataset", DATASETS)
-        self._choice("protocol", PROTOCOLS)
+        self.check_types()
+        self.choice("dataset", DATASETS)
+        self.choice("protocol", PROTOCOLS)
         if self.folds < 2:
-            raise ValueError(f"data.folds must be >= 2, got {self.folds}")
+            raise ConfigError(f"data.folds must be >= 2, got {self.folds}")
         if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"data.val_fraction must lie in [0, 1), got {self.val_fraction}")
+            raise ConfigError(f"data.val_fraction must lie in [0, 1), got {self.val_fraction}")
         if len(set(self.classes)) != len(self.classes) or not self.classes:
-            raise ValueError(f"data.classes must be distinct names, got {list(self.classes)}")
+            raise ConfigError(f"data.classes must be distinct names, got {list(self.classes)}")
 
 
 @dataclass
-class FeatureConfig(_Section):
+class FeatureConfig(Section):
     """The feature extractors (``mfdr extract``, and ``mfdr predict`` on new wavs).
 
     Attributes:
@@ -234,7 +168,7 @@ class FeatureConfig(_Section):
         batch_size: utterances per encoder call.
     """
 
-    SECTION: typing.ClassVar[str] = "features"
+    PREFIX: typing.ClassVar[str] = "features"
     audio: str = "fbank"
     audio_layers: tuple[int, ...] = (-1,)
     n_mels: int = 80
@@ -249,12 +183,13 @@ class FeatureConfig(_Section):
         for name in ("audio_layers", "text_layers"):
             if isinstance(getattr(self, name), int) and not isinstance(getattr(self, name), bool):
                 setattr(self, name, (getattr(self, name),))
-        self._check_types()
-        self._choice("dtype", ("float32", "float16"))
+        self.check_types()
+        self.choice("dtype", ("float32", "float16"))
 
 
-# Fields that may change between a run and its resumption (they do not change the results).
-RUNTIME_FIELDS = {"model": ("backend",), "train": ("device", "num_workers", "eval_batch_size"),
+# Fields that may change between a run and its resumption: they do not change the results. (Not
+# MFDRConfig.RUNTIME_FIELDS, the fields a saved model may be loaded with: dropout changes training.)
+RESUME_FREE_FIELDS = {"model": ("backend",), "train": ("device", "num_workers", "eval_batch_size", "log_every"),
                   "data": ("path", "features"), "features": ("batch_size",)}
 
 
@@ -273,13 +208,13 @@ class RunConfig:
     def __post_init__(self):
         if self.model.task == "classification" and self.data.dataset != "mmsa" \
                 and len(self.data.classes) != self.model.num_classes:
-            raise ValueError(f"model.num_classes ({self.model.num_classes}) must equal the number of "
+            raise ConfigError(f"model.num_classes ({self.model.num_classes}) must equal the number of "
                              f"data.classes ({list(self.data.classes)})")
         select = self.select
         allowed = ("loss",) + (CLASSIFICATION_METRICS if self.model.task == "classification"
                                else REGRESSION_METRICS)
         if select not in allowed:
-            raise ValueError(f"train.select must be one of {allowed} for task={self.model.task!r}, "
+            raise ConfigError(f"train.select must be one of {allowed} for task={self.model.task!r}, "
                              f"got {select!r}")
 
     @property
@@ -292,18 +227,16 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict, overrides: list[str] | tuple = ()) -> RunConfig:
         if not isinstance(d, dict):
-            raise TypeError(f"a run config must be a mapping of sections, got {type(d).__name__}")
-        d = copy.deepcopy(d)
-        for item in overrides:
-            _apply_override(d, item)
+            raise ConfigTypeError(f"a run config must be a mapping of sections, got {type(d).__name__}")
+        d = apply_overrides(d, overrides)
         unknown = sorted(set(d) - set(cls.SECTIONS))
         if unknown:
-            raise ValueError(f"unknown config section(s) {unknown}; the sections are {list(cls.SECTIONS)}")
+            raise ConfigError(f"unknown config section(s) {unknown}; the sections are {list(cls.SECTIONS)}")
         parts = {}
         for name, section in cls.SECTIONS.items():
             try:
                 parts[name] = section.from_dict(d.get(name) or {})
-            except (TypeError, ValueError) as e:
+            except ConfigError as e:
                 msg = str(e)
                 if section is MFDRConfig:  # its messages say "MFDRConfig.x"; name the YAML key
                     msg = msg.replace("MFDRConfig.", "model.").replace("MFDRConfig:", "model:")
@@ -313,24 +246,16 @@ class RunConfig:
     @classmethod
     def load(cls, path, overrides: list[str] | tuple = ()) -> RunConfig:
         """Read a YAML (or JSON) run config; ``overrides`` like ``"train.epochs=2"`` (YAML values)."""
-        import yaml
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        try:
-            d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except UnicodeDecodeError as e:
-            raise ValueError(f"config file {path} is not UTF-8 text ({e})") from None
-        except yaml.YAMLError as e:
-            raise ValueError(f"config file {path} is not valid YAML: {_one_line(e)}") from None
+        d = read_file(path)
         try:
             return cls.from_dict(d, overrides)
-        except (TypeError, ValueError) as e:
+        except ConfigError as e:
             raise type(e)(f"{path}: {e}") from None
 
     def save(self, path) -> Path:
         import yaml
+
+        from ..run.files import atomic_write_text
 
         path = Path(path)
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -342,29 +267,11 @@ class RunConfig:
         out = {}
         for section in self.SECTIONS:
             sa, sb = a.get(section, {}), b.get(section, {}) or {}
-            skip = RUNTIME_FIELDS.get(section, ()) if ignore_runtime else ()
+            skip = RESUME_FREE_FIELDS.get(section, ()) if ignore_runtime else ()
             for key in sorted(set(sa) | set(sb)):
                 if key not in skip and sa.get(key) != sb.get(key):
                     out[f"{section}.{key}"] = (sa.get(key), sb.get(key))
         return out
-
-
-def _apply_override(d: dict, item: str) -> None:
-    import yaml
-
-    key, sep, value = item.partition("=")
-    parts = key.strip().split(".")
-    if not sep or len(parts) != 2 or not all(parts):
-        raise ValueError(f"override {item!r} must look like section.key=value (e.g. train.epochs=2)")
-    if d.get(parts[0]) is None:
-        d[parts[0]] = {}
-    section = d[parts[0]]
-    if not isinstance(section, dict):
-        raise ValueError(f"override {item!r}: config section {parts[0]!r} is not a mapping")
-    try:
-        section[parts[1]] = yaml.safe_load(value)
-    except yaml.YAMLError as e:
-        raise ValueError(f"override {item!r}: the value is not valid YAML ({_one_line(e)})") from None
 
 
 def format_diff(diff: dict[str, tuple], left: str, right: str) -> str:

@@ -31,16 +31,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..errors import CacheConfigError, DataError, MissingFileError
+
 log = logging.getLogger("mfdr.data")
 
 FORMAT = "mfdr-feature-cache"
 VERSION = 1
 MANIFEST = "manifest.jsonl"
 UNHASHED_KEYS = ("source",)
-
-
-class CacheConfigError(ValueError):
-    """The cache on disk was made with another extractor config than the one requested."""
 
 
 def _hashable(config):
@@ -188,7 +186,7 @@ class FeatureCache:
         self.path = Path(path)
         manifest = self.path / MANIFEST
         if not manifest.is_file():
-            raise FileNotFoundError(f"no feature cache at {self.path} ({MANIFEST} missing)")
+            raise MissingFileError(f"no feature cache at {self.path} ({MANIFEST} missing)")
         header, self.entries, _ = _read_manifest(manifest)
         check_config(header, expect_config, self.path)
         self.config, self.config_hash = header["config"], header["config_hash"]
@@ -221,7 +219,7 @@ class FeatureCache:
         if name not in self._handles:
             path = self.path / name
             if not path.is_file():
-                raise FileNotFoundError(f"feature cache {self.path}: shard {name} is missing")
+                raise MissingFileError(f"feature cache {self.path}: shard {name} is missing")
             handle = safe_open(str(path), framework="pt")
             self._handles[name] = handle
             self._offsets[name] = {k: handle.get_tensor(f"{k}_offsets") for k in ("audio", "text")}
@@ -238,7 +236,7 @@ class FeatureCache:
 
     def _dim(self, key: str) -> int:
         if not self.entries:
-            raise ValueError(f"feature cache {self.path} is empty")
+            raise DataError(f"feature cache {self.path} is empty")
         handle, _ = self._shard(self.entries[0]["shard"])
         return handle.get_slice(key).get_shape()[1]
 

@@ -8,6 +8,8 @@ Layout read (per session ``n``)::
     Session{n}/dialog/transcriptions/<dialog>.txt    ``Ses01F_impro01_F000 [006.2901-008.2357]: Excuse me.``
         (plus lines such as ``M: [BREATHING]`` or ids absent from the evaluation, which are ignored)
     Session{n}/sentences/wav/<dialog>/<utterance id>.wav
+    Session{n}/sentences/ForcedAlignment/<dialog>/<utterance id>.wdseg   Sphinx word segmentation
+        (``mfdr.data.alignment.read_wdseg``) -> ``Record.words``; a few files are missing (words None)
 
 Labels: ``neu``→neutral, ``hap``/``exc``→happy, ``ang``→angry, ``sad``→sad; the other IEMOCAP
 codes (``fru sur fea dis oth xxx``) are dropped and counted. The speaker is the session plus the
@@ -23,6 +25,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from .alignment import AlignmentError, audio_duration, read_wdseg
 from .manifest import DataError, Record, Records, as_path, bad_entry, check_on_error
 
 log = logging.getLogger("mfdr.data")
@@ -64,7 +67,7 @@ def speaker_of(utt_id: str) -> tuple[str, int]:
     """``("Ses01M", 1)`` for ``"Ses01F_impro01_M000"``: session + gender of the last id part."""
     m = _UTT_ID.match(utt_id)
     if not m:
-        raise ValueError(f"not an IEMOCAP utterance id: {utt_id!r}")
+        raise DataError(f"not an IEMOCAP utterance id: {utt_id!r}")
     return f"Ses{m.group(1)}{m.group(2)}", int(m.group(1))
 
 
@@ -142,12 +145,28 @@ def _read_dialog(eval_file: Path, session_dir: Path, state: dict) -> list[Record
         if state["check_wavs"] and not wav.is_file():
             bad_entry(f"IEMOCAP: wav file {wav} does not exist ({where})", on_error, skipped, where)
             continue
-        records.append(Record(id=utt, wav=wav, text=text.strip(), label=IEMOCAP_LABELS[code],
-                              speaker=speaker, session=session))
+        rec = Record(id=utt, wav=wav, text=text.strip(), label=IEMOCAP_LABELS[code], speaker=speaker,
+                     session=session)
+        if state["alignments"]:
+            _read_words(rec, session_dir / "sentences" / "ForcedAlignment" / dialog / f"{utt}.wdseg", state)
+        records.append(rec)
     return records
 
 
-def read_iemocap(root, *, sessions=None, check_wavs: bool = True, on_error: str = "raise") -> Records:
+def _read_words(rec: Record, wdseg: Path, state: dict) -> None:
+    """``rec.words`` from its ``.wdseg`` file; a missing file (the release lacks a few) leaves None."""
+    if not wdseg.is_file():
+        state["no_alignment"].append(rec.id)
+        return
+    rec.alignment = wdseg
+    try:
+        rec.words = read_wdseg(wdseg, audio_duration(rec.wav) if rec.wav.is_file() else None)
+    except AlignmentError as e:
+        bad_entry(str(e), state["on_error"], state["skipped"], str(wdseg), error=AlignmentError)
+
+
+def read_iemocap(root, *, sessions=None, check_wavs: bool = True, alignments: bool = True,
+                 on_error: str = "raise") -> Records:
     """Read the raw IEMOCAP release into 4-class emotion records.
 
     Args:
@@ -155,8 +174,12 @@ def read_iemocap(root, *, sessions=None, check_wavs: bool = True, on_error: str 
         sessions: session numbers to read (default: every ``Session*`` folder present); a listed
             session whose folder is missing is an error naming the folder.
         check_wavs: check that each kept utterance's wav file exists.
+        alignments: read each utterance's word segmentation
+            (``sentences/ForcedAlignment/<dialog>/<utt>.wdseg``) into ``Record.words``; a missing file
+            gives ``words=None`` (counted in the log).
         on_error: ``"raise"`` stops at the first bad entry (unknown label, missing transcript or
-            wav, empty text) with an error naming the file; ``"skip"`` warns and drops it.
+            wav, empty text, a malformed ``.wdseg``) with an error naming the file; ``"skip"`` warns
+            and drops it (a malformed ``.wdseg`` only loses the utterance's words).
     Returns:
         ``Records`` of ``Record(id, wav, text, label, speaker, session)`` in session/dialog/file
         order, with ``.counts`` (per label), ``.dropped`` (per dropped IEMOCAP code) and
@@ -164,7 +187,8 @@ def read_iemocap(root, *, sessions=None, check_wavs: bool = True, on_error: str 
     """
     check_on_error(on_error)
     root = as_path("root", root)
-    state = {"on_error": on_error, "skipped": [], "dropped": Counter(), "check_wavs": check_wavs}
+    state = {"on_error": on_error, "skipped": [], "dropped": Counter(), "check_wavs": check_wavs,
+             "alignments": alignments, "no_alignment": []}
     records, seen = [], {}
     for session_dir in _session_dirs(root, sessions):
         for eval_file in _evaluation_files(session_dir):
@@ -176,4 +200,7 @@ def read_iemocap(root, *, sessions=None, check_wavs: bool = True, on_error: str 
                 records.append(rec)
     out = Records(records, skipped=state["skipped"], dropped=state["dropped"])
     log.info("read_iemocap(%s): %s", root, out.summary())
+    if state["no_alignment"]:
+        log.info("read_iemocap: %d utterances have no .wdseg word segmentation (words=None), e.g. %s",
+                 len(state["no_alignment"]), state["no_alignment"][0])
     return out

@@ -1,11 +1,15 @@
 """Utterance records and the generic manifest (CSV or JSONL) for users' own recordings (SPEC §6).
 
 A manifest lists one utterance per row with the columns ``id, wav, text, label, speaker``, and
-optionally ``session`` and ``split``; any other column is kept in ``Record.extra``. Relative
-``wav`` paths are resolved against the manifest's folder.
+optionally ``session``, ``split`` and ``alignment``; any other column is kept in ``Record.extra``.
+Relative ``wav`` and ``alignment`` paths are resolved against the manifest's folder.
 
-    id,wav,text,label,speaker
-    u0001,wavs/u0001.wav,I can't believe you did that.,angry,spk1
+    id,wav,text,label,speaker,alignment
+    u0001,wavs/u0001.wav,I can't believe you did that.,angry,spk1,aligned/u0001.TextGrid
+
+``alignment`` names the utterance's word alignment: a Praat TextGrid with a ``words`` tier (as the
+Montreal Forced Aligner writes) or a ``word,start,end`` CSV (``mfdr.data.alignment``); the words land in
+``Record.words``. An empty cell means no alignment.
 """
 
 from __future__ import annotations
@@ -20,18 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config.run import EMOTIONS  # noqa: F401  (the IEMOCAP four, defined once; re-exported)
+from ..errors import DataError
+
 log = logging.getLogger("mfdr.data")
 
-EMOTIONS = ("neutral", "happy", "angry", "sad")
+
 """The four emotion classes, in the order of their integer labels."""
 
 REQUIRED_COLUMNS = ("id", "wav", "text", "label", "speaker")
-OPTIONAL_COLUMNS = ("session", "split")
+OPTIONAL_COLUMNS = ("session", "split", "alignment")
 ON_ERROR = ("raise", "skip")
-
-
-class DataError(ValueError):
-    """A data file is missing or malformed; the message names the file (and line where known)."""
 
 
 @dataclass
@@ -40,6 +43,8 @@ class Record:
 
     ``label`` is a class name (``"happy"``) or, for regression corpora, a number.
     ``session`` is an int for IEMOCAP (1–5) or whatever the manifest gives (``None`` if absent).
+    ``words`` is the word alignment, ``((word, start_s, end_s), ...)`` in time order, or ``None`` when
+    there is none (SPEC §6); ``alignment`` the file it was read from.
     """
 
     id: str
@@ -50,6 +55,8 @@ class Record:
     session: Any = None
     split: str | None = None
     extra: dict = field(default_factory=dict)
+    words: tuple | None = None
+    alignment: Path | None = None
 
     def to_dict(self) -> dict:
         """A JSON-friendly dict (``wav`` as a string; ``extra`` columns flattened in)."""
@@ -59,6 +66,8 @@ class Record:
             d["session"] = self.session
         if self.split is not None:
             d["split"] = self.split
+        if self.alignment is not None:
+            d["alignment"] = str(self.alignment)
         d.update(self.extra)
         return d
 
@@ -80,6 +89,11 @@ class Records(list):
     def counts(self) -> Counter:
         return Counter(str(r.label) for r in self)
 
+    @property
+    def aligned(self) -> int:
+        """Number of records with a word alignment (``words`` not None)."""
+        return sum(r.words is not None for r in self)
+
     def summary(self) -> str:
         counts = ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
         text = f"{len(self)} utterances ({counts})"
@@ -87,6 +101,8 @@ class Records(list):
             text += f"; dropped by label: {sum(self.dropped.values())}"
         if self.skipped:
             text += f"; skipped as bad: {len(self.skipped)}"
+        if self.aligned:
+            text += f"; word alignments: {self.aligned} of {len(self)}"
         return text
 
 
@@ -168,13 +184,33 @@ def _record_from_row(row: dict, where: str, base: Path, labels, check_wavs: bool
                         f"{list(labels)}")
     wav = Path(str(row["wav"])).expanduser()
     wav = wav if wav.is_absolute() else base / wav
+    alignment = row.get("alignment")
+    if alignment not in (None, ""):
+        alignment = Path(str(alignment)).expanduser()
+        alignment = alignment if alignment.is_absolute() else base / alignment
+    else:
+        alignment = None
     if check_wavs and not wav.is_file():
         raise DataError(f"{where}: wav file {wav} does not exist (id {row['id']!r})")
     extra = {k: v for k, v in row.items() if k not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS}
     session = row.get("session")
     return Record(id=str(row["id"]), wav=wav, text=str(text).strip(), label=label,
                   speaker=str(row["speaker"]), session=None if session == "" else session,
-                  split=row.get("split") or None, extra=extra)
+                  split=row.get("split") or None, extra=extra, alignment=alignment)
+
+
+def read_words(rec: Record, where: str, on_error: str, skipped: list | None = None) -> None:
+    """Set ``rec.words`` from ``rec.alignment`` (checked against the wav's duration when it is readable).
+    A bad file raises ``AlignmentError`` naming it, or, with ``on_error="skip"``, warns and leaves None."""
+    from .alignment import AlignmentError, audio_duration, read_alignment
+
+    if rec.alignment is None:
+        return
+    try:
+        rec.words = read_alignment(rec.alignment, audio_duration(rec.wav) if rec.wav.is_file() else None)
+    except AlignmentError as e:
+        bad_entry(f"{where}: {e}", on_error, skipped, where, error=AlignmentError)
+        rec.words = None
 
 
 def read_manifest(path, *, labels=None, check_wavs: bool = True, on_error: str = "raise") -> Records:
@@ -186,9 +222,11 @@ def read_manifest(path, *, labels=None, check_wavs: bool = True, on_error: str =
         labels: if given, the allowed labels (e.g. ``EMOTIONS``); any other label is an error.
         check_wavs: check that every wav file exists.
         on_error: ``"raise"`` (default) stops at the first bad row with an error naming the file
-            and line; ``"skip"`` warns, drops the row and lists it in ``Records.skipped``.
+            and line; ``"skip"`` warns, drops the row and lists it in ``Records.skipped``. A bad
+            alignment file (unparsable, times outside the audio or decreasing) raises
+            ``AlignmentError`` naming it, or under ``"skip"`` warns and keeps the row with ``words=None``.
     Returns:
-        ``Records`` (a list of ``Record``) in file order.
+        ``Records`` (a list of ``Record``) in file order; ``Record.words`` from the ``alignment`` column.
     """
     check_on_error(on_error)
     path = as_path("path", path)
@@ -208,29 +246,37 @@ def read_manifest(path, *, labels=None, check_wavs: bool = True, on_error: str =
         if rec.id in seen:
             raise DataError(f"{where}: duplicate id {rec.id!r} (first on line {seen[rec.id]})")
         seen[rec.id] = line
+        read_words(rec, where, on_error, skipped)
         records.append(rec)
     out = Records(records, skipped=skipped)
     log.info("read_manifest(%s): %s", path, out.summary())
     return out
 
 
+def _relative(p: Path, folder: Path) -> Path:
+    """``p`` relative to ``folder`` when it lies inside it, else unchanged."""
+    if p.is_absolute():
+        try:
+            return p.resolve().relative_to(folder.resolve())
+        except ValueError:
+            pass
+    return p
+
+
 def write_manifest(records, path) -> Path:
     """Write records (``Record`` or dicts) as CSV or JSONL, chosen by ``path``'s suffix.
 
-    Wav paths inside the manifest's folder are written relative to it, so the folder can move.
+    Wav and alignment paths inside the manifest's folder are written relative to it, so the folder can move.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for r in records:
         d = r.to_dict() if isinstance(r, Record) else dict(r)
-        wav = Path(d["wav"])
-        if wav.is_absolute():
-            try:
-                wav = wav.resolve().relative_to(path.parent.resolve())
-            except ValueError:
-                pass
+        wav = _relative(Path(d["wav"]), path.parent)
         d["wav"] = wav.as_posix()
+        if d.get("alignment"):
+            d["alignment"] = _relative(Path(d["alignment"]), path.parent).as_posix()
         rows.append(d)
     suffix = path.suffix.lower()
     if suffix == ".csv":

@@ -14,20 +14,35 @@ is not neutral, otherwise the words' emotion. Four kinds of utterances mix the t
 So a text-only model cannot tell ``prosodic`` from ``neutral`` and is fooled by ``ironic``; an
 audio-only model cannot tell ``lexical`` from ``neutral``. Speakers are espeak-ng voices (≥ 8),
 each with its own pitch and rate offsets; labels are balanced per speaker. The output has the
-generic manifest layout: ``<out>/wavs/<id>.wav`` (16 kHz mono) and ``<out>/manifest.csv`` with
-``id, wav, text, label, speaker`` plus ``kind, text_emotion, prosody_emotion, voice``.
+generic manifest layout: ``<out>/wavs/<id>.wav`` (16 kHz mono), ``<out>/alignments/<id>.csv`` (each
+word's exact timing, ``word,start,end``) and ``<out>/manifest.csv`` with ``id, wav, text, label,
+speaker, alignment`` plus ``kind, text_emotion, prosody_emotion, voice``.
+
+Word timings come from the synthesizer itself. ``engine="library"`` speaks each sentence through
+libespeak-ng (ctypes; the same samples as the ``espeak-ng`` command) and reads its word and phoneme
+events: a word starts at its word event and ends where the pause after its last phoneme begins.
+``engine="per-word"`` (the fallback where the library cannot be loaded) speaks each word alone with the
+``espeak-ng`` command and joins the words, trimmed of silence, with the prosody's word gap: the timings
+are exact by construction, the sentence intonation is lost. ``"auto"`` takes the library when it loads.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import random
 import shutil
 import subprocess
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
+from ..errors import DataError, DependencyError
+from .alignment import write_alignment_csv
 from .manifest import EMOTIONS, write_manifest
 
 log = logging.getLogger("mfdr.data")
@@ -82,9 +97,10 @@ SENTENCES = {
 }
 
 KINDS = {"lexical": 0.3, "prosodic": 0.3, "ironic": 0.25, "congruent": 0.15}
+ENGINES = ("auto", "library", "per-word")
 
 
-class EspeakNotFoundError(RuntimeError):
+class EspeakNotFoundError(DependencyError):
     """espeak-ng is not installed (or not at the given path)."""
 
 
@@ -147,28 +163,202 @@ def plan_corpus(n_utterances: int = 800, *, speakers: int = 8, seed: int = 0) ->
                       spk[i % speakers], rng) for i in range(n_utterances)]
 
 
-def _synthesize(espeak: str, utt: dict, wav: Path, sample_rate: int) -> None:
-    """Run espeak-ng for one utterance and store it as 16-bit mono at ``sample_rate``."""
+# ----------------------------------------------------------------------------- libespeak-ng (ctypes)
+
+class _Event(ctypes.Structure):
+    """``espeak_EVENT`` of speak_lib.h."""
+    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
+                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                ("user_data", ctypes.c_void_p), ("id", ctypes.c_char * 8)]
+
+
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
+_EV_END_LIST, _EV_WORD, _EV_PHONEME = 0, 1, 7
+_AUDIO_OUTPUT_SYNCHRONOUS, _INITIALIZE_PHONEME_EVENTS = 2, 0x0001
+_POS_CHARACTER, _CHARS_AUTO, _PHONEMES, _ENDPAUSE = 1, 0, 0x100, 0x1000   # the espeak-ng command's flags
+_RATE, _VOLUME, _PITCH, _WORDGAP = 1, 2, 3, 7
+_LIB_NAMES = ("libespeak-ng.so.1", "libespeak-ng.so", "libespeak-ng.1.dylib", "libespeak-ng.dylib",
+              "libespeak-ng.dll")
+
+
+class LibEspeak:
+    """libespeak-ng through ctypes: a sentence's samples and its word and phoneme events.
+
+    The library keeps global state, so one synthesis runs at a time (a lock). ``LibEspeak.get()`` loads
+    it once per process, or returns None (and keeps why in ``LibEspeak.error``) when it cannot.
+    """
+
+    _instance: LibEspeak | None = None
+    _tried = False
+    error: str | None = None
+    _lock = threading.Lock()
+
+    def __init__(self, path: str):
+        lib = ctypes.CDLL(path)
+        lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
+                                     ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        self.sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None, _INITIALIZE_PHONEME_EVENTS)
+        if self.sample_rate <= 0:
+            raise OSError(f"espeak_Initialize failed (returned {self.sample_rate}); is espeak-ng-data installed?")
+        self.lib, self.path = lib, path
+        self._chunks: list[np.ndarray] = []
+        self._events: list[tuple[int, int, int, str]] = []
+        self._callback = _CALLBACK(self._collect)       # kept referenced: the library calls it
+        lib.espeak_SetSynthCallback(self._callback)
+
+    @classmethod
+    def get(cls) -> LibEspeak | None:
+        with cls._lock:
+            if not cls._tried:
+                cls._tried = True
+                found = ctypes.util.find_library("espeak-ng")
+                errors = []
+                for name in ([found] if found else []) + list(_LIB_NAMES):
+                    try:
+                        cls._instance = cls(name)
+                        break
+                    except (OSError, AttributeError) as e:
+                        errors.append(f"{name}: {e}")
+                if cls._instance is None:
+                    cls.error = "; ".join(errors)
+            return cls._instance
+
+    def _collect(self, wav, n, events) -> int:
+        if n > 0:
+            self._chunks.append(np.ctypeslib.as_array(wav, (n,)).copy())
+        i = 0
+        while events[i].type != _EV_END_LIST:
+            e = events[i]
+            name = bytes(e.id).split(b"\0")[0].decode("ascii", "replace") if e.type == _EV_PHONEME else ""
+            self._events.append((e.type, e.text_position, e.sample, name))
+            i += 1
+        return 0
+
+    def synthesize(self, text: str, voice: str, prosody: dict) -> tuple[np.ndarray, int, list]:
+        """``(samples (n,) float32, sample rate, words)`` of ``text`` spoken with ``voice`` and ``prosody``
+        (the ``espeak-ng -v -p -s -a -g`` settings); ``words``: ``(word, start_s, end_s)``."""
+        data = text.encode("utf-8")
+        with self._lock:
+            self._chunks, self._events = [], []
+            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+                raise DataError(f"libespeak-ng does not know the voice {voice!r}")
+            for param, key in ((_RATE, "rate"), (_VOLUME, "amplitude"), (_PITCH, "pitch"), (_WORDGAP, "gap")):
+                self.lib.espeak_SetParameter(param, int(prosody[key]), 0)
+            err = self.lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0,
+                                        _CHARS_AUTO | _PHONEMES | _ENDPAUSE, None, None)
+            self.lib.espeak_Synchronize()
+            chunks, events = self._chunks, self._events
+        if err != 0 or not chunks:
+            raise DataError(f"libespeak-ng failed to speak {text!r} (error {err})")
+        samples = np.concatenate(chunks).astype(np.float32) / 32768.0
+        return samples, self.sample_rate, words_from_events(text, events, len(samples), self.sample_rate)
+
+
+def _word_span(text: str, pos: int, stop: int) -> str:
+    """The word at character ``pos`` (0-based): up to whitespace or ``stop``, without edge punctuation."""
+    end = pos
+    while end < min(stop, len(text)) and not text[end].isspace():
+        end += 1
+    word = text[pos:end]
+    a, b = 0, len(word)
+    while a < b and not word[a].isalnum():
+        a += 1
+    while b > a and not word[b - 1].isalnum():
+        b -= 1
+    return word[a:b]
+
+
+def words_from_events(text: str, events: list, n_samples: int, sr: int) -> list:
+    """Words from espeak-ng's events ``(type, text_position (1-based), sample, phoneme)``: each word
+    event starts a word, named by the text from its position to the next space; the word ends at the
+    first pause phoneme (``_``, ``_:``) after it, else where the next word starts (or the audio ends)."""
+    marks = [(k, e) for k, e in enumerate(events) if e[0] == _EV_WORD]
+    words = []
+    for m, (k, (_, pos, sample, _)) in enumerate(marks):
+        if m + 1 < len(marks):
+            next_k, (_, next_pos, next_sample, _) = marks[m + 1]
+        else:
+            next_k, next_pos, next_sample = len(events), len(text) + 1, n_samples
+        pause = next((e[2] for e in events[k + 1: next_k]
+                      if e[0] == _EV_PHONEME and e[3].startswith("_") and e[2] > sample), None)
+        word = _word_span(text, pos - 1, next_pos - 1)
+        if word:
+            end = min(pause if pause is not None else next_sample, n_samples)
+            words.append((word, sample / sr, max(end, sample) / sr))
+    return words
+
+
+# ----------------------------------------------------------------------------- synthesis
+
+def _run_espeak(espeak: str, utt: dict, text: str, tmp: Path) -> tuple[np.ndarray, int]:
+    """The espeak-ng command speaking ``text`` with the utterance's voice and prosody."""
+    import soundfile as sf
+
+    p = utt["prosody"]
+    cmd = [espeak, "-v", utt["voice"], "-p", str(p["pitch"]), "-s", str(p["rate"]), "-a", str(p["amplitude"]),
+           "-g", str(p["gap"]), "-w", str(tmp), "--", text]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0 or not tmp.is_file():
+        raise DataError(f"espeak-ng failed for {utt['id']} (exit {res.returncode}): {res.stderr.strip()}\n"
+                        f"command: {' '.join(cmd)}")
+    x, sr = sf.read(str(tmp), dtype="float32")
+    tmp.unlink()
+    return x, sr
+
+
+def _trim(x: np.ndarray, rel: float = 0.01) -> np.ndarray:
+    """``x`` without the leading and trailing samples quieter than ``rel`` of its peak."""
+    loud = np.flatnonzero(np.abs(x) > rel * max(float(np.abs(x).max(initial=0.0)), 1e-9))
+    return x[loud[0]: loud[-1] + 1] if loud.size else x[:0]
+
+
+def _per_word(espeak: str, utt: dict, tmp: Path) -> tuple[np.ndarray, int, list]:
+    """Each word spoken alone by the espeak-ng command, trimmed of silence, joined by 50 ms plus the
+    prosody's word gap (100 ms of silence before and after)."""
+    pieces, words, sr, t = [], [], None, 0
+    for k, raw in enumerate(utt["text"].split()):
+        word = _word_span(raw, 0, len(raw))
+        if not word:
+            continue
+        x, sr = _run_espeak(espeak, utt, word, tmp.with_suffix(f".{k}.wav"))
+        x = _trim(x)
+        gap = np.zeros(int(sr * (0.05 + 0.01 * utt["prosody"]["gap"]) if pieces else int(sr * 0.1)), np.float32)
+        pieces += [gap, x]
+        t += len(gap)
+        words.append((word, t / sr, (t + len(x)) / sr))
+        t += len(x)
+    if sr is None:
+        raise DataError(f"utterance {utt['id']}: no word to speak in {utt['text']!r}")
+    pieces.append(np.zeros(int(sr * 0.1), np.float32))
+    return np.concatenate(pieces), sr, words
+
+
+def _synthesize(espeak: str, utt: dict, wav: Path, sample_rate: int, engine: str = "auto") -> list:
+    """Speak one utterance and store it as 16-bit mono at ``sample_rate``; returns its words
+    ``[(word, start_s, end_s)]`` (``engine``: ``"library"``, ``"per-word"`` or ``"auto"``, see the module)."""
     import soundfile as sf
 
     from mfdr.features import resample
 
-    p, tmp = utt["prosody"], wav.with_suffix(".espeak.wav")
-    cmd = [espeak, "-v", utt["voice"], "-p", str(p["pitch"]), "-s", str(p["rate"]), "-a", str(p["amplitude"]),
-           "-g", str(p["gap"]), "-w", str(tmp), "--", utt["text"]]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0 or not tmp.is_file():
-        raise RuntimeError(f"espeak-ng failed for {utt['id']} (exit {res.returncode}): {res.stderr.strip()}\n"
-                           f"command: {' '.join(cmd)}")
-    x, sr = sf.read(str(tmp), dtype="float32")
-    tmp.unlink()
-    sf.write(str(wav), resample(x, sr, sample_rate), sample_rate, subtype="PCM_16")
+    lib = LibEspeak.get() if engine in ("auto", "library") else None
+    if engine == "library" and lib is None:
+        raise EspeakNotFoundError(f"libespeak-ng could not be loaded ({LibEspeak.error}); use engine='per-word' "
+                                  "or install the library (Debian/Ubuntu: apt-get install libespeak-ng1)")
+    if lib is not None:
+        x, sr, words = lib.synthesize(utt["text"], utt["voice"], utt["prosody"])
+    else:
+        x, sr, words = _per_word(espeak, utt, wav.with_suffix(".espeak.wav"))
+    y = resample(x, sr, sample_rate)
+    sf.write(str(wav), y, sample_rate, subtype="PCM_16")
+    duration = len(y) / sample_rate
+    return [(w, min(s, duration), min(e, duration)) for w, s, e in words]
 
 
 def make_synthetic_corpus(out_dir, n_utterances: int = 800, *, speakers: int = 8, seed: int = 0,
                           sample_rate: int = 16000, workers: int | None = None,
                           manifest: str = "manifest.csv", espeak: str | None = None,
-                          progress: bool = True) -> Path:
+                          progress: bool = True, engine: str = "auto") -> Path:
     """Synthesize the corpus into ``out_dir`` and return the manifest's path.
 
     Args:
@@ -180,23 +370,33 @@ def make_synthetic_corpus(out_dir, n_utterances: int = 800, *, speakers: int = 8
         workers: espeak-ng processes run in parallel (default: CPU count).
         manifest: its file name, ``.csv`` or ``.jsonl``.
         espeak: the espeak-ng executable (default ``$MFDR_ESPEAK`` or ``espeak-ng`` on PATH).
+        engine: how the words' timings are known: ``"library"`` (libespeak-ng's word events),
+            ``"per-word"`` (each word spoken alone and joined) or ``"auto"`` (the library when it loads).
     Raises:
         EspeakNotFoundError: with install instructions, when espeak-ng is missing.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     exe = find_espeak(espeak)
+    if engine == "auto" and LibEspeak.get() is None:
+        log.warning("libespeak-ng could not be loaded (%s): each word is spoken alone for its timing "
+                    "(engine='per-word')", LibEspeak.error)
     out = Path(out_dir)
-    (out / "wavs").mkdir(parents=True, exist_ok=True)
+    for sub in ("wavs", "alignments"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
     plan = plan_corpus(n_utterances, speakers=speakers, seed=seed)
     from tqdm import tqdm
 
     def run(utt):
-        _synthesize(exe, utt, out / "wavs" / f"{utt['id']}.wav", sample_rate)
+        words = _synthesize(exe, utt, out / "wavs" / f"{utt['id']}.wav", sample_rate, engine)
+        write_alignment_csv(words, out / "alignments" / f"{utt['id']}.csv")
 
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:
         for _ in tqdm(pool.map(run, plan), total=len(plan), disable=not progress, desc="espeak-ng",
                       unit="utt"):
             pass
-    rows = [{**{k: v for k, v in u.items() if k != "prosody"}, "wav": f"wavs/{u['id']}.wav"} for u in plan]
+    rows = [{**{k: v for k, v in u.items() if k != "prosody"}, "wav": f"wavs/{u['id']}.wav",
+             "alignment": f"alignments/{u['id']}.csv"} for u in plan]
     path = write_manifest(rows, out / manifest)
     log.info("make_synthetic_corpus: %d utterances, %d speakers -> %s", len(rows), speakers, path)
     return path

@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
-from mfdr.checkpoint import load_checkpoint
-from mfdr.runconfig import RunConfig
-from mfdr.train import run_training
+from mfdr.config import RunConfig
+from mfdr.run import run_training
+from mfdr.run.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 EMOTIONS = ("neutral", "happy", "angry", "sad")
@@ -48,7 +48,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     cfg_path.write_text(yaml.safe_dump({
         "model": {"audio_dim": 6, "text_dim": 5, "audio_len": 40, "text_len": 12, "d_model": 16, "heads": 2,
                   "window": 4, "hop": 3, "dfc_hidden": 8, "dropout": 0.0},
-        "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "seed": 3, "device": "cpu"},
+        "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "seed": 3, "device": "cpu",
+                  "precision": "fp32"},
         "data": {"dataset": "manifest", "features": str(cache), "protocol": "split"}}))
 
     n = torch.get_num_threads()

@@ -5,7 +5,7 @@ uninterrupted run; and the same seed gives the same weights and metrics on the C
 (A truncated or corrupt checkpoint and a NaN loss are tested in test_train.py.)
 
 The run is killed at a known point: a ``sitecustomize`` module on ``PYTHONPATH`` (imported by Python
-at start-up, before ``-m mfdr`` runs) wraps ``mfdr.train._loss`` so that the second training step after
+at start-up, before ``-m mfdr`` runs) wraps ``mfdr.run.loop.loss_fn`` so that the second training step after
 the first checkpoint (epoch 2, step 2) writes a marker file and sleeps. The test polls until the
 epoch-1 checkpoint and the marker exist, then sends SIGKILL from outside.
 """
@@ -22,9 +22,9 @@ import pytest
 import torch
 import yaml
 
-from mfdr import train as T
-from mfdr.checkpoint import load_checkpoint
-from mfdr.runconfig import RunConfig
+from mfdr import run as R
+from mfdr.config import RunConfig
+from mfdr.run.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ("neutral", "happy", "angry", "sad")
@@ -43,10 +43,10 @@ from pathlib import Path
 marker = os.environ.get("MFDR_TEST_PAUSE_MARKER")
 if marker:
     import torch
-    import mfdr.train as T
+    import mfdr.run.loop as T
 
     state = {"saved": 0, "steps": 0}
-    real_save, real_loss = T.save_checkpoint, T._loss
+    real_save, real_loss = T.save_checkpoint, T.loss_fn
 
     def save_checkpoint(*args, **kwargs):
         out = real_save(*args, **kwargs)
@@ -61,7 +61,7 @@ if marker:
                 time.sleep(600)
         return real_loss(*args, **kwargs)
 
-    T.save_checkpoint, T._loss = save_checkpoint, _loss
+    T.save_checkpoint, T.loss_fn = save_checkpoint, _loss
 '''
 
 
@@ -101,7 +101,7 @@ def setup(tmp_path_factory):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        T.run_training(cfg, root / "reference", folds=["fold-0"], progress=False, figures=False)
+        R.run_training(cfg, root / "reference", folds=["fold-0"], progress=False, figures=False)
     finally:
         torch.set_num_threads(n)
     return root, cfg, config_file
@@ -173,13 +173,13 @@ def test_same_seed_same_weights_and_metrics(setup, tmp_path):
     """Two fresh runs with the same seed: bit-identical weights and equal metrics (CPU); another seed
     gives other weights."""
     root, cfg, _ = setup
-    T.run_training(cfg, tmp_path / "again", folds=["fold-0"], progress=False, figures=False)
+    R.run_training(cfg, tmp_path / "again", folds=["fold-0"], progress=False, figures=False)
     assert_same_run(root / "reference", tmp_path / "again")
     assert (json.loads((tmp_path / "again" / "results.json").read_text())["mean"]
             == json.loads((root / "reference" / "results.json").read_text())["mean"])
 
     other = RunConfig.from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "seed": 8}})
-    T.run_training(other, tmp_path / "other", folds=["fold-0"], progress=False, figures=False, stop_after=1)
+    R.run_training(other, tmp_path / "other", folds=["fold-0"], progress=False, figures=False, stop_after=1)
     a = load_checkpoint(root / "reference" / "fold-0" / "checkpoint.pt")["model"]
     b = load_checkpoint(tmp_path / "other" / "fold-0" / "checkpoint.pt")["model"]
     assert any(not torch.equal(a[k], b[k]) for k in a)

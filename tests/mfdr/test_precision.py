@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from mfdr import precision as P
-from mfdr import train as T
-from mfdr.checkpoint import load_checkpoint
-from mfdr.runconfig import TrainConfig
+from mfdr import run as R
+from mfdr.config import TrainConfig
+from mfdr.run.checkpoint import load_checkpoint
 
 from .test_train import cache, config  # noqa: F401  (the fixture and the small run config)
 
@@ -45,7 +45,7 @@ def test_amp_is_a_deprecated_alias():
 def test_bf16_training_on_the_cpu(cache, tmp_path):  # noqa: F811
     """A short bf16 run: finite, decreasing loss; fp32 weights and checkpoint; the precision recorded."""
     cfg = config(cache, train={"epochs": 4, "precision": "bf16", "lr": 3e-3})
-    summary = T.run_training(cfg, tmp_path / "run", folds=["fold-0"], progress=False)
+    summary = R.run_training(cfg, tmp_path / "run", folds=["fold-0"], progress=False)
     rows = [json.loads(x) for x in (tmp_path / "run" / "fold-0" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train_loss"] for r in rows]
     assert all(map(lambda x: x == x and abs(x) < float("inf"), losses))

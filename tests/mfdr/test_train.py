@@ -11,12 +11,15 @@ import pytest
 import torch
 import yaml
 
-from mfdr import train as T
-from mfdr.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mfdr import errors
+from mfdr import run as R
+from mfdr.config import DataConfig, RunConfig, TrainConfig
+from mfdr.errors import CheckpointError
 from mfdr.protocols import make_folds
-from mfdr.runconfig import DataConfig, RunConfig, TrainConfig
+from mfdr.run import loop
+from mfdr.run.checkpoint import load_checkpoint, save_checkpoint
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "mfdr" / "configs"
 EMOTIONS = ("neutral", "happy", "angry", "sad")
 SPLITS = ("train", "train", "valid", "test")
 # Small model: 12 words, 40 frames, window 4 / hop 3; no dropout (runs compare weights).
@@ -227,7 +230,7 @@ class Evil:
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_checkpoint_refuses_code_even_with_a_valid_hash(tmp_path):
     """weights_only=True: a payload that would call a function is refused, naming the file."""
-    from mfdr.checkpoint import MAGIC
+    from mfdr.run.checkpoint import MAGIC
 
     data = pickle.dumps({"x": Evil()})
     buf = io.BytesIO()
@@ -249,7 +252,7 @@ def test_checkpoint_refuses_code_even_with_a_valid_hash(tmp_path):
 # ---------------------------------------------------------------------- training runs
 def test_run_writes_everything(cache, tmp_path):
     out = tmp_path / "run"
-    summary = T.run_training(config(cache), out, progress=False)
+    summary = R.run_training(config(cache), out, progress=False)
     for rel in ("config.yaml", "folds.json", "results.json", "results.md", "figures/curves.png",
                 "figures/confusion.png", "fold-0/checkpoint.pt", "fold-0/best/model.safetensors",
                 "fold-0/best/config.json", "fold-0/best/meta.json", "fold-0/metrics.csv",
@@ -265,7 +268,7 @@ def test_run_writes_everything(cache, tmp_path):
     assert summary["mean"] == results["mean"]
     meta = json.loads((out / "fold-0" / "best" / "meta.json").read_text())
     assert meta["classes"] == list(EMOTIONS) and meta["epoch"] in (1, 2)
-    model, meta2 = T.load_model(out / "fold-0" / "best")
+    model, meta2 = R.load_model(out / "fold-0" / "best")
     assert model.config.d_model == 16 and meta2 == meta
 
 
@@ -276,11 +279,11 @@ def weights(path: Path) -> dict:
 def test_resume_matches_uninterrupted_run(cache, tmp_path):
     """Stopped after epoch 1 and resumed: the same weights, optimizer state and logs as one run."""
     cfg = config(cache, train={"epochs": 3}, model={"dropout": 0.2})  # dropout: the RNG must resume too
-    T.run_training(cfg, tmp_path / "a", folds=["fold-0"], progress=False, figures=False)
-    assert T.run_training(cfg, tmp_path / "b", folds=["fold-0"], stop_after=1, progress=False) is None
+    R.run_training(cfg, tmp_path / "a", folds=["fold-0"], progress=False, figures=False)
+    assert R.run_training(cfg, tmp_path / "b", folds=["fold-0"], stop_after=1, progress=False) is None
     ck = load_checkpoint(tmp_path / "b" / "fold-0" / "checkpoint.pt")
     assert ck["epoch"] == 1 and not (tmp_path / "b" / "fold-0" / "result.json").exists()
-    T.run_training(cfg, tmp_path / "b", folds=["fold-0"], resume=True, progress=False, figures=False)
+    R.run_training(cfg, tmp_path / "b", folds=["fold-0"], resume=True, progress=False, figures=False)
     a, b = load_checkpoint(tmp_path / "a" / "fold-0" / "checkpoint.pt"), load_checkpoint(
         tmp_path / "b" / "fold-0" / "checkpoint.pt")
     for k in a["model"]:
@@ -296,39 +299,39 @@ def test_resume_matches_uninterrupted_run(cache, tmp_path):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(cache, tmp_path, monkeypatch):
     out = tmp_path / "run"
     cfg = config(cache, train={"epochs": 3})
-    T.run_training(cfg, out, folds=["fold-0"], stop_after=1, progress=False)
+    R.run_training(cfg, out, folds=["fold-0"], stop_after=1, progress=False)
     good = snapshot(out / "fold-0")
-    real = T._loss
-    monkeypatch.setattr(T, "_loss", lambda task, out, y: real(task, out, y) * float("nan"))
+    real = loop.loss_fn
+    monkeypatch.setattr(loop, "loss_fn", lambda task, out, y: real(task, out, y) * float("nan"))
     expected = r"fold-0, epoch 2, step 1: the loss is not finite.*checkpoint.pt \(after epoch 1\) is kept"
-    with pytest.raises(T.TrainingError, match=expected):
-        T.run_training(cfg, out, folds=["fold-0"], resume=True, progress=False)
+    with pytest.raises(errors.TrainingError, match=expected):
+        R.run_training(cfg, out, folds=["fold-0"], resume=True, progress=False)
     assert snapshot(out / "fold-0") == good
     assert load_checkpoint(out / "fold-0" / "checkpoint.pt")["epoch"] == 1
 
 
 def test_nan_features_stop_before_any_checkpoint(tmp_path):
     cache = make_cache(tmp_path / "cache", nan_at=5)
-    with pytest.raises(T.TrainingError, match="not finite.*no checkpoint had been written yet.*NaN/Inf"):
-        T.run_training(config(cache, data={"val_fraction": 0.0}), tmp_path / "run", folds=["fold-0"],
+    with pytest.raises(errors.TrainingError, match="not finite.*no checkpoint had been written yet.*NaN/Inf"):
+        R.run_training(config(cache, data={"val_fraction": 0.0}), tmp_path / "run", folds=["fold-0"],
                        progress=False)
 
 
 # -------------------------------------------------- bad input: clear errors, nothing written
 def test_existing_run_is_not_overwritten(cache, tmp_path):
     out = tmp_path / "run"
-    T.run_training(config(cache), out, folds=["fold-0"], stop_after=1, progress=False)
+    R.run_training(config(cache), out, folds=["fold-0"], stop_after=1, progress=False)
     before = snapshot(out)
-    with pytest.raises(T.RunDirError, match="already holds an mfdr run; pass --resume"):
-        T.run_training(config(cache), out, progress=False)
-    with pytest.raises(T.RunDirError, match=r"cannot resume .*train.lr: now 0.01, saved 0.001"):
-        T.run_training(config(cache, train={"lr": 0.01}), out, resume=True, progress=False)
+    with pytest.raises(errors.RunDirError, match="already holds an mfdr run; pass --resume"):
+        R.run_training(config(cache), out, progress=False)
+    with pytest.raises(errors.RunDirError, match=r"cannot resume .*train.lr: now 0.01, saved 0.001"):
+        R.run_training(config(cache, train={"lr": 0.01}), out, resume=True, progress=False)
     assert snapshot(out) == before
 
 
 def test_checkpoint_from_another_config_is_refused(cache, tmp_path):
     out = tmp_path / "run"
-    T.run_training(config(cache), out, folds=["fold-0"], stop_after=1, progress=False)
+    R.run_training(config(cache), out, folds=["fold-0"], stop_after=1, progress=False)
     # Someone edits config.yaml; the checkpoint still says otherwise.
     saved = yaml.safe_load((out / "config.yaml").read_text())
     saved["model"]["d_model"] = 32
@@ -336,21 +339,21 @@ def test_checkpoint_from_another_config_is_refused(cache, tmp_path):
     before = snapshot(out)
     with pytest.raises(CheckpointError, match=r"checkpoint .*checkpoint.pt was written with another config: "
                                               r"model.d_model: now 32, checkpoint 16"):
-        T.run_training(config(cache, model={"d_model": 32}), out, resume=True, progress=False)
+        R.run_training(config(cache, model={"d_model": 32}), out, resume=True, progress=False)
     assert snapshot(out) == before
     with pytest.raises(CheckpointError, match="another config: d_model: saved 16, given 32"):
-        T.load_model(out / "fold-0" / "checkpoint.pt", config(cache, model={"d_model": 32}).model)
+        R.load_model(out / "fold-0" / "checkpoint.pt", config(cache, model={"d_model": 32}).model)
     with pytest.raises(CheckpointError, match="does not match the model saved"):
-        T.load_model(out / "fold-0" / "best", config(cache, model={"heads": 4}).model)
+        R.load_model(out / "fold-0" / "best", config(cache, model={"heads": 4}).model)
 
 
 def test_missing_or_mismatched_features(cache, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no feature cache at .*Run `mfdr extract"):
-        T.run_training(config(tmp_path / "nowhere"), tmp_path / "run", progress=False)
+        R.run_training(config(tmp_path / "nowhere"), tmp_path / "run", progress=False)
     with pytest.raises(ValueError, match="model.audio_dim is 7 but the features are 6-dimensional"):
-        T.run_training(config(cache, model={"audio_dim": 7}), tmp_path / "run", progress=False)
+        R.run_training(config(cache, model={"audio_dim": 7}), tmp_path / "run", progress=False)
     with pytest.raises(ValueError, match=r"unknown fold\(s\) \['fold-7'\]"):
-        T.run_training(config(cache), tmp_path / "run", folds=["fold-7"], progress=False)
+        R.run_training(config(cache), tmp_path / "run", folds=["fold-7"], progress=False)
     assert not (tmp_path / "run").exists()  # nothing written
 
 
@@ -377,7 +380,7 @@ def test_mmsa_regression_standard_split(tmp_path):
                                "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3},
                                "data": {"dataset": "mmsa", "path": str(path), "protocol": "split"}})
     assert cfg.select == "mae"
-    summary = T.run_training(cfg, tmp_path / "run", progress=False)
+    summary = R.run_training(cfg, tmp_path / "run", progress=False)
     (fold,) = summary["folds"]
     assert fold["fold"] == "standard" and (fold["n_train"], fold["n_val"], fold["n_test"]) == (16, 8, 8)
     assert set(summary["metrics"]) == {"acc7", "acc5", "has0_acc2", "has0_f1", "non0_acc2", "non0_f1", "mae",
@@ -385,16 +388,16 @@ def test_mmsa_regression_standard_split(tmp_path):
     rows = (tmp_path / "run" / "standard" / "predictions.csv").read_text().splitlines()
     assert rows[0] == "id,label,pred" and len(rows) == 9 and rows[1].startswith("v200,")
     assert summary["pooled"]["mae"] == pytest.approx(fold["test"]["mae"])
-    assert T.find_models(tmp_path / "run") == [tmp_path / "run" / "standard" / "best"]
+    assert R.find_models(tmp_path / "run") == [tmp_path / "run" / "standard" / "best"]
 
 
 # -------------------------------------------------- the training loop on an accelerator: few host syncs
 @pytest.mark.parametrize("log_every", [1, 3, 50])
 def test_one_host_sync_per_logging_interval(cache, tmp_path, monkeypatch, log_every):
-    calls, real = [], T._sync_stats
-    monkeypatch.setattr(T, "_sync_stats", lambda *a: calls.append(1) or real(*a))
+    calls, real = [], loop._sync_stats
+    monkeypatch.setattr(loop, "_sync_stats", lambda *a: calls.append(1) or real(*a))
     cfg = config(cache, train={"epochs": 2, "log_every": log_every})
-    T.run_training(cfg, tmp_path / "run", folds=["fold-0"], progress=False)
+    R.run_training(cfg, tmp_path / "run", folds=["fold-0"], progress=False)
     steps = -(-round(32 / 2 * 0.8) // 8)  # 2 folds of 32 utterances, 20 % validation, batch 8
     per_epoch = -(-steps // log_every)  # every log_every steps and at the end of the epoch
     assert len(calls) == 2 * per_epoch
@@ -402,15 +405,15 @@ def test_one_host_sync_per_logging_interval(cache, tmp_path, monkeypatch, log_ev
 
 def test_nan_loss_reports_its_step_between_syncs(cache, tmp_path, monkeypatch):
     """With one sync per 50 steps, the error still names the first step whose loss was not finite."""
-    real, seen = T._loss, []
+    real, seen = loop.loss_fn, []
 
     def loss(task, out, y):
         seen.append(1)
         return real(task, out, y) * (float("nan") if len(seen) >= 2 else 1.0)
 
-    monkeypatch.setattr(T, "_loss", loss)
-    with pytest.raises(T.TrainingError, match=r"epoch 1, step 2: the loss is not finite"):
-        T.run_training(config(cache, train={"log_every": 50}), tmp_path / "run", folds=["fold-0"],
+    monkeypatch.setattr(loop, "loss_fn", loss)
+    with pytest.raises(errors.TrainingError, match=r"epoch 1, step 2: the loss is not finite"):
+        R.run_training(config(cache, train={"log_every": 50}), tmp_path / "run", folds=["fold-0"],
                        progress=False)
 
 
@@ -426,8 +429,8 @@ def test_train_compile_option(cache, tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "compile", compile)
     torch._dynamo.reset()
-    T.run_training(config(cache, train={"epochs": 1}), tmp_path / "a", folds=["fold-0"], progress=False)
-    T.run_training(config(cache, train={"epochs": 1, "compile": True}), tmp_path / "b", folds=["fold-0"],
+    R.run_training(config(cache, train={"epochs": 1}), tmp_path / "a", folds=["fold-0"], progress=False)
+    R.run_training(config(cache, train={"epochs": 1, "compile": True}), tmp_path / "b", folds=["fold-0"],
                    progress=False)
     assert calls == [{"fullgraph": True, "mode": "default"}]
     ha, hb = ([json.loads(line) for line in (tmp_path / x / "fold-0" / "metrics.jsonl").read_text().splitlines()]

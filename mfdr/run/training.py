@@ -1,0 +1,109 @@
+"""A whole run: every fold of ``cfg.data.protocol``, then the results (``run_training``).
+
+A run folder::
+
+    config.yaml         the full, resolved RunConfig (model, train, data, features)
+    folds.json          each fold's train / validation / test utterance ids (mfdr.protocols)
+    fold-0/
+      checkpoint.pt     the last finished epoch: weights, optimizer, RNG states, best so far (atomic)
+      best/             the best epoch on the validation split: config.json, model.safetensors, meta.json
+      metrics.csv       one row per epoch (also metrics.jsonl; tb/ when TensorBoard is installed)
+      predictions.csv   the best model's test predictions (and class probabilities)
+      result.json       the fold's test metrics; written last: a fold that has it is finished
+    results.json        per-fold test metrics, mean ± sample std over folds, and pooled over all folds
+    results.md          the same as a Markdown table
+    figures/            curves.png, confusion.png
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .. import metrics as M
+from ..config import RunConfig
+from ..errors import ConfigError
+from ..protocols import DataSource, folds_record, make_folds
+from .batches import precision_of
+from .distributed import _on_main, setup_distributed
+from .files import atomic_write_text, write_json
+from .loop import train_fold
+from .results import pooled_metrics, summarize, write_run_figures
+from .rundir import _check_run_dir, _clear_run_dir
+
+
+def run_training(cfg: RunConfig, out_dir, *, resume: bool = False, overwrite: bool = False,
+                 folds: list[str] | None = None, stop_after: int | None = None, progress: bool = True,
+                 figures: bool = True, title: str | None = None) -> dict | None:
+    """Train and test the folds of ``cfg.data.protocol``; write the run folder (module docstring).
+
+    Args:
+        resume: continue the run in ``out_dir``: finished folds are kept, the others go on from their
+            last checkpoint. The config must match the saved one (``RESUME_FREE_FIELDS`` aside).
+        overwrite: delete a previous run in ``out_dir`` first.
+        folds: names of the folds to run (``fold-0``, ...); default all.
+        stop_after: stop once this epoch of the fold in progress is done (resume later).
+    Returns:
+        the summary written to ``results.json``, or None when stopped by ``stop_after``.
+    Every check (config, data, folder) runs before anything is written.
+    """
+    out = Path(out_dir)
+    dist = setup_distributed(cfg.train.device)
+    finished = False
+    try:
+        source = DataSource(cfg)
+        all_folds = make_folds(source.entries, cfg.data, cfg.train.seed, cfg.model.task)
+        names = [f.name for f in all_folds]
+        unknown = sorted(set(folds or ()) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown fold(s) {unknown}; protocol {cfg.data.protocol!r} has {names}")
+        record = folds_record(all_folds, source.entries)
+        run_folds = [f.name for f in all_folds if not folds or f.name in folds]
+        _on_main(dist, _check_run_dir, out, cfg, record, resume, overwrite, run_folds, source.hash)
+        if dist.main:
+            if overwrite and out.exists():
+                _clear_run_dir(out)
+            out.mkdir(parents=True, exist_ok=True)
+            if not (out / "config.yaml").exists():  # a resumed run keeps its files as they are
+                cfg.save(out / "config.yaml")
+                write_json(out / "folds.json", record)
+            procs = f" x {dist.world} processes" if dist.active else ""
+            prec = precision_of(cfg, dist.device)
+            print(f"{out}: protocol {cfg.data.protocol}, {len(all_folds)} folds; validation: "
+                  f"{all_folds[0].val_rule}; device {dist.device}{procs}; precision {prec.name} "
+                  f"({prec.reason})", flush=True)
+        dist.barrier()
+
+        results = []
+        for index, fold in enumerate(all_folds):
+            if fold.name not in run_folds:
+                continue
+            fold_dir = out / fold.name
+            if resume and (fold_dir / "result.json").exists():
+                results.append(json.loads((fold_dir / "result.json").read_text()))
+                continue
+            if dist.main:
+                fold_dir.mkdir(parents=True, exist_ok=True)
+            dist.barrier()
+            r = train_fold(cfg, source, fold, fold_dir, fold_index=index, dist=dist, resume=resume,
+                           stop_after=stop_after, progress=progress)
+            if r is None:
+                finished = True
+                return None
+            results.append(r)
+
+        summary = None
+        if dist.main:
+            summary = summarize(results, cfg, pooled_metrics(out, results, cfg))
+            summary["precision"] = precision_of(cfg, dist.device).to_dict()
+            write_json(out / "results.json", summary)
+            table = M.results_markdown(summary, title or f"MFDR: {out.name}")
+            atomic_write_text(out / "results.md", table)
+            print(table, flush=True)
+            if figures:
+                write_run_figures(out, cfg, summary)
+        summary = dist.broadcast(summary)
+        finished = True
+        return summary
+    finally:
+        dist.close(finished)
