@@ -393,7 +393,8 @@ def extract_features(records, cache_dir, *, audio_encoder, text_encoder, batch_s
         the ``FeatureCache`` (all records, old and new).
     """
     check_on_error(on_error)
-    tqdm = _require("tqdm", "tqdm").tqdm
+    from mfdr.progress import bar as progress_bar
+
     config = cache_config(audio_encoder, text_encoder, dtype)
     records = [_as_record(r) for r in records]
     dup = sorted(i for i, n in Counter(r.id for r in records).items() if n > 1)
@@ -404,7 +405,7 @@ def extract_features(records, cache_dir, *, audio_encoder, text_encoder, batch_s
     log.info("extract_features(%s): %d cached, %d to do", cache_dir, len(records) - len(pending),
              len(pending))
     skipped: list = []
-    with tqdm(total=len(pending), disable=not progress, desc="features", unit="utt") as bar:
+    with progress_bar(total=len(pending), enabled=progress, desc="features", unit="utt") as bar:
         for s in range(0, len(pending), shard_size):
             chunk = pending[s: s + shard_size]
             pairs = _load_chunk(chunk, audio_encoder, on_error, skipped, workers)

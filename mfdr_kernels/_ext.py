@@ -18,7 +18,8 @@ import torch
 from . import _env
 
 _ROOT = Path(__file__).resolve().parent
-_CSRC = _ROOT.parent / "csrc"
+# The C++ sources: inside the package in an installed wheel (setup.py copies them), else the checkout's.
+_CSRC = next((d for d in (_ROOT / "csrc", _ROOT.parent / "csrc") if any(d.glob("*.cpp"))), _ROOT.parent / "csrc")
 _lock = threading.Lock()
 _state: dict = {"loaded": False, "error": None, "path": None}
 
@@ -47,6 +48,10 @@ def _jit_build() -> str:
         raise RuntimeError(f"no C++ sources found in {_CSRC} (an installed wheel without csrc/?)")
     build = _env.build_dir() / f"torch{torch.__version__.replace('+', '_')}"
     build.mkdir(parents=True, exist_ok=True)
+    import sys
+
+    print(f"mfdr_kernels: building the C++ extension on first use into {build} (once; about a minute)",
+          file=sys.stderr, flush=True)
     load(
         name="mfdr_kernels_C",
         sources=sources,

@@ -385,14 +385,14 @@ def make_synthetic_corpus(out_dir, n_utterances: int = 800, *, speakers: int = 8
     for sub in ("wavs", "alignments"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     plan = plan_corpus(n_utterances, speakers=speakers, seed=seed)
-    from tqdm import tqdm
+    from ..progress import bar as progress_bar
 
     def run(utt):
         words = _synthesize(exe, utt, out / "wavs" / f"{utt['id']}.wav", sample_rate, engine)
         write_alignment_csv(words, out / "alignments" / f"{utt['id']}.csv")
 
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:
-        for _ in tqdm(pool.map(run, plan), total=len(plan), disable=not progress, desc="espeak-ng",
+        for _ in progress_bar(pool.map(run, plan), total=len(plan), enabled=progress, desc="espeak-ng",
                       unit="utt"):
             pass
     rows = [{**{k: v for k, v in u.items() if k != "prosody"}, "wav": f"wavs/{u['id']}.wav",

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from .. import metrics as M
 from ..config import MFDRConfig, RunConfig, format_diff
 from ..errors import CheckpointError, InputError, MissingFileError
+from ..progress import bar as progress_bar
 from .batches import class_names, make_loader, model_inputs, precision_of
 from .checkpoint import load_checkpoint
 from .distributed import Dist
@@ -27,8 +28,6 @@ def predict_dataset(model, dataset, cfg: RunConfig, dist: Dist | None = None, pr
 
     Returns ``{"id": [N ids], "label": (N,), "output": (N, C) logits or (N,) scores, "loss": mean}``.
     """
-    from tqdm import tqdm
-
     raw = model.module if hasattr(model, "module") else model
     dist = dist or Dist(device=next(raw.parameters()).device)
     was_training = raw.training
@@ -37,7 +36,7 @@ def predict_dataset(model, dataset, cfg: RunConfig, dist: Dist | None = None, pr
     batch_size = cfg.train.eval_batch_size or cfg.train.batch_size
     batches = make_loader(cfg, torch.utils.data.Subset(dataset, shard), batch_size)
     rows, pos = [], iter(shard)  # (position in dataset, id, label, output, loss) per utterance
-    for batch in tqdm(batches, disable=not progress, leave=False, desc="evaluate", unit="batch"):
+    for batch in progress_bar(batches, enabled=progress, leave=False, desc="evaluate", unit="batch"):
         audio, text, al, tl, y = model_inputs(batch, dist.device, cfg.train.zero)
         with precision_of(cfg, dist.device).autocast():
             out = raw(audio, text, al, tl).float()

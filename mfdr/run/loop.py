@@ -19,6 +19,7 @@ import torch
 from .. import metrics as M
 from ..config import RunConfig
 from ..errors import ConfigError, TrainingError
+from ..progress import bar as progress_bar
 from ..protocols import DataSource, Fold
 from .batches import loss_fn, make_loader, model_inputs, precision_of
 from .checkpoint import rng_state, save_checkpoint, seed_everything, set_rng_state
@@ -60,7 +61,6 @@ def train_fold(cfg: RunConfig, source: DataSource, fold: Fold, fold_dir: Path, *
     ``stop_after`` (after that epoch; resume later).
     """
     from torch.utils.data import DistributedSampler
-    from tqdm import tqdm
 
     from ..model import MFDR
 
@@ -112,7 +112,7 @@ def train_fold(cfg: RunConfig, source: DataSource, fold: Fold, fold_dir: Path, *
         sampler.set_epoch(epoch)
         net.train()
         loss_sum, count = 0.0, 0
-        bar = tqdm(loader, disable=not (progress and dist.main), leave=False, unit="batch",
+        bar = progress_bar(loader, enabled=progress and dist.main, leave=False, unit="batch",
                    desc=f"{fold.name} epoch {epoch + 1}/{tc.epochs}")
         # The loss stays on the device: one host sync per train.log_every steps (and at the end of
         # the epoch) reads the running sum and the first step whose loss was not finite.

@@ -25,9 +25,9 @@ def predict(model_path, wavs: list[str], texts: list[str], *, device=None) -> li
     averages the probabilities of its folds' best models."""
     import torch
 
+    from ..config import FeatureConfig, RunConfig
     from ..data import collate
     from ..features import read_wav
-    from ..config import FeatureConfig, RunConfig
     from .evaluate import find_models, load_model
 
     path = Path(model_path)
