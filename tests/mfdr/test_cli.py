@@ -39,7 +39,7 @@ def write_config(path: Path, **sections) -> Path:
 
 
 # ---------------------------------------------------------------------- help and errors
-@pytest.mark.parametrize("command", [None, "extract", "train", "evaluate", "predict", "demo", "bench"])
+@pytest.mark.parametrize("command", [None, "config", "extract", "train", "evaluate", "predict", "demo", "bench"])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         main(([command] if command else []) + ["--help"])
@@ -165,3 +165,38 @@ def test_demo_quick(tmp_path, capsys):
     for rel in ("results.md", "figures/attention.png", "figures/levels.png", "mfdr/figures/curves.png",
                 "text_only/results.json", "audio_only/fold-1/result.json"):
         assert (tmp_path / "demo" / rel).is_file(), rel
+
+
+# ---------------------------------------------------------------------- mfdr config; errors vs bugs
+def test_config_prints_the_resolved_config(capsys, tmp_path):
+    """One override parser for every section: YAML 1.2 numbers (1e-1 and 5e-4 are floats everywhere)."""
+    assert main(["config", "--config", "iemocap", "--set", "model.dropout=1e-1", "--set", "train.lr=5e-4"]) == 0
+    d = yaml.safe_load(capsys.readouterr().out)
+    assert d["model"]["dropout"] == 0.1 and d["train"]["lr"] == 5e-4 and d["train"]["epochs"] == 40
+    path = write_config(tmp_path / "c.yaml", model={"dropout": "1e-1"})  # a YAML file with 1e-1 as text
+    path.write_text(path.read_text().replace("'1e-1'", "1e-1"))
+    assert main(["config", "--config", str(path)]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["dropout"] == 0.1
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--set", "model.dropout=often"], "model.dropout must be float, got str 'often'"),
+    (["--set", "train.bogus=1"], r"unknown key\(s\) \['train.bogus'\]"),
+    (["--config", "nowhere"], "'nowhere' is neither a file nor a shipped config"),
+])
+def test_config_errors_name_the_key(args, match, capsys):
+    assert main(["config", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mfdr config: error: ") and __import__("re").search(match, err), err
+
+
+def test_a_bug_is_not_reported_as_bad_input(monkeypatch):
+    """The command catches MFDRError alone: any other exception is a bug and keeps its traceback."""
+    from mfdr import cli
+
+    def broken(args):
+        raise ValueError("a programming error")
+
+    monkeypatch.setattr(cli, "cmd_config", broken)
+    with pytest.raises(ValueError, match="a programming error"):
+        main(["config"])
