@@ -64,7 +64,7 @@ def portable_build() -> bool:
 
 def cxx_flags() -> list[str]:
     """Compiler flags of the C++ extension (setup.py and the on-first-use build share them)."""
-    flags = ["-O3", "-fopenmp", "-std=c++17"]
+    flags = ["-O3", "-fopenmp", "-std=c++17", "-Wno-unknown-pragmas"]  # ATen's vector headers: clang/unroll pragmas
     return flags if portable_build() else [*flags, "-march=native"]
 
 
