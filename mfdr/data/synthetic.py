@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import logging
 import os
 import random
 import shutil
 import subprocess
-import threading
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -165,115 +166,118 @@ def plan_corpus(n_utterances: int = 800, *, speakers: int = 8, seed: int = 0) ->
 
 # ----------------------------------------------------------------------------- libespeak-ng (ctypes)
 
-class _Event(ctypes.Structure):
-    """``espeak_EVENT`` of speak_lib.h."""
+# Run in a fresh interpreter per utterance (``python -S -c``): libespeak-ng keeps state from one
+# synthesis to the next (the same text comes out a few samples different the second time), so each
+# utterance gets a new process, as the espeak-ng command does; the samples then equal the command's.
+# argv: library, voice, rate, amplitude, pitch, word gap, text. stdout: one JSON line
+# {"sample_rate", "events": [[type, text position (1-based), sample, phoneme]]}, then int16 samples.
+_LIB_SCRIPT = r"""
+import ctypes, json, sys
+lib_path, voice, text = sys.argv[1], sys.argv[2], sys.argv[7]
+class Event(ctypes.Structure):
     _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
                 ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
                 ("user_data", ctypes.c_void_p), ("id", ctypes.c_char * 8)]
-
-
-_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
-_EV_END_LIST, _EV_WORD, _EV_PHONEME = 0, 1, 7
-_AUDIO_OUTPUT_SYNCHRONOUS, _INITIALIZE_PHONEME_EVENTS = 2, 0x0001
-_POS_CHARACTER, _CHARS_AUTO, _PHONEMES, _ENDPAUSE = 1, 0, 0x100, 0x1000   # the espeak-ng command's flags
-_RATE, _VOLUME, _PITCH, _WORDGAP = 1, 2, 3, 7
+CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(Event))
+lib = ctypes.CDLL(lib_path)
+lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
+                             ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+sr = lib.espeak_Initialize(2, 0, None, 1)          # AUDIO_OUTPUT_SYNCHRONOUS, phoneme events
+if sr <= 0:
+    sys.exit(f"espeak_Initialize failed ({sr}): is espeak-ng-data installed?")
+chunks, events = [], []
+def collect(wav, n, ev):
+    if n > 0:
+        chunks.append(ctypes.string_at(wav, 2 * n))
+    i = 0
+    while ev[i].type != 0:
+        e = ev[i]
+        name = bytes(e.id).split(b"\0")[0].decode("ascii", "replace") if e.type == 7 else ""
+        events.append([e.type, e.text_position, e.sample, name])
+        i += 1
+    return 0
+callback = CALLBACK(collect)
+lib.espeak_SetSynthCallback(callback)
+if lib.espeak_SetVoiceByName(voice.encode()) != 0:
+    sys.exit(f"libespeak-ng does not know the voice {voice!r}")
+for param, value in zip((1, 2, 3, 7), sys.argv[3:7]):  # rate, volume, pitch, word gap: as the command sets them
+    lib.espeak_SetParameter(param, int(value), 0)
+data = text.encode("utf-8")
+err = lib.espeak_Synth(data, len(data) + 1, 0, 1, 0, 0x0100 | 0x1000, None, None)  # espeak-ng's flags
+lib.espeak_Synchronize()
+if err != 0 or not chunks:
+    sys.exit(f"espeak_Synth failed (error {err})")
+out = sys.stdout.buffer
+out.write(json.dumps({"sample_rate": sr, "events": events}).encode() + b"\n")
+out.write(b"".join(chunks))
+"""
+_EV_WORD, _EV_PHONEME = 1, 7
 _LIB_NAMES = ("libespeak-ng.so.1", "libespeak-ng.so", "libespeak-ng.1.dylib", "libespeak-ng.dylib",
               "libespeak-ng.dll")
+_library: list = []      # [path or None, why not] once looked for
 
 
-class LibEspeak:
-    """libespeak-ng through ctypes: a sentence's samples and its word and phoneme events.
-
-    The library keeps global state, so one synthesis runs at a time (a lock). ``LibEspeak.get()`` loads
-    it once per process, or returns None (and keeps why in ``LibEspeak.error``) when it cannot.
-    """
-
-    _instance: LibEspeak | None = None
-    _tried = False
-    error: str | None = None
-    _lock = threading.Lock()
-
-    def __init__(self, path: str):
-        lib = ctypes.CDLL(path)
-        lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
-                                     ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        self.sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None, _INITIALIZE_PHONEME_EVENTS)
-        if self.sample_rate <= 0:
-            raise OSError(f"espeak_Initialize failed (returned {self.sample_rate}); is espeak-ng-data installed?")
-        self.lib, self.path = lib, path
-        self._chunks: list[np.ndarray] = []
-        self._events: list[tuple[int, int, int, str]] = []
-        self._callback = _CALLBACK(self._collect)       # kept referenced: the library calls it
-        lib.espeak_SetSynthCallback(self._callback)
-
-    @classmethod
-    def get(cls) -> LibEspeak | None:
-        with cls._lock:
-            if not cls._tried:
-                cls._tried = True
-                found = ctypes.util.find_library("espeak-ng")
-                errors = []
-                for name in ([found] if found else []) + list(_LIB_NAMES):
-                    try:
-                        cls._instance = cls(name)
-                        break
-                    except (OSError, AttributeError) as e:
-                        errors.append(f"{name}: {e}")
-                if cls._instance is None:
-                    cls.error = "; ".join(errors)
-            return cls._instance
-
-    def _collect(self, wav, n, events) -> int:
-        if n > 0:
-            self._chunks.append(np.ctypeslib.as_array(wav, (n,)).copy())
-        i = 0
-        while events[i].type != _EV_END_LIST:
-            e = events[i]
-            name = bytes(e.id).split(b"\0")[0].decode("ascii", "replace") if e.type == _EV_PHONEME else ""
-            self._events.append((e.type, e.text_position, e.sample, name))
-            i += 1
-        return 0
-
-    def synthesize(self, text: str, voice: str, prosody: dict) -> tuple[np.ndarray, int, list]:
-        """``(samples (n,) float32, sample rate, words)`` of ``text`` spoken with ``voice`` and ``prosody``
-        (the ``espeak-ng -v -p -s -a -g`` settings); ``words``: ``(word, start_s, end_s)``."""
-        data = text.encode("utf-8")
-        with self._lock:
-            self._chunks, self._events = [], []
-            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-                raise DataError(f"libespeak-ng does not know the voice {voice!r}")
-            for param, key in ((_RATE, "rate"), (_VOLUME, "amplitude"), (_PITCH, "pitch"), (_WORDGAP, "gap")):
-                self.lib.espeak_SetParameter(param, int(prosody[key]), 0)
-            err = self.lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0,
-                                        _CHARS_AUTO | _PHONEMES | _ENDPAUSE, None, None)
-            self.lib.espeak_Synchronize()
-            chunks, events = self._chunks, self._events
-        if err != 0 or not chunks:
-            raise DataError(f"libespeak-ng failed to speak {text!r} (error {err})")
-        samples = np.concatenate(chunks).astype(np.float32) / 32768.0
-        return samples, self.sample_rate, words_from_events(text, events, len(samples), self.sample_rate)
+def find_espeak_library() -> str | None:
+    """The libespeak-ng shared library that loads here (and has ``espeak_Synth``), or None."""
+    if not _library:
+        found, errors = None, []
+        for name in [n for n in (ctypes.util.find_library("espeak-ng"),) if n] + list(_LIB_NAMES):
+            try:
+                ctypes.CDLL(name).espeak_Synth  # noqa: B018  (the symbol must exist)
+                found = name
+                break
+            except (OSError, AttributeError) as e:
+                errors.append(f"{name}: {e}")
+        _library[:] = [found, "; ".join(errors)]
+    return _library[0]
 
 
-def _word_span(text: str, pos: int, stop: int) -> str:
-    """The word at character ``pos`` (0-based): up to whitespace or ``stop``, without edge punctuation."""
-    end = pos
-    while end < min(stop, len(text)) and not text[end].isspace():
-        end += 1
-    word = text[pos:end]
-    a, b = 0, len(word)
-    while a < b and not word[a].isalnum():
-        a += 1
-    while b > a and not word[b - 1].isalnum():
-        b -= 1
-    return word[a:b]
+def speak_with_library(text: str, voice: str, prosody: dict, library: str | None = None
+                       ) -> tuple[np.ndarray, int, list]:
+    """``(samples (n,) float32, sample rate, words)`` of ``text`` spoken by libespeak-ng with ``voice`` and
+    ``prosody`` (the ``espeak-ng -v -p -s -a -g`` settings), in a fresh process; ``words``: ``(word,
+    start_s, end_s)`` from the library's word and phoneme events (``words_from_events``)."""
+    library = library or find_espeak_library()
+    if library is None:
+        raise EspeakNotFoundError(f"libespeak-ng could not be loaded ({_library[1]}); use engine='per-word' or "
+                                  "install the library (Debian/Ubuntu: apt-get install libespeak-ng1)")
+    args = [str(prosody[k]) for k in ("rate", "amplitude", "pitch", "gap")]
+    res = subprocess.run([sys.executable, "-S", "-c", _LIB_SCRIPT, library, voice, *args, text],
+                         capture_output=True)
+    if res.returncode != 0:
+        raise DataError(f"libespeak-ng failed to speak {text!r} with voice {voice!r} (exit {res.returncode}): "
+                        f"{res.stderr.decode(errors='replace').strip()[-500:]}")
+    head, _, pcm = res.stdout.partition(b"\n")
+    meta = json.loads(head)
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    sr = int(meta["sample_rate"])
+    return samples, sr, words_from_events(text, meta["events"], len(samples), sr)
+
+
+def _clean(span: str) -> str:
+    """``span`` without edge punctuation, inner whitespace made single spaces (``"in the"``)."""
+    words = []
+    for raw in span.split():
+        a, b = 0, len(raw)
+        while a < b and not raw[a].isalnum():
+            a += 1
+        while b > a and not raw[b - 1].isalnum():
+            b -= 1
+        if a < b:
+            words.append(raw[a:b])
+    return " ".join(words)
 
 
 def words_from_events(text: str, events: list, n_samples: int, sr: int) -> list:
-    """Words from espeak-ng's events ``(type, text_position (1-based), sample, phoneme)``: each word
-    event starts a word, named by the text from its position to the next space; the word ends at the
-    first pause phoneme (``_``, ``_:``) after it, else where the next word starts (or the audio ends)."""
-    marks = [(k, e) for k, e in enumerate(events) if e[0] == _EV_WORD]
+    """Words from espeak-ng's events ``(type, text position (1-based), sample, phoneme)``.
+
+    Each word event starts a word, named by the text from its position to the next word event's (so a
+    group espeak-ng speaks as one, like ``"in the"``, stays one entry); the word ends at the first pause
+    phoneme (``_``, ``_:``) after it, else where the next word starts (or the audio ends). Word events
+    with no text position (espeak-ng emits one at some clause ends) are ignored.
+    """
+    marks = [(k, e) for k, e in enumerate(events) if e[0] == _EV_WORD and e[1] >= 1]
     words = []
     for m, (k, (_, pos, sample, _)) in enumerate(marks):
         if m + 1 < len(marks):
@@ -282,7 +286,7 @@ def words_from_events(text: str, events: list, n_samples: int, sr: int) -> list:
             next_k, next_pos, next_sample = len(events), len(text) + 1, n_samples
         pause = next((e[2] for e in events[k + 1: next_k]
                       if e[0] == _EV_PHONEME and e[3].startswith("_") and e[2] > sample), None)
-        word = _word_span(text, pos - 1, next_pos - 1)
+        word = _clean(text[pos - 1: next_pos - 1])
         if word:
             end = min(pause if pause is not None else next_sample, n_samples)
             words.append((word, sample / sr, max(end, sample) / sr))
@@ -318,12 +322,12 @@ def _per_word(espeak: str, utt: dict, tmp: Path) -> tuple[np.ndarray, int, list]
     prosody's word gap (100 ms of silence before and after)."""
     pieces, words, sr, t = [], [], None, 0
     for k, raw in enumerate(utt["text"].split()):
-        word = _word_span(raw, 0, len(raw))
+        word = _clean(raw)
         if not word:
             continue
         x, sr = _run_espeak(espeak, utt, word, tmp.with_suffix(f".{k}.wav"))
         x = _trim(x)
-        gap = np.zeros(int(sr * (0.05 + 0.01 * utt["prosody"]["gap"]) if pieces else int(sr * 0.1)), np.float32)
+        gap = np.zeros(int(sr * (0.05 + 0.01 * utt["prosody"]["gap"]) if pieces else sr * 0.1), np.float32)
         pieces += [gap, x]
         t += len(gap)
         words.append((word, t / sr, (t + len(x)) / sr))
@@ -341,12 +345,8 @@ def _synthesize(espeak: str, utt: dict, wav: Path, sample_rate: int, engine: str
 
     from mfdr.features import resample
 
-    lib = LibEspeak.get() if engine in ("auto", "library") else None
-    if engine == "library" and lib is None:
-        raise EspeakNotFoundError(f"libespeak-ng could not be loaded ({LibEspeak.error}); use engine='per-word' "
-                                  "or install the library (Debian/Ubuntu: apt-get install libespeak-ng1)")
-    if lib is not None:
-        x, sr, words = lib.synthesize(utt["text"], utt["voice"], utt["prosody"])
+    if engine == "library" or (engine == "auto" and find_espeak_library() is not None):
+        x, sr, words = speak_with_library(utt["text"], utt["voice"], utt["prosody"])
     else:
         x, sr, words = _per_word(espeak, utt, wav.with_suffix(".espeak.wav"))
     y = resample(x, sr, sample_rate)
@@ -378,9 +378,9 @@ def make_synthetic_corpus(out_dir, n_utterances: int = 800, *, speakers: int = 8
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     exe = find_espeak(espeak)
-    if engine == "auto" and LibEspeak.get() is None:
+    if engine == "auto" and find_espeak_library() is None:
         log.warning("libespeak-ng could not be loaded (%s): each word is spoken alone for its timing "
-                    "(engine='per-word')", LibEspeak.error)
+                    "(engine='per-word')", _library[1])
     out = Path(out_dir)
     for sub in ("wavs", "alignments"):
         (out / sub).mkdir(parents=True, exist_ok=True)

@@ -85,3 +85,71 @@ def test_prosody_changes_loudness_and_rate(tmp_path):
         out[emo] = sf.read(tmp_path / f"{emo}.wav")[0]
     rms = {k: float(np.sqrt(np.mean(v ** 2))) for k, v in out.items()}
     assert rms["angry"] > 2 * rms["sad"] and len(out["sad"]) > 1.5 * len(out["angry"])
+
+
+# ----------------------------------------------------------------------------- word timings
+
+def test_words_from_espeak_events():
+    """espeak-ng's events as libespeak-ng gives them: a group spoken as one word ("in the"), an event
+    with no text position at a clause end, pause phonemes ending words, the last word running to the end."""
+    from mfdr.data.synthetic import words_from_events
+
+    text = "My sister lives in the next town, I sat."
+    events = [(2, 1, 0, ""), (1, 1, 0, ""), (7, 1, 0, "m"), (7, 1, 900, "aI"), (1, 4, 2000, ""),
+              (7, 4, 2000, "s"), (7, 4, 3900, "_"), (1, 11, 4400, ""), (1, 17, 6000, ""), (7, 17, 6000, "I"),
+              (7, 17, 7000, "D"), (1, 24, 8000, ""), (1, 29, 9000, ""), (7, 29, 9000, "t"), (7, 34, 9800, "_:"),
+              (1, 0, 10500, ""), (5, 34, 10600, ""), (1, 35, 10600, ""), (1, 37, 11000, ""), (7, 37, 11000, "s")]
+    words = words_from_events(text, events, n_samples=12000, sr=1000)
+    assert words == [("My", 0.0, 2.0), ("sister", 2.0, 3.9), ("lives", 4.4, 6.0), ("in the", 6.0, 8.0),
+                     ("next", 8.0, 9.0), ("town", 9.0, 9.8), ("I", 10.6, 11.0), ("sat", 11.0, 12.0)]
+
+
+@needs_espeak
+@pytest.mark.parametrize("engine", ["library", "per-word"])
+def test_synthesizer_word_timings(tmp_path, engine):
+    """Each recorded word is where its sound is: the audio inside a word's span is loud, a word spoken
+    alone sounds like the word's span, and the library's samples equal the espeak-ng command's."""
+    import soundfile as sf
+
+    from mfdr.data.synthetic import _synthesize, find_espeak_library
+
+    if engine == "library" and find_espeak_library() is None:
+        pytest.skip("libespeak-ng cannot be loaded here")
+    utt = {**plan_corpus(8, speakers=8)[3], "text": "I cried all night, I feel miserable.",
+           "prosody": {**PROSODY["sad"]}}
+    words = _synthesize(shutil.which("espeak-ng"), utt, tmp_path / "a.wav", 16000, engine)
+    x, sr = sf.read(tmp_path / "a.wav")
+    assert [w for w, _, _ in words] == ["I", "cried", "all", "night", "I", "feel", "miserable"]
+    starts = [s for _, s, _ in words]
+    assert starts == sorted(starts) and all(s < e <= len(x) / sr for _, s, e in words)
+    rms = lambda a, b: float(np.sqrt(np.mean(x[int(a * sr): int(b * sr)] ** 2)))
+    inside = [rms(s, e) for _, s, e in words]
+    gaps = [(e, s2) for (_, _, e), (_, s2, _) in zip(words, words[1:]) if s2 - e > 0.03]
+    assert gaps, "sad prosody speaks with word gaps; the recorded words must leave them out"
+    assert min(inside) > 4 * max(rms(a, b) for a, b in gaps)
+    if engine == "library":                          # the same samples as the command line
+        p = utt["prosody"]
+        cmd = ["espeak-ng", "-v", utt["voice"], "-p", str(p["pitch"]), "-s", str(p["rate"]), "-a",
+               str(p["amplitude"]), "-g", str(p["gap"]), "-w", str(tmp_path / "cli.wav"), "--", utt["text"]]
+        subprocess.run(cmd, check=True)
+        from mfdr.data.synthetic import speak_with_library
+
+        lib, _, _ = speak_with_library(utt["text"], utt["voice"], utt["prosody"])
+        cli, _ = sf.read(tmp_path / "cli.wav", dtype="float32")
+        np.testing.assert_array_equal(lib, cli)
+
+
+@needs_espeak
+def test_corpus_manifest_carries_the_alignments(tmp_path):
+    from mfdr.data.alignment import read_alignment_csv
+
+    path = make_synthetic_corpus(tmp_path, 8, speakers=4, seed=2, progress=False)
+    recs = read_manifest(path, labels=EMOTIONS)
+    assert recs.aligned == len(recs) == 8
+    for r in recs:
+        assert r.alignment == tmp_path / "alignments" / f"{r.id}.csv"
+        assert r.words == read_alignment_csv(r.alignment)
+        spoken = " ".join(w for w, _, _ in r.words).lower()
+        assert spoken == " ".join(t.strip(".,!?") for t in r.text.lower().split())
+    with pytest.raises(ValueError, match="engine must be one of"):
+        make_synthetic_corpus(tmp_path, 2, engine="festival")
