@@ -5,7 +5,7 @@
     python benchmarks/op_count.py --out results/op_count.json
 
 Counted on the CPU with :class:`mfdr_kernels.counting.DispatchCounter` (a ``TorchDispatchMode``): every
-aten op that reaches the dispatcher in forward + backward + ``AdamW.step`` (custom ops count once), and
+aten op that reaches the dispatcher in forward + backward + the optimizer step (the loop's Adam) (custom ops count once), and
 the host syncs (``_local_scalar_dense``, ``nonzero``, boolean-mask indexing, …) in forward + backward.
 Value checks follow ``MFDR_KERNELS_CHECK_VALUES`` (``0`` here: what a GPU run does; ``--check-values``
 counts the CPU default instead). A GPU pays about one launch per dispatched op (~5 µs each).
@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mfdr import MFDR, MFDRConfig  # noqa: E402
-from mfdr.config import TABLE3  # noqa: E402
+from mfdr.config import TABLE3, TrainConfig  # noqa: E402
+from mfdr.run.loop import make_optimizer  # noqa: E402
 from mfdr_kernels.counting import DispatchCounter  # noqa: E402
 
 
@@ -42,7 +43,7 @@ def count_step(cfg: MFDRConfig, batch: int) -> dict:
     """Ops of forward, backward and the optimizer step; syncs of forward + backward."""
     torch.manual_seed(0)
     model = MFDR(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = make_optimizer(model.parameters(), TrainConfig(lr=1e-3), "cpu")  # the training loop's Adam
     audio, text, al, tl, y = inputs(cfg, batch)
 
     def forward():

@@ -52,6 +52,16 @@ def _is_better(select: str, score: float, best: float | None) -> bool:
     return score < best if select in M.LOWER_IS_BETTER else score > best
 
 
+def make_optimizer(params, tc, device) -> torch.optim.Optimizer:
+    """The paper's Adam. Its fused implementation (one kernel for every parameter, on CUDA and the CPU)
+    where this torch has it: the per-parameter loop dispatches ~490 ops per step at the paper's size."""
+    try:
+        return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay,
+                                fused=torch.device(device).type in ("cuda", "cpu"))
+    except (RuntimeError, TypeError):  # a torch or device without the fused kernel
+        return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+
+
 def train_fold(cfg: RunConfig, source: DataSource, fold: Fold, fold_dir: Path, *, fold_index: int = 0,
                dist: Dist | None = None, resume: bool = False, stop_after: int | None = None,
                progress: bool = True) -> dict | None:
@@ -72,7 +82,7 @@ def train_fold(cfg: RunConfig, source: DataSource, fold: Fold, fold_dir: Path, *
     seed = tc.seed + fold_index
     seed_everything(seed)
     model = MFDR(cfg.model).to(dist.device)
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    opt = make_optimizer(model.parameters(), tc, dist.device)
     precision = precision_of(cfg, dist.device)
     fp16 = precision.name == "fp16"
     scaler = precision.scaler()
