@@ -5,8 +5,9 @@
     python benchmarks/op_count.py --out results/op_count.json
 
 Counted on the CPU with :class:`mfdr_kernels.counting.DispatchCounter` (a ``TorchDispatchMode``): every
-aten op that reaches the dispatcher in forward + backward + the optimizer step (the loop's Adam) (custom ops count once), and
-the host syncs (``_local_scalar_dense``, ``nonzero``, boolean-mask indexing, …) in forward + backward.
+aten op that reaches the dispatcher in forward + backward + the optimizer step (the training loop's Adam;
+custom ops count once), and the host syncs (``_local_scalar_dense``, ``nonzero``, boolean-mask
+indexing, …) in forward + backward.
 Value checks follow ``MFDR_KERNELS_CHECK_VALUES`` (``0`` here: what a GPU run does; ``--check-values``
 counts the CPU default instead). A GPU pays about one launch per dispatched op (~5 µs each).
 """
