@@ -41,6 +41,7 @@ SCRIPTS = {
     "dfc": lambda t, r: ["bench_dfc.py", "--threads", t, "--out", str(r / "dfc.json")],
     "gcpu": lambda t, r: ["bench_gcpu.py", "--threads", t, "--out", str(r / "gcpu.json")],
     "sweep": lambda t, r: ["sweep.py", "--threads", t, "--out", str(r / "sweep.json")],
+    "ops": lambda t, r: ["op_count.py", "--out", str(r / "op_count.json")],
     "model": lambda t, r: ["bench_model.py", "--threads", t, "--backends", "reference,torch,default",
                            "--reference-steps", "2", "--steps", "7", "--json", str(r / "model.json")],
 }
@@ -366,6 +367,30 @@ def model_section(model) -> str:
             + "\n".join(f"- {x}" for x in lines) + "\n\n" + bench_model.table(res))
 
 
+# Before the GPU-readiness and fused-GCPU work (commit 3f855cc), the same counter, paper config, batch 32:
+# forward+backward+AdamW of the default config, and its host syncs with the CPU's default value checks.
+OPS_BEFORE = {"MFDR": {"forward": 1452, "backward": 2739, "optimizer": 492, "total": 4683, "syncs": 20},
+              "w/o Context": {"forward": 1143, "backward": 2409, "optimizer": 402, "total": 3954, "syncs": 18}}
+
+
+def ops_section(ops) -> str:
+    if not ops:
+        return "*not run*"
+    rows = [[name, r["forward"], r["backward"], r["optimizer"], r["total"], r["syncs"],
+             OPS_BEFORE.get(name, {}).get("total", ""), OPS_BEFORE.get(name, {}).get("syncs", "")]
+            for name, r in ops["rows"].items()]
+    return ("From `op_count.py`: the aten ops one training step dispatches (≈ kernel launches on a GPU, ~5 µs "
+            "each) and its host syncs, counted on the CPU by `mfdr_kernels.counting.DispatchCounter` (paper "
+            f"config, batch {ops['meta']['batch']}, padded lengths, `MFDR_KERNELS_CHECK_VALUES="
+            f"{ops['meta']['check_values']}` as on a GPU). *Before*: the code before the GPU-readiness work "
+            "(value checks reading device data in forward and backward, GCPU as a Python loop of ~70 ops per "
+            "step, a per-parameter Adam). Now: lengths and starts clamped instead of read, the fused GCPU op "
+            "(`gated_context_recurrence`), fused Adam. GRU and MGRU keep per-step loops (cuDNN runs "
+            "`torch.gru` as one op on CUDA; MGRU is not fused).\n\n"
+            + _table(["config", "forward", "backward", "optimizer", "total ops", "host syncs", "before: ops",
+                      "before: syncs"], rows))
+
+
 def sweep_section(sweep) -> str:
     if not sweep:
         return "*not run*"
@@ -475,6 +500,7 @@ def render(results: Path, out: Path, run_log: dict) -> str:
         "## DFC (interleaved)\n\n" + dfc_section(dfc),
         "## GCPU recurrence (interleaved)\n\n" + gcpu_section(gcpu),
         "## MFDR training step (interleaved)\n\n" + model_section(model),
+        "## Dispatched ops and host syncs per training step\n\n" + ops_section(_load(results / "op_count.json")),
         "## pytest-benchmark suite\n\n" + pytest_section(pyb),
         "## GPU\n\n" + gpu_section(results),
         "### Offline compile for sm_90 (no GPU)\n\n" + compile_section(results),
