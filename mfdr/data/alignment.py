@@ -14,7 +14,8 @@ An alignment is a tuple of ``(word, start_s, end_s)`` in seconds, in time order 
   10 ms frames, the end frame inclusive: ``start = SFrm / 100``, ``end = (EFrm + 1) / 100``. Words are
   lower-cased and a pronunciation-variant suffix ``(2)`` is stripped; ``<s>``, ``</s>``, ``<sil>`` and
   noise tokens (``++BREATHING++``, ``[LAUGHTER]``) are dropped.
-- ``read_textgrid``: a Praat TextGrid (long or short text format, UTF-8 or UTF-16, parsed by ``praatio``)
+- ``read_textgrid``: a Praat TextGrid (long or short text format, UTF-8 or UTF-16, parsed by ``praatio``'s
+  ``textgrid_io``)
   with a ``words`` tier, as the Montreal Forced Aligner writes it; empty intervals are silence.
 - ``read_alignment_csv``: ``word,start,end`` rows (a header line is optional).
 
@@ -40,7 +41,7 @@ from .manifest import DataError
 
 Words = tuple[tuple[str, float, float], ...]
 
-WDSEG_FRAME_S = 0.01
+WDSEG_FRAMES_PER_S = 100  # Sphinx frames: 10 ms
 # Words may end a little past the audio (an aligner's last frame, rounding): up to this much is clipped.
 END_TOLERANCE_S = 0.05
 _SPHINX_MARKERS = {"<s>", "</s>", "<sil>", "<sp>", "sil", "sp"}
@@ -150,50 +151,71 @@ def read_wdseg(path, duration: float | None = None) -> Words:
             raise AlignmentError(f"wdseg file {path}, line {n}: end frame {efrm} before start frame {sfrm}")
         word = clean_wdseg_word(fields[3])
         if word is not None:
-            words.append((word, sfrm * WDSEG_FRAME_S, (efrm + 1) * WDSEG_FRAME_S))
+            words.append((word, sfrm / WDSEG_FRAMES_PER_S, (efrm + 1) / WDSEG_FRAMES_PER_S))
     if not total:
         raise AlignmentError(f"wdseg file {path}: no final 'Total score' line (a truncated file?)")
     return check_words(words, f"wdseg file {path}", duration)
 
 
-def _words_tier(tg, path: Path, tier: str | None):
-    names = list(tg.tierNames)
+def _words_tier(tiers: list[dict], path: Path, tier: str | None) -> dict:
+    names = [t["name"] for t in tiers]
     if tier is not None:
-        if tier not in names:
+        pick = [t for t in tiers if t["name"] == tier]
+        if not pick:
             raise AlignmentError(f"TextGrid {path}: no tier {tier!r}; its tiers are {names}")
-        return tg.getTier(tier)
-    exact = [n for n in names if n.lower() == "words"]
-    # MFA names the tiers of a multi-speaker file "<speaker> - words"
-    suffixed = [n for n in names if n.lower().endswith(" - words")]
-    pick = exact or suffixed
-    if len(pick) != 1:
-        raise AlignmentError(f"TextGrid {path}: expected one 'words' tier (as the Montreal Forced Aligner "
-                             f"writes), found tiers {names}; pass tier= to choose one")
-    return tg.getTier(pick[0])
+    else:
+        # MFA names the tiers "words" and "phones", or "<speaker> - words" in a multi-speaker file
+        pick = ([t for t in tiers if t["name"].lower() == "words"]
+                or [t for t in tiers if t["name"].lower().endswith(" - words")])
+        if len(pick) != 1:
+            raise AlignmentError(f"TextGrid {path}: expected one 'words' tier (as the Montreal Forced Aligner "
+                                 f"writes), found tiers {names}; pass tier= to choose one")
+    return pick[0]
+
+
+def _declared_sizes(text: str) -> list[int]:
+    """The interval counts the interval tiers declare, in order (long: ``intervals: size = N``; short: the
+    line after the tier's ``xmax``), so that a truncated file is caught (praatio stops quietly)."""
+    if re.search(r"item ?\[", text):
+        return [int(n) for n in re.findall(r"intervals: ?size ?= ?(\d+)", text)]
+    lines = [line.strip() for line in text.splitlines()]
+    return [int(lines[i + 4]) for i, line in enumerate(lines)
+            if line == '"IntervalTier"' and i + 4 < len(lines) and lines[i + 4].isdigit()]
 
 
 def read_textgrid(path, duration: float | None = None, *, tier: str | None = None) -> Words:
-    """Words of a Praat TextGrid's ``words`` tier (long or short text format); empty intervals are silence."""
+    """Words of a Praat TextGrid's ``words`` tier (long or short text format, UTF-8 or UTF-16); empty
+    intervals are silence. ``tier`` names another tier. Intervals are kept in file order, so a file whose
+    intervals go back in time is an error (praatio's ``openTextgrid`` would sort them)."""
     try:
-        from praatio import textgrid
-        from praatio.data_classes.interval_tier import IntervalTier
+        from praatio.utilities import textgrid_io
+        from praatio.utilities.constants import INTERVAL_TIER
         from praatio.utilities.errors import PraatioException
     except ImportError as e:
         raise ImportError("reading TextGrid alignments needs praatio: pip install praatio  "
                           "(or pip install 'mfdr[audio]')") from e
 
     path = Path(path)
-    if "TextGrid" not in _read_text(path)[:200]:
+    text = _read_text(path)
+    if "TextGrid" not in text[:300]:
         raise AlignmentError(f"TextGrid {path}: not a Praat TextGrid (no 'Object class = \"TextGrid\"' header)")
-    try:  # praatio reads UTF-16 (with a BOM) or UTF-8, long or short text format
-        tg = textgrid.openTextgrid(str(path), includeEmptyIntervals=False, reportingMode="silence")
+    try:
+        tiers = textgrid_io.parseTextgridStr(text, includeEmptyIntervals=True)["tiers"]
+        found = _words_tier(tiers, path, tier)
+        if found["class"] != INTERVAL_TIER:
+            raise AlignmentError(f"TextGrid {path}: tier {found['name']!r} is a point tier; expected an "
+                                 "interval tier")
+        declared = _declared_sizes(text)
+        k = [t["name"] for t in tiers if t["class"] == INTERVAL_TIER].index(found["name"])
+        if k < len(declared) and declared[k] != len(found["entries"]):
+            raise AlignmentError(f"TextGrid {path}: tier {found['name']!r} declares {declared[k]} intervals "
+                                 f"but holds {len(found['entries'])} (a truncated file?)")
+        words = [(str(label).strip(), float(start), float(end)) for start, end, label in found["entries"]
+                 if str(label).strip().lower() not in _TEXTGRID_SILENCE]
+    except AlignmentError:
+        raise
     except (PraatioException, ValueError, IndexError, KeyError, AttributeError, TypeError) as e:
         raise AlignmentError(f"TextGrid {path} cannot be parsed: {type(e).__name__}: {e}") from None
-    tier_obj = _words_tier(tg, path, tier)
-    if not isinstance(tier_obj, IntervalTier):
-        raise AlignmentError(f"TextGrid {path}: tier {tier_obj.name!r} is a point tier; expected an interval tier")
-    words = [(label.strip(), float(start), float(end)) for start, end, label in tier_obj.entries
-             if label.strip().lower() not in _TEXTGRID_SILENCE]
     return check_words(words, f"TextGrid {path}", duration)
 
 

@@ -1,4 +1,5 @@
-"""Fixtures in the real dataset formats, written by the tests: a small IEMOCAP tree."""
+"""Fixtures in the real dataset formats, written by the tests: a small IEMOCAP tree (with its Sphinx
+``.wdseg`` word segmentations), Praat TextGrids as the Montreal Forced Aligner writes them."""
 
 from pathlib import Path
 
@@ -40,6 +41,34 @@ def write_wav(path: Path, seconds: float = 0.2, sample_rate: int = 16000, seed: 
     return path
 
 
+# Utterances without a .wdseg file (the release lacks a few).
+NO_WDSEG = {"Ses02M_impro03_M000"}
+
+
+def wdseg_lines(text: str) -> tuple[list[str], list[tuple[str, float, float]]]:
+    """The ``.wdseg`` of ``text`` as Sphinx writes it (header, right-aligned columns, <s>/</s>, a <sil>,
+    noise tokens, a ``(2)`` variant on the second word, the final ``Total score`` line) in 20 frames of
+    10 ms, and the words ``read_wdseg`` must return."""
+    words = [w.strip(".,!?").upper() for w in text.split()]
+    rows, expected, f = [("<s>", 0, 1)], [], 2
+    for k, w in enumerate(words):
+        token = f"{w}(2)" if k == 1 else w
+        rows.append((token, f, f + 2))
+        expected.append((w.lower(), f / 100, (f + 3) / 100))
+        f += 3
+        if k == 0:
+            rows.append(("++BREATHING++" if len(words) % 2 else "[LAUGHTER]", f, f))
+            f += 1
+        elif k == 1 and f < 18:
+            rows.append(("<sil>", f, f))
+            f += 1
+    rows.append(("</s>", f, 19))
+    lines = [" SFrm  EFrm    SegAScr Word"]
+    lines += [f"{a:5d} {b:5d} {-(1000 * (a + 7) * (b - a + 1)):10d} {w}" for w, a, b in rows]
+    lines.append(f" Total score:  {-sum(1000 * (a + 7) for _, a, _ in rows):11d}")
+    return lines, expected
+
+
 def _eval_block(i: int, utt: str, code: str) -> str:
     start, end = 1.5 * i + 0.2901, 1.5 * i + 1.2357
     return (f"[{start:.4f} - {end:.4f}]\t{utt}\t{code}\t[2.5000, 2.5000, 2.5000]\n"
@@ -62,8 +91,12 @@ def make_iemocap(root: Path, dialogs=DIALOGS) -> Path:
         lines += [f"{dialog}_{s} [{1.5 * i:07.4f}-{1.5 * i + 1:07.4f}]: {t}"
                   for i, (s, _, t) in enumerate(utts)]
         (trans_dir / f"{dialog}.txt").write_text("\n".join(lines) + "\n")
-        for i, (s, _, _) in enumerate(utts):
+        for i, (s, _, t) in enumerate(utts):
             write_wav(sess / "sentences" / "wav" / dialog / f"{dialog}_{s}.wav", seed=10 * n + i)
+            if f"{dialog}_{s}" not in NO_WDSEG:
+                wdseg = sess / "sentences" / "ForcedAlignment" / dialog / f"{dialog}_{s}.wdseg"
+                wdseg.parent.mkdir(parents=True, exist_ok=True)
+                wdseg.write_text("\n".join(wdseg_lines(t)[0]) + "\n")
     return root
 
 
@@ -76,6 +109,18 @@ def iemocap_root(tmp_path) -> Path:
 def iemocap_expected() -> list:
     """``(id, label, speaker, session, text)`` of the records read_iemocap must return, in order."""
     return list(EXPECTED)
+
+
+@pytest.fixture(name="wdseg_lines")
+def wdseg_lines_fixture():
+    """``wdseg_lines(text) -> (lines of a .wdseg file, expected words)``."""
+    return wdseg_lines
+
+
+@pytest.fixture
+def iemocap_words() -> dict:
+    """Utterance id -> the words ``read_iemocap`` must give it (None: no .wdseg file)."""
+    return {utt: None if utt in NO_WDSEG else tuple(wdseg_lines(text)[1]) for utt, _, _, _, text in EXPECTED}
 
 
 @pytest.fixture
