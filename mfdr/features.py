@@ -10,6 +10,9 @@ Encoders (each is a callable with ``.dim``, ``.config`` and, for audio, ``.sampl
 
 ``extract_features(records, cache_dir, audio_encoder=..., text_encoder=...)`` runs them in batches
 on the best device, with a progress bar, into a ``FeatureCache``; re-running skips what is cached.
+For records with a word alignment (``Record.words``) it also stores each token's window start: the
+frame, at the audio encoder's ``frame_rate``, where the token's word starts (SPEC §6 "Token windows",
+``TextEncoder.window_starts``).
 Nothing is ever downloaded: local folders load with ``local_files_only=True``; a hub id is passed
 to ``transformers`` as is and works only where the hub is reachable (or already in the HF cache).
 """
@@ -31,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mfdr.data.alignment import token_starts
 from mfdr.data.cache import CacheWriter, FeatureCache
 from mfdr.data.manifest import Record, bad_entry, check_on_error
 from mfdr.errors import AudioReadError, DataError, EncoderLoadError, MissingFileError
@@ -159,6 +163,7 @@ class FbankEncoder:
         self.mel = torch.from_numpy(mel).float().to(self.device)                # (F, n_mels)
         self.window = torch.hann_window(self.win, device=self.device)
         self.n_fft, self.log_floor, self.max_seconds = n_fft, log_floor, max_seconds
+        self.frame_rate = sample_rate / self.hop                                # frames per second (50)
         self.config = {"kind": "fbank", "dim": n_mels, "sample_rate": sample_rate, "win": self.win,
                        "hop": self.hop, "n_fft": n_fft, "f_min": f_min, "f_max": f_max,
                        "mel_scale": "htk", "log_floor": log_floor, "max_seconds": max_seconds}
@@ -198,6 +203,9 @@ class AudioEncoder:
         self.sample_rate = int(getattr(self.extractor, "sampling_rate", SAMPLE_RATE))
         self.dim, self.max_seconds = cfg.hidden_size, max_seconds
         self.batched = bool(getattr(self.extractor, "return_attention_mask", False))
+        # frames per second: the CNN front end's total stride (320 samples for WavLM / wav2vec2: 50/s)
+        stride = math.prod(getattr(cfg, "conv_stride", None) or ()) or None
+        self.frame_rate = self.sample_rate / stride if stride else None
         self.config = {"kind": "transformers-audio", "source": str(model), "model_type": cfg.model_type,
                        "weights": weights_hash(self.model), "layers": list(self.layers), "dim": self.dim,
                        "sample_rate": self.sample_rate, "max_seconds": max_seconds}
@@ -294,6 +302,41 @@ class TextEncoder:
             keep &= ~special
         return [hidden[i][keep[i]][: self.text_len] for i in range(len(texts))]
 
+    def window_starts(self, texts: Sequence[str], words: Sequence, frame_rate: float) -> list:
+        """For each text, the start frame of each kept token's word (SPEC §6 "Token windows"), one per token
+        of ``self(texts)``: ``(L_i,)`` int64, or None where ``words[i]`` is None (no alignment) or none of
+        the text's tokens matches an aligned word (a warning names the text).
+
+        ``words[i]``: ``((word, start_s, end_s), ...)``; ``frame_rate``: the audio encoder's frames per
+        second. Subword tokens share their word's start; special tokens take the nearest preceding word's
+        (the first word's for ``[CLS]``); words cut by ``text_len`` are dropped with their tokens.
+        """
+        if len(words) != len(texts):
+            raise ValueError(f"window_starts: {len(texts)} texts but {len(words)} word alignments")
+        if not any(w is not None for w in words):
+            return [None] * len(texts)
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise DataError(f"word alignments need a fast tokenizer (word ids and character offsets); "
+                            f"{type(self.tokenizer).__name__} is not one")
+        max_length = self.text_len + (0 if self.keep_special else 2)
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
+                             return_special_tokens_mask=True, return_offsets_mapping=True)
+        out = []
+        for i, (text, w) in enumerate(zip(texts, words, strict=True)):
+            starts = None if w is None else token_starts(text, w, enc.word_ids(i), enc["offset_mapping"][i],
+                                                         frame_rate)
+            if starts is None:
+                if w is not None:
+                    warnings.warn(f"no token of {text!r} matches its word alignment "
+                                  f"{[x[0] for x in w][:8]}: no window starts for it", stacklevel=2)
+                out.append(None)
+                continue
+            keep = [m == 1 and (self.keep_special or not sp)
+                    for m, sp in zip(enc["attention_mask"][i], enc["special_tokens_mask"][i], strict=True)]
+            out.append(torch.tensor([s for s, k in zip(starts, keep, strict=True) if k][: self.text_len],
+                                    dtype=torch.int64))
+        return out
+
     def encode_padded(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``texts`` → ``features (B, text_len, dim)`` zero-padded and ``lengths (B,)`` int64."""
         feats = self(texts)
@@ -327,15 +370,18 @@ def _as_record(r) -> Record:
     d = dict(r)
     if "id" not in d or "wav" not in d:
         raise DataError(f"extract_features: a record needs at least 'id' and 'wav', got keys {sorted(d)}")
-    known = ("id", "wav", "text", "label", "speaker", "session", "split")
+    known = ("id", "wav", "text", "label", "speaker", "session", "split", "words")
+    words = d.get("words")
     return Record(id=str(d["id"]), wav=Path(d["wav"]), text=str(d.get("text", "")), label=d.get("label"),
                   speaker=str(d.get("speaker", "")), session=d.get("session"), split=d.get("split"),
-                  extra={k: v for k, v in d.items() if k not in known})
+                  extra={k: v for k, v in d.items() if k not in known},
+                  words=None if words is None else tuple(tuple(x) for x in words))
 
 
 def _entry(r: Record) -> dict:
+    words = None if r.words is None else [[w, round(a, 4), round(b, 4)] for w, a, b in r.words]
     return {**r.extra, "id": r.id, "label": r.label, "speaker": r.speaker, "session": r.session,
-            "split": r.split, "wav": str(r.wav), "text": r.text}
+            "split": r.split, "wav": str(r.wav), "text": r.text, "words": words}
 
 
 def _load_chunk(chunk: list[Record], audio_enc, on_error: str, skipped: list, workers: int):
@@ -361,15 +407,21 @@ def _load_chunk(chunk: list[Record], audio_enc, on_error: str, skipped: list, wo
 
 
 def _encode_chunk(pairs, audio_enc, text_enc, batch_size: int):
-    """Encode in batches of similar length; returns ``(audio list, text list)`` in ``pairs`` order."""
+    """Encode in batches of similar length; returns ``(audio list, text list, window starts list)`` in
+    ``pairs`` order (starts None for records without words, or an audio encoder without ``frame_rate``)."""
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][1]))
-    audio, text = [None] * len(pairs), [None] * len(pairs)
+    audio, text, starts = [None] * len(pairs), [None] * len(pairs), [None] * len(pairs)
+    frame_rate = getattr(audio_enc, "frame_rate", None)
     for s in range(0, len(order), batch_size):
         idx = order[s: s + batch_size]
-        for i, a, t in zip(idx, audio_enc([pairs[i][1] for i in idx]),
-                           text_enc([pairs[i][0].text for i in idx]), strict=True):
-            audio[i], text[i] = a, t
-    return audio, text
+        texts = [pairs[i][0].text for i in idx]
+        words = [pairs[i][0].words for i in idx]
+        map_starts = getattr(text_enc, "window_starts", None)   # an encoder of one's own may have none
+        window = (map_starts(texts, words, frame_rate) if frame_rate and map_starts and any(words)
+                  else [None] * len(idx))
+        for i, a, t, st in zip(idx, audio_enc([pairs[i][1] for i in idx]), text_enc(texts), window, strict=True):
+            audio[i], text[i], starts[i] = a, t, st
+    return audio, text, starts
 
 
 def extract_features(records, cache_dir, *, audio_encoder, text_encoder, batch_size: int = 16,
@@ -378,7 +430,8 @@ def extract_features(records, cache_dir, *, audio_encoder, text_encoder, batch_s
     """Encode every record's wav and text into the cache at ``cache_dir``; resumable.
 
     Args:
-        records: ``Record``s (or dicts with ``id, wav, text, label, speaker``[, ``session``, ``split``]).
+        records: ``Record``s (or dicts with ``id, wav, text, label, speaker``[, ``session``, ``split``,
+            ``words``]). Records with ``words`` get their tokens' window starts stored (SPEC §6).
         cache_dir: the cache folder. If it already holds a cache made with the same config, the ids
             it has are skipped; made with another config, ``CacheConfigError`` (unless ``overwrite``).
         audio_encoder, text_encoder: e.g. ``FbankEncoder()``, ``AudioEncoder(path)``, ``TextEncoder()``.
@@ -402,6 +455,15 @@ def extract_features(records, cache_dir, *, audio_encoder, text_encoder, batch_s
         raise DataError(f"extract_features: duplicate record ids {dup[:5]}")
     writer = CacheWriter(cache_dir, config, overwrite=overwrite)
     pending = [r for r in records if r.id not in writer.done]
+    if any(r.words is not None for r in records) and getattr(audio_encoder, "frame_rate", None) is None:
+        log.warning("extract_features: the audio encoder has no frame_rate: word alignments give no window "
+                    "starts (align='forced' falls back to 'stretch')")
+    stale = [r.id for r in records if r.words is not None and not writer.entries.get(r.id, {"aligned": True})
+             .get("aligned", False)]
+    if stale:
+        log.warning("extract_features(%s): %d cached utterances now have a word alignment the cache lacks "
+                    "(e.g. %s); re-extract with overwrite=True to store their window starts",
+                    cache_dir, len(stale), stale[0])
     log.info("extract_features(%s): %d cached, %d to do", cache_dir, len(records) - len(pending),
              len(pending))
     skipped: list = []
@@ -410,8 +472,8 @@ def extract_features(records, cache_dir, *, audio_encoder, text_encoder, batch_s
             chunk = pending[s: s + shard_size]
             pairs = _load_chunk(chunk, audio_encoder, on_error, skipped, workers)
             if pairs:
-                audio, text = _encode_chunk(pairs, audio_encoder, text_encoder, batch_size)
-                writer.write_shard([_entry(r) for r, _ in pairs], audio, text, _DTYPES[dtype])
+                audio, text, starts = _encode_chunk(pairs, audio_encoder, text_encoder, batch_size)
+                writer.write_shard([_entry(r) for r, _ in pairs], audio, text, _DTYPES[dtype], starts)
             bar.update(len(chunk))
     cache = FeatureCache(cache_dir, expect_config=config)
     cache.skipped = skipped

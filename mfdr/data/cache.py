@@ -2,18 +2,27 @@
 
 Layout of a cache folder::
 
-    manifest.jsonl               line 1: {"format": "mfdr-feature-cache", "version": 1,
+    manifest.jsonl               line 1: {"format": "mfdr-feature-cache", "version": 2,
                                           "config": {...}, "config_hash": "..."}
                                  then one line per utterance: {"id", "label", "speaker", "session",
-                                 "split", "wav", "text", "audio_len", "text_len", "shard", "row",
-                                 "config_hash"}
+                                 "split", "wav", "text", "words", "aligned", "audio_len", "text_len",
+                                 "shard", "row", "config_hash"}
     shard-00000.safetensors      "audio" (ΣT, audio_dim), "audio_offsets" (n+1,) int64,
-                                 "text" (ΣL, text_dim),   "text_offsets" (n+1,) int64
+                                 "text" (ΣL, text_dim),   "text_offsets" (n+1,) int64,
+                                 "window_starts" (ΣL,) int64 (rows at text_offsets)
 
 Utterance ``row`` of a shard is ``audio[audio_offsets[row]:audio_offsets[row+1]]`` (and likewise
-for text). A shard is written to a temporary file and renamed, and only then are its manifest lines
-appended: an interrupted run loses at most the shard in progress, and the next run resumes after the
-last complete one. Reads are lazy: shards are memory-mapped and only the rows asked for are copied.
+for text). ``window_starts`` holds, for each token, the start frame of its word's window (forced word
+alignment, SPEC §6 "Token windows"), or -1 on every token of an utterance without an alignment
+(``"aligned": false`` in its manifest line).
+
+Version 1 caches (mfdr before word alignments) have no ``window_starts``: they read as before (the
+items' ``window_starts`` is None), work for ``align="paper"`` and ``"stretch"``, and a writer resuming
+one keeps writing version 1 shards; ``check_forced_alignment`` says to re-extract them for ``"forced"``.
+
+A shard is written to a temporary file and renamed, and only then are its manifest lines appended: an
+interrupted run loses at most the shard in progress, and the next run resumes after the last complete one.
+Reads are lazy: shards are memory-mapped and only the rows asked for are copied.
 
 The config hash covers every config entry except those named ``source`` (where weights were loaded
 from: the same weights at another path give the same features).
@@ -36,7 +45,8 @@ from ..errors import CacheConfigError, DataError, MissingFileError
 log = logging.getLogger("mfdr.data")
 
 FORMAT = "mfdr-feature-cache"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.jsonl"
 UNHASHED_KEYS = ("source",)
 
@@ -90,8 +100,9 @@ def _read_manifest(path: Path) -> tuple[dict, list[dict], int]:
     if not lines or lines[0].get("format") != FORMAT:
         raise CacheConfigError(f"{path} is not an mfdr feature cache manifest (no {FORMAT!r} header)")
     header, entries = lines[0], lines[1:]
-    if header.get("version") != VERSION:
-        raise CacheConfigError(f"{path}: cache format version {header.get('version')}, expected {VERSION}")
+    if header.get("version") not in READABLE_VERSIONS:
+        raise CacheConfigError(f"{path}: cache format version {header.get('version')}, expected one of "
+                               f"{READABLE_VERSIONS}")
     for e in entries:
         if e.get("config_hash") != header["config_hash"]:
             raise CacheConfigError(f"{path}: entry {e.get('id')!r} has config hash "
@@ -112,7 +123,8 @@ def check_config(header: dict, expected: dict | None, where: Path) -> None:
 class CacheWriter:
     """Appends shards to a cache folder; on an existing cache, checks the config and resumes.
 
-    ``done`` is the set of ids already cached; ``write_shard`` adds one shard.
+    ``done`` is the set of ids already cached; ``write_shard`` adds one shard. ``version`` is the
+    format written: 2 for a new cache, the existing cache's otherwise (1: no window starts).
     """
 
     def __init__(self, path, config: dict, *, overwrite: bool = False):
@@ -127,11 +139,17 @@ class CacheWriter:
             check_config(header, config, self.path)
             with open(self.manifest, "r+b") as f:                # drop a torn last line
                 f.truncate(good_bytes)
+            if header["version"] < 2:
+                log.warning("feature cache %s has format version %d (no word-window starts): new shards are "
+                            "written without them too; re-extract it (overwrite=True) to use align='forced'",
+                            self.path, header["version"])
         else:
             header, entries = {"format": FORMAT, "version": VERSION, "config": config,
                                "config_hash": self.hash}, []
             self._append([header])
+        self.version = header["version"]
         self.done = {e["id"] for e in entries}
+        self.entries = {e["id"]: e for e in entries}
         shards = [int(e["shard"].split("-")[1].split(".")[0]) for e in entries]
         self.next_shard = max(shards, default=-1) + 1
 
@@ -147,35 +165,70 @@ class CacheWriter:
             os.fsync(f.fileno())
 
     def write_shard(self, entries: list[dict], audio: list[torch.Tensor], text: list[torch.Tensor],
-                    dtype: torch.dtype = torch.float32) -> str:
+                    dtype: torch.dtype = torch.float32, window_starts: list | None = None) -> str:
         """Write one shard: ``audio[i] (T_i, audio_dim)``, ``text[i] (L_i, text_dim)`` for
-        ``entries[i]`` (dicts with at least ``id``). Returns the shard's file name."""
+        ``entries[i]`` (dicts with at least ``id``), and ``window_starts[i] (L_i,)`` int (or None: no
+        alignment; ``window_starts=None``: none has one). Returns the shard's file name."""
         if not (len(entries) == len(audio) == len(text)) or not entries:
             raise ValueError(f"write_shard: got {len(entries)} entries, {len(audio)} audio and "
                              f"{len(text)} text tensors; expected the same non-zero count")
+        starts = [None] * len(text) if window_starts is None else list(window_starts)
+        if len(starts) != len(text):
+            raise ValueError(f"write_shard: got {len(starts)} window_starts for {len(text)} text tensors")
+        for e, t, st in zip(entries, text, starts, strict=True):
+            if st is not None and tuple(torch.as_tensor(st).shape) != (len(t),):
+                raise ValueError(f"write_shard: window_starts of {e['id']!r} has shape "
+                                 f"{tuple(torch.as_tensor(st).shape)}, expected ({len(t)},): one per token")
         name = f"shard-{self.next_shard:05d}.safetensors"
         tensors = {}
         for key, seq in (("audio", audio), ("text", text)):
             lengths = torch.tensor([0] + [len(x) for x in seq], dtype=torch.int64)
             tensors[key] = torch.cat([x.detach().to("cpu", dtype) for x in seq]).contiguous()
             tensors[f"{key}_offsets"] = torch.cumsum(lengths, 0)
+        if self.version >= 2:
+            tensors["window_starts"] = torch.cat([
+                torch.full((len(t),), -1, dtype=torch.int64) if st is None
+                else torch.as_tensor(st, dtype=torch.int64).cpu() for t, st in zip(text, starts, strict=True)])
         tmp = self.path / (name + ".tmp")
         save_file(tensors, str(tmp), metadata={"config_hash": self.hash})
         os.replace(tmp, self.path / name)
-        rows = [{**e, "audio_len": len(a), "text_len": len(t), "shard": name, "row": i,
-                 "config_hash": self.hash}
-                for i, (e, a, t) in enumerate(zip(entries, audio, text, strict=True))]
+        rows = [{**e, "aligned": st is not None and self.version >= 2, "audio_len": len(a), "text_len": len(t),
+                 "shard": name, "row": i, "config_hash": self.hash}
+                for i, (e, a, t, st) in enumerate(zip(entries, audio, text, starts, strict=True))]
         self._append(rows)
         self.done.update(e["id"] for e in entries)
         self.next_shard += 1
         return name
 
 
+def check_forced_alignment(cache: FeatureCache, ids=None) -> str | None:
+    """For a run with ``align="forced"``: raise ``CacheConfigError`` if ``cache`` stores no window starts
+    (a version 1 cache, made before mfdr read word alignments), saying what to re-extract; else a line
+    on the utterances (of ``ids``, default all) without an alignment, whose windows fall back to
+    ``align="stretch"``, or None when all have one. Report it once per run."""
+    if not cache.has_window_starts:
+        raise CacheConfigError(
+            f"feature cache {cache.path} has no word-window starts (format version {cache.version}, written "
+            f"before mfdr read word alignments): align='forced' needs them. Re-extract it from records with "
+            f"word alignments (IEMOCAP's .wdseg files, a manifest's alignment column, the synthetic corpus): "
+            f"`mfdr extract ... --overwrite`, or extract_features(..., overwrite=True). "
+            f"align='paper' and 'stretch' work with this cache as it is.")
+    missing = set(cache.unaligned_ids)
+    ids = cache.ids if ids is None else list(ids)
+    n = sum(i in missing for i in ids)
+    if not n:
+        return None
+    return (f"{n} of {len(ids)} utterances have no word alignment: align='forced' gives them "
+            f"align='stretch' windows")
+
+
 class FeatureCache:
     """Read access to a feature cache folder; ``cache[i]`` is a dict
 
-    ``{"id", "audio" (T, audio_dim) float32, "text" (L, text_dim) float32, "label", "speaker",
-    "session", ...}`` (the manifest entry plus the two tensors), read lazily from the shards.
+    ``{"id", "audio" (T, audio_dim) float32, "text" (L, text_dim) float32, "window_starts" (L,) int64
+    or None, "label", "speaker", "session", ...}`` (the manifest entry plus the tensors), read lazily
+    from the shards. ``window_starts`` is None for an utterance without a word alignment, and for every
+    utterance of a version 1 cache (``has_window_starts`` False).
 
     Args:
         path: the cache folder.
@@ -190,6 +243,7 @@ class FeatureCache:
         header, self.entries, _ = _read_manifest(manifest)
         check_config(header, expect_config, self.path)
         self.config, self.config_hash = header["config"], header["config_hash"]
+        self.version: int = header["version"]
         self._index = {e["id"]: i for i, e in enumerate(self.entries)}
         self._handles, self._offsets = {}, {}
         self.skipped: list = []           # set by extract_features: (where, why) of skipped inputs
@@ -225,14 +279,29 @@ class FeatureCache:
             self._offsets[name] = {k: handle.get_tensor(f"{k}_offsets") for k in ("audio", "text")}
         return self._handles[name], self._offsets[name]
 
-    def _rows(self, entry: dict, key: str) -> torch.Tensor:
+    def _rows(self, entry: dict, key: str, offsets_key: str | None = None) -> torch.Tensor:
         handle, offsets = self._shard(entry["shard"])
-        start, stop = offsets[key][entry["row"]].item(), offsets[key][entry["row"] + 1].item()
-        return handle.get_slice(key)[start:stop].float()
+        at = offsets[offsets_key or key]
+        start, stop = at[entry["row"]].item(), at[entry["row"] + 1].item()
+        rows = handle.get_slice(key)[start:stop]
+        return rows if rows.dtype == torch.int64 else rows.float()
+
+    @property
+    def has_window_starts(self) -> bool:
+        """Whether the cache stores word-window starts (format version >= 2)."""
+        return self.version >= 2
+
+    @property
+    def unaligned_ids(self) -> list[str]:
+        """Ids of the utterances with no word-window starts (all of them in a version 1 cache)."""
+        return [e["id"] for e in self.entries if not e.get("aligned", False)]
 
     def __getitem__(self, i: int) -> dict:
         entry = self.entries[i]
-        return {**entry, "audio": self._rows(entry, "audio"), "text": self._rows(entry, "text")}
+        starts = (self._rows(entry, "window_starts", "text") if self.has_window_starts and entry.get("aligned")
+                  else None)
+        return {**entry, "audio": self._rows(entry, "audio"), "text": self._rows(entry, "text"),
+                "window_starts": starts}
 
     def _dim(self, key: str) -> int:
         if not self.entries:

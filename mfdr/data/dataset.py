@@ -6,6 +6,9 @@ A batch from ``collate`` (``B`` utterances)::
     text           (B, text_len, text_dim)   float32, zero-padded / truncated
     audio_lengths  (B,) int64   valid frames, ≤ audio_len
     text_lengths   (B,) int64   valid tokens, ≤ text_len
+    window_starts  (B, text_len) int64: start frame of each token's word window (forced word alignment,
+                   SPEC §6), padded with the last valid start; -1 on every token of an utterance
+                   without an alignment (``MFDRConfig.align="forced"`` gives those ``"stretch"`` windows)
     label          (B,) int64 (classification) or float32 (regression)
     id             list of B str
 """
@@ -43,7 +46,8 @@ class FeatureDataset(Dataset):
         classes: the class names in label order (default ``EMOTIONS``).
         stats: ``feature_stats(...)`` of the training data: features are then standardised,
             ``(x - mean) / std`` per dimension (useful for log-mel features).
-    Items: ``{"id", "audio" (T, audio_dim), "text" (L, text_dim), "label", "speaker", "session"}``.
+    Items: ``{"id", "audio" (T, audio_dim), "text" (L, text_dim), "window_starts" (L,) int64 or None,
+    "label", "speaker", "session"}``.
     """
 
     def __init__(self, cache, indices: Sequence[int] | None = None, *, task: str = "classification",
@@ -81,8 +85,15 @@ class FeatureDataset(Dataset):
         if self.stats is not None:
             audio = (audio - self.stats["audio_mean"]) / self.stats["audio_std"]
             text = (text - self.stats["text_mean"]) / self.stats["text_std"]
-        return {"id": item["id"], "audio": audio, "text": text, "label": self.labels[i],
-                "speaker": item.get("speaker"), "session": item.get("session")}
+        return {"id": item["id"], "audio": audio, "text": text, "window_starts": item.get("window_starts"),
+                "label": self.labels[i], "speaker": item.get("speaker"), "session": item.get("session")}
+
+    @property
+    def unaligned_ids(self) -> list[str]:
+        """Ids of this dataset's utterances without word-window starts (``align="forced"`` gives them
+        ``"stretch"`` windows)."""
+        missing = set(self.cache.unaligned_ids)
+        return [self.cache.entries[i]["id"] for i in self.indices if self.cache.entries[i]["id"] in missing]
 
 
 def feature_stats(cache, indices: Sequence[int] | None = None, eps: float = 1e-5) -> dict:
@@ -151,6 +162,24 @@ def _pad(seqs: list, length: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     return out, lengths
 
 
+def _pad_starts(batch: list[dict], lengths: torch.Tensor, length: int) -> torch.Tensor:
+    """``(B, length)`` int64 window starts: each item's ``window_starts`` cut to its token count and padded
+    with its last start (so they never decrease); -1 rows for items without them."""
+    out = torch.full((len(batch), length), -1, dtype=torch.int64)
+    for i, b in enumerate(batch):
+        s = b.get("window_starts")
+        n = int(lengths[i])
+        if s is None or n == 0:
+            continue
+        s = torch.as_tensor(s, dtype=torch.int64)
+        if s.ndim != 1 or len(s) < n:
+            raise ValueError(f"collate: item {b.get('id')!r} has window_starts of shape {tuple(s.shape)}, "
+                             f"expected ({n},) or longer: one start per token")
+        out[i, :n] = s[:n]
+        out[i, n:] = s[n - 1]
+    return out
+
+
 def collate(batch: list[dict], audio_len: int | None = 255, text_len: int | None = 50) -> dict:
     """Stack dataset items into a padded batch (see the module docstring for shapes).
 
@@ -164,8 +193,9 @@ def collate(batch: list[dict], audio_len: int | None = 255, text_len: int | None
     labels = [b["label"] for b in batch]
     is_int = all(isinstance(y, (int, np.integer)) and not isinstance(y, bool) for y in labels)
     label = torch.tensor(labels, dtype=torch.int64 if is_int else torch.float32)
+    starts = _pad_starts(batch, text_lengths, text.shape[1])
     return {"audio": audio, "text": text, "audio_lengths": audio_lengths, "text_lengths": text_lengths,
-            "label": label, "id": [str(b["id"]) for b in batch]}
+            "window_starts": starts, "label": label, "id": [str(b["id"]) for b in batch]}
 
 
 def make_collate(audio_len: int | None = 255, text_len: int | None = 50):

@@ -294,3 +294,68 @@ def test_extract_with_wavlm(tmp_path, tiny_wavlm, minilm):
     item = cache[2]
     assert item["audio"].shape == (19, 32) and item["text"].shape[1] == 384      # 0.4 s → 19 frames
     assert cache.config["audio"]["weights"] != cache.config["text"]["weights"]
+
+
+# ----------------------------------------------------------------------------- word alignments -> window starts
+
+ZEBRA = "The outrageous zebrafish can't swim, honestly!"
+ZEBRA_WORDS = (("the", 0.10, 0.2), ("outrageous", 0.2, 0.7), ("zebrafish", 0.7, 1.3), ("can't", 1.3, 1.6),
+               ("swim", 1.6, 2.0), ("honestly", 2.1, 2.7))
+
+
+def test_encoders_frame_rates(tiny_wavlm):
+    assert FbankEncoder(device="cpu").frame_rate == 50.0
+    assert AudioEncoder(tiny_wavlm, device="cpu").frame_rate == 50.0          # 16 kHz / 320 (CNN stride)
+
+
+def test_text_encoder_window_starts(minilm):
+    """MiniLM tokens: [CLS] the outrageous zebra ##fish can ' t swim , honestly ! [SEP]; subword tokens share
+    their word's start, special tokens and punctuation take the preceding word's (the first word's for
+    [CLS]), words cut by text_len go with their tokens, padding is not a token."""
+    frames = [5, 5, 10, 35, 35, 65, 65, 65, 80, 80, 105, 105, 105]
+    texts = [ZEBRA, "Excuse me please", "No alignment here", "Nothing matches"]
+    words = [ZEBRA_WORDS, (("excuse", 0.0, 0.4), ("me", 0.4, 0.6), ("please", 0.9, 1.3)), None, (("xyz", 0, 1),)]
+    with pytest.warns(UserWarning, match=r"no token of 'Nothing matches' matches its word alignment \['xyz'\]"):
+        starts = minilm.window_starts(texts, words, frame_rate=50)
+    assert [s if s is None else s.tolist() for s in starts] == [frames, [0, 0, 20, 45, 45], None, None]
+    assert [len(s) for s in starts[:2]] == [len(f) for f in minilm(texts[:2])]
+    short = TextEncoder(device="cpu", text_len=8)                           # [CLS] ... ' [SEP]
+    assert short.window_starts([ZEBRA], [ZEBRA_WORDS], 50)[0].tolist() == frames[:7] + [65]
+    bare = TextEncoder(device="cpu", keep_special=False)
+    got = bare.window_starts([ZEBRA], [ZEBRA_WORDS], 100)[0]
+    assert got.tolist() == [2 * f for f in frames[1:-1]] and len(got) == len(bare([ZEBRA])[0])
+    assert minilm.window_starts(["a"], [None], 50) == [None]
+    with pytest.raises(ValueError, match="2 texts but 1 word alignments"):
+        minilm.window_starts(["a", "b"], [None], 50)
+
+
+def test_extract_stores_window_starts(tmp_path, tiny_bert, caplog):
+    """Records with words get their tokens' starts in the cache (at 50 frames/s), the others -1 rows; the
+    batch carries them as window_starts (B, L)."""
+    recs = _records(tmp_path, 4)
+    texts = [r.text for r in recs]
+    for r in recs[:3]:      # spread the words of each text over its audio (0.2 + 0.1 i seconds)
+        ws = r.text.lower().replace(",", "").replace("!", "").split()
+        dur = 0.2 + 0.1 * int(r.id[1:])
+        r.words = tuple((w, k * dur / len(ws), (k + 1) * dur / len(ws)) for k, w in enumerate(ws))
+    a, t = FbankEncoder(device="cpu"), TextEncoder(tiny_bert, text_len=8, device="cpu")
+    cache = extract_features(recs, tmp_path / "c", audio_encoder=a, text_encoder=t, batch_size=3, progress=False)
+    expected = t.window_starts(texts, [r.words for r in recs], 50.0)
+    assert expected[3] is None and all(e is not None for e in expected[:3])
+    for r, e in zip(recs, expected):
+        item = cache[cache.index(r.id)]
+        assert (item["window_starts"] is None) if e is None else item["window_starts"].tolist() == e.tolist()
+        assert item["aligned"] is (e is not None) and (item["words"] is None) == (r.words is None)
+        if e is not None:
+            assert len(item["window_starts"]) == len(item["text"])
+            assert item["words"] == [[w, round(s, 4), round(x, 4)] for w, s, x in r.words]
+    assert cache.unaligned_ids == ["u3"]
+    batch = make_collate(audio_len=20, text_len=8)([FeatureDataset(cache)[i] for i in range(4)])
+    starts = batch["window_starts"]
+    assert starts.shape == (4, 8) and (starts[3] == -1).all() and (starts[:3] >= 0).all()
+    assert (starts[:3, 1:] >= starts[:3, :-1]).all()
+    # a record that gains an alignment after it was cached: the resumed run says to re-extract it
+    recs[3].words = ((recs[3].text.split()[0].lower(), 0.0, 0.1),)
+    with caplog.at_level("WARNING", logger="mfdr.features"):
+        extract_features(recs, tmp_path / "c", audio_encoder=a, text_encoder=t, progress=False)
+    assert "1 cached utterances now have a word alignment the cache lacks (e.g. u3)" in caplog.text

@@ -271,3 +271,37 @@ def test_manifest_bad_alignment_raises_or_keeps_the_row(tmp_path, make_wav):
     messages = " ".join(str(w.message) for w in caught)
     assert "a.csv: word 2 'please'" in messages and "missing.TextGrid does not exist" in messages
     assert len(recs.skipped) == 2
+
+
+# ----------------------------------------------------------------------------- tokens -> frames (pure)
+
+def test_char_words_matches_letters_across_punctuation_and_splits():
+    from mfdr.data.alignment import char_words
+
+    text = "Well-known, I can't... um, go!"
+    owner = char_words(text, ["well", "known", "i", "can't", "go"])          # the aligner split "well-known"
+    by_char = {c: owner[i] for i, c in enumerate(text) if c.isalpha()}
+    assert [owner[i] for i in range(4)] == [0] * 4 and owner[text.index("known")] == 1
+    can = text.index("can't")
+    assert owner[text.index("I")] == 2 and [owner[can + k] for k in range(5)] == [3, 3, 3, -1, 3]  # ' is no letter
+    assert owner[text.index("um")] == -1 and by_char["g"] == 4 and owner[text.index(",")] == -1
+
+
+def test_token_starts_rules():
+    from mfdr.data.alignment import frame_of, token_starts
+
+    text = "Oh, the zebrafish can't swim!"
+    words = (("oh", 0.10, 0.3), ("the", 0.58, 0.7), ("zebrafish", 0.7, 1.3), ("can't", 1.3, 1.6), ("swim", 1.62, 2.0))
+    # [CLS] oh , the zebra ##fish can ' t swim ! [SEP] [PAD] [PAD], as a fast BERT tokenizer gives them
+    word_ids = [None, 0, 1, 2, 3, 3, 4, 5, 6, 7, 8, None, None, None]
+    offsets = [(0, 0), (0, 2), (2, 3), (4, 7), (8, 13), (13, 17), (18, 21), (21, 22), (22, 23), (24, 28),
+               (28, 29), (0, 0), (0, 0), (0, 0)]
+    starts = token_starts(text, words, word_ids, offsets, frame_rate=50)
+    assert frame_of(0.58, 50) == 29                                          # not 28 (0.58 * 50 = 28.999...)
+    assert starts == [5, 5, 5, 29, 35, 35, 65, 65, 65, 81, 81, 81, 81, 81]
+    assert token_starts(text, words, word_ids, offsets, frame_rate=100)[:5] == [10, 10, 10, 58, 70]
+    assert token_starts("hello there", (("zzz", 0, 1),), [0, 1], [(0, 5), (6, 11)], 50) is None
+    # a word the aligner skipped ("oh") takes the preceding word's start, or the first one's
+    assert token_starts(text, words[1:], word_ids, offsets, 50)[:4] == [29, 29, 29, 29]
+    with pytest.raises(ValueError, match="3 word ids but 2 offsets"):
+        token_starts(text, words, [0, 1, 2], [(0, 1), (1, 2)], 50)

@@ -81,3 +81,24 @@ def test_unlabelled_entries(tmp_path):
     ds = FeatureDataset(path)
     assert ds.labels == [-1, 3]
     assert collate([ds[0], ds[1]])["label"].tolist() == [-1, 3]
+
+
+def test_window_starts_in_items_and_batches(tmp_path):
+    w = CacheWriter(tmp_path, {"test": True})
+    entries = [{"id": f"u{i}", "label": "sad", "speaker": "s", "session": 1} for i in range(3)]
+    text = [torch.randn(n, TEXT_DIM) for n in (3, 6, 2)]
+    starts = [torch.tensor([0, 0, 7]), torch.tensor([2, 2, 5, 9, 9, 14]), None]
+    w.write_shard(entries, [torch.randn(12, AUDIO_DIM)] * 3, text, window_starts=starts)
+    ds = FeatureDataset(tmp_path)
+    assert ds[0]["window_starts"].tolist() == [0, 0, 7] and ds[2]["window_starts"] is None
+    assert ds.unaligned_ids == ["u2"] and FeatureDataset(ds.cache, indices=[0, 1]).unaligned_ids == []
+    b = collate([ds[0], ds[1], ds[2]], audio_len=12, text_len=5)
+    assert b["window_starts"].dtype == torch.int64 and b["window_starts"].shape == (3, 5)
+    assert b["window_starts"].tolist() == [[0, 0, 7, 7, 7],          # padded with the last start
+                                           [2, 2, 5, 9, 9],          # truncated with the text
+                                           [-1, -1, -1, -1, -1]]     # no alignment
+    assert b["text_lengths"].tolist() == [3, 5, 2]
+    longest = collate([ds[0], ds[2]], audio_len=None, text_len=None)
+    assert longest["window_starts"].tolist() == [[0, 0, 7], [-1, -1, -1]]
+    with pytest.raises(ValueError, match=r"item 'u0' has window_starts of shape \(2,\), expected \(3,\)"):
+        collate([{**ds[0], "window_starts": torch.tensor([0, 1])}])

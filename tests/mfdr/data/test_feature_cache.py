@@ -93,3 +93,72 @@ def test_corrupt_or_missing(tmp_path):
         FeatureCache(tmp_path)[0]
     with pytest.raises(ValueError, match="expected the same non-zero count"):
         CacheWriter(tmp_path, CONFIG).write_shard([], [], [])
+
+
+# ----------------------------------------------------------------------------- window starts
+
+def test_window_starts_round_trip(tmp_path):
+    from mfdr.data import check_forced_alignment
+
+    entries, audio, text = _shard(0, 3)                      # text lengths 1, 2, 3
+    starts = [torch.tensor([4]), None, torch.tensor([0, 0, 9])]
+    w = CacheWriter(tmp_path, CONFIG)
+    assert w.version == 2
+    w.write_shard(entries, audio, text, window_starts=starts)
+    cache = FeatureCache(tmp_path)
+    assert cache.has_window_starts and cache.unaligned_ids == ["u1"]
+    assert cache[0]["window_starts"].tolist() == [4] and cache[0]["window_starts"].dtype == torch.int64
+    assert cache[1]["window_starts"] is None and cache[2]["window_starts"].tolist() == [0, 0, 9]
+    torch.testing.assert_close(cache[2]["text"], text[2])
+    assert check_forced_alignment(cache) == ("1 of 3 utterances have no word alignment: align='forced' gives "
+                                             "them align='stretch' windows")
+    assert check_forced_alignment(cache, ids=["u0", "u2"]) is None
+    with pytest.raises(ValueError, match=r"window_starts of 'u2' has shape \(2,\), expected \(3,\)"):
+        w.write_shard(entries, audio, text, window_starts=[None, None, torch.tensor([1, 2])])
+    with pytest.raises(ValueError, match="got 2 window_starts for 3 text tensors"):
+        w.write_shard(entries, audio, text, window_starts=[None, None])
+
+
+def _make_v1(path):
+    """A cache as mfdr wrote it before word alignments (format version 1: no window_starts, no "aligned")."""
+    w = CacheWriter(path, CONFIG)
+    w.version = 1
+    w.write_shard(*_shard(0, 2))
+    lines = (path / MANIFEST).read_text().splitlines()
+    header = {**json.loads(lines[0]), "version": 1}
+    rows = [{k: v for k, v in json.loads(line).items() if k != "aligned"} for line in lines[1:]]
+    (path / MANIFEST).write_text("".join(json.dumps(r) + "\n" for r in [header] + rows))
+
+
+def test_version_1_cache_reads_and_says_what_to_reextract(tmp_path, caplog):
+    from safetensors import safe_open
+
+    from mfdr.data import FeatureDataset, check_forced_alignment, collate
+
+    _make_v1(tmp_path)
+    with safe_open(str(tmp_path / "shard-00000.safetensors"), framework="pt") as f:
+        assert "window_starts" not in f.keys()
+    cache = FeatureCache(tmp_path, expect_config=CONFIG)
+    assert cache.version == 1 and not cache.has_window_starts and cache.unaligned_ids == ["u0", "u1"]
+    assert cache[1]["window_starts"] is None and cache[1]["audio"].shape == (4, 6)
+    batch = collate([{**FeatureDataset(cache)[i], "label": 0} for i in range(2)], audio_len=8, text_len=4)
+    assert batch["window_starts"].tolist() == [[-1] * 4] * 2          # paper / stretch do not read them
+    with pytest.raises(CacheConfigError, match=r"has no word-window starts \(format version 1.*Re-extract it .*"
+                                               r"overwrite.*align='paper' and 'stretch' work with this cache"):
+        check_forced_alignment(cache)
+    with caplog.at_level("WARNING", logger="mfdr.data"):
+        w = CacheWriter(tmp_path, CONFIG)                              # resuming keeps version 1 shards
+    assert w.version == 1 and "re-extract it (overwrite=True) to use align='forced'" in caplog.text
+    w.write_shard(*_shard(2, 1), window_starts=[torch.tensor([3, 3, 4])])
+    cache = FeatureCache(tmp_path)
+    assert len(cache) == 3 and cache.version == 1 and cache[2]["window_starts"] is None
+    assert CacheWriter(tmp_path, CONFIG, overwrite=True).version == 2
+
+
+def test_unknown_version_is_refused(tmp_path):
+    CacheWriter(tmp_path, CONFIG).write_shard(*_shard(0, 1))
+    lines = (tmp_path / MANIFEST).read_text().splitlines()
+    (tmp_path / MANIFEST).write_text("\n".join([json.dumps({**json.loads(lines[0]), "version": 3})] + lines[1:])
+                                     + "\n")
+    with pytest.raises(CacheConfigError, match=r"cache format version 3, expected one of \(1, 2\)"):
+        FeatureCache(tmp_path)
