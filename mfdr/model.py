@@ -38,11 +38,15 @@ class SAWALayer(nn.Module):
     ``attention="sawa"`` calls :func:`mfdr_kernels.sliding_adaptive_window_attention` (word i attends
     to its window of frames, widened where the weights say so); ``"full"`` is global cross-attention
     over all valid frames (Table 3 "full-size"). Window starts: ``align="paper"`` (``i * hop``),
-    ``"stretch"`` (spread over each sample's audio) or explicit ``window_starts`` in ``forward``.
+    ``"stretch"`` (spread over each sample's audio), ``"forced"`` (the ``window_starts`` passed to
+    ``forward``: where each token's word starts, from a word alignment; a row whose first start is
+    negative, an utterance without an alignment, gets ``"stretch"`` windows), or, for ``"paper"`` and
+    ``"stretch"``, explicit ``window_starts`` in ``forward`` that replace the rule.
 
-    After each forward, ``last_level`` holds the ``(B, H, L)`` levels of the SAWA windows and
-    :meth:`level_fractions` the share of valid windows at each level; :meth:`attention_map` gives
-    the dense banded weights (the paper's Fig. 3).
+    After each forward, ``last_level`` holds the ``(B, H, L)`` levels of the SAWA windows,
+    ``last_fallback`` (``align="forced"``) the ``(B,)`` rows that fell back to ``"stretch"`` (a tensor: sum
+    it when the loop syncs anyway), and :meth:`level_fractions` the share of valid windows at each level;
+    :meth:`attention_map` gives the dense banded weights (the paper's Fig. 3).
     """
 
     def __init__(self, audio_dim: int, text_dim: int, d_model: int = 256, heads: int = 4, *, window: int = 10,
@@ -53,7 +57,7 @@ class SAWALayer(nn.Module):
         if d_model % heads:
             raise ValueError(f"SAWALayer: d_model ({d_model}) must be divisible by heads ({heads})")
         _checks.choice("attention", attention, ("sawa", "full"))
-        _checks.choice("align", align, ("paper", "stretch"))
+        _checks.choice("align", align, ("paper", "stretch", "forced"))
         self.d_model, self.heads = d_model, heads
         self.window, self.hop, self.levels, self.normalize = window, hop, levels, normalize
         self.align, self.attention, self.backend = align, attention, backend
@@ -64,6 +68,7 @@ class SAWALayer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.last_level: torch.Tensor | None = None  # (B, H, L) int8 of the last forward (SAWA only)
         self._last_valid: torch.Tensor | None = None  # (B, L) valid queries of the last forward
+        self.last_fallback: torch.Tensor | None = None  # (B,) bool: rows given stretch windows (align="forced")
 
     def extra_repr(self) -> str:
         return (f"heads={self.heads}, attention={self.attention!r}, window={self.window}, hop={self.hop}, "
@@ -79,18 +84,30 @@ class SAWALayer(nn.Module):
         q_in = self.q_proj(text)
         return q_in, self._split(q_in), self._split(self.k_proj(audio)), self._split(self.v_proj(audio))
 
-    def window_starts(self, B: int, L: int, T: int, audio_lengths=None, text_lengths=None, device=None):
+    def window_starts(self, B: int, L: int, T: int, audio_lengths=None, text_lengths=None, device=None,
+                      forced=None):
         """``(B, L)`` start frames of the words' windows for ``config.align``; None for ``"paper"``
         (the op's own ``i * hop``).
 
         ``"stretch"``: ``s_i = max(0, floor(i (k_len - ω) / max(q_len - 1, 1)))``.
+        ``"forced"``: ``forced (B, L)`` (the batch's ``window_starts``), its rows whose first start is
+        negative (no alignment) replaced by the stretch starts; no host sync.
         """
         if self.align == "paper":
             return None
         k_len = torch.full((B,), T, device=device) if audio_lengths is None else audio_lengths
         q_len = torch.full((B,), L, device=device) if text_lengths is None else text_lengths
         num = torch.arange(L, device=k_len.device)[None, :] * (k_len - self.window)[:, None]
-        return torch.div(num, (q_len - 1).clamp_min(1)[:, None], rounding_mode="floor").clamp_min(0)
+        stretch = torch.div(num, (q_len - 1).clamp_min(1)[:, None], rounding_mode="floor").clamp_min(0)
+        if self.align == "stretch":
+            return stretch
+        if forced is None:
+            raise ValueError("align='forced' needs window_starts (B, L): the batch's 'window_starts' (start frame "
+                             "of each token's word; a row of -1 for an utterance without a word alignment)")
+        forced = _checks.int_tensor("window_starts", forced, (B, L), stretch.device)
+        unaligned = forced[:, :1] < 0  # (B, 1)
+        self.last_fallback = unaligned[:, 0].detach()
+        return torch.where(unaligned, stretch, forced)
 
     def _key_mask(self, T: int, audio_lengths) -> torch.Tensor | None:  # (B, 1, 1, T) True = valid frame
         return None if audio_lengths is None else self._valid(T, audio_lengths)[:, None, None, :]
@@ -106,8 +123,8 @@ class SAWALayer(nn.Module):
             if text_lengths is not None:
                 out = out.masked_fill(~self._last_valid[:, None, :, None], 0.0)
             return out
-        if window_starts is None:
-            window_starts = self.window_starts(B, L, T, audio_lengths, text_lengths, q.device)
+        if window_starts is None or self.align == "forced":
+            window_starts = self.window_starts(B, L, T, audio_lengths, text_lengths, q.device, window_starts)
         out, level = mfdr_kernels.sliding_adaptive_window_attention(
             q, k, v, window=self.window, hop=self.hop, levels=self.levels, normalize=self.normalize,
             q_lens=text_lengths, k_lens=audio_lengths, window_starts=window_starts, backend=self.backend,
@@ -151,8 +168,8 @@ class SAWALayer(nn.Module):
             if text_lengths is not None:
                 att = att.masked_fill(~self._valid(L, text_lengths)[:, None, :, None], 0.0)
             return att
-        if window_starts is None:
-            window_starts = self.window_starts(B, L, T, audio_lengths, text_lengths, q.device)
+        if window_starts is None or self.align == "forced":
+            window_starts = self.window_starts(B, L, T, audio_lengths, text_lengths, q.device, window_starts)
         return mfdr_kernels.sawa_attention_map(
             q, k, window=self.window, hop=self.hop, levels=self.levels, normalize=self.normalize,
             q_lens=text_lengths, k_lens=audio_lengths, window_starts=window_starts)
@@ -214,8 +231,9 @@ class MFDR(nn.Module):
       ``audio_len``); ``audio_lengths (B,)`` valid frames, default T.
     - ``text (B, text_len, text_dim)``: exactly ``text_len`` tokens; ``text_lengths (B,)`` valid tokens,
       default ``text_len``.
-    - ``window_starts (B, text_len)``: explicit start frames of the words' windows (forced alignment),
-      instead of ``config.align``.
+    - ``window_starts (B, text_len)``: start frames of the words' windows, the batch's ``window_starts``.
+      Required with ``align="forced"`` (rows of -1, utterances without a word alignment, get
+      ``"stretch"`` windows); with ``"paper"`` or ``"stretch"``, explicit starts that replace the rule.
 
     Returns logits ``(B, num_classes)``, or ``(B,)`` scores for ``task="regression"`` (not clamped).
     Padded frames and tokens have no influence on a sample's output.

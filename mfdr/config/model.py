@@ -28,7 +28,7 @@ from .schema import Section, read_file
 ATTENTION = ("sawa", "full")
 CONTEXT = ("gcpu", "none", "gru", "mgru")
 POOLING = ("dfc", "max", "avg", "linear")
-ALIGN = ("paper", "stretch")
+ALIGN = ("paper", "stretch", "forced")
 TASK = ("classification", "regression")
 
 # The paper's Table 3, one config switch per row ("MFDR" is the full model).
@@ -62,8 +62,11 @@ class MFDRConfig(Section):
         window, hop: SAWA window ω and hop h in frames (10, 5). levels: adaptive expansion levels
             (0: a fixed window, as in the paper's ω ablations; 2: the paper's SAWA).
         normalize: ``"segment"`` (paper: one softmax per segment) or ``"joint"`` (SPEC §1).
-        align: ``"paper"`` (window i starts at ``i * hop``) or ``"stretch"`` (each sample's windows are
-            spread over its own audio length). ``MFDR.forward(window_starts=...)`` overrides both.
+        align: ``"paper"`` (window i starts at ``i * hop``), ``"stretch"`` (each sample's windows are
+            spread over its own audio length) or ``"forced"`` (each token's window starts where its word
+            starts in the audio, from a word alignment: ``MFDR.forward(window_starts=...)`` is then required,
+            the batch's ``window_starts``; rows of -1, utterances without an alignment, get ``"stretch"``
+            windows). For ``"paper"`` and ``"stretch"``, explicit ``window_starts`` override the rule.
         attention: ``"sawa"`` or ``"full"`` (global cross-attention; Table 3 "full-size").
         context: ``"gcpu"``, ``"none"`` (GCPU without the g stream, "w/o Context"), ``"gru"`` (a GRU on
             z) or ``"mgru"`` (the complementary-update MGRU of the paper's Fig. 4a).

@@ -66,7 +66,7 @@ def test_float_field_takes_int():
     ({"window": 9}, r"window must be even when levels > 0"),
     ({"levels": 3}, r"levels must be one of \(0, 1, 2\), got 3"),
     ({"normalize": "row"}, r"normalize must be one of"),
-    ({"align": "forced"}, r"align must be one of"),
+    ({"align": "words"}, r"align must be one of \('paper', 'stretch', 'forced'\)"),
     ({"attention": "global"}, r"attention must be one of"),
     ({"context": "lstm"}, r"context must be one of \('gcpu', 'none', 'gru', 'mgru'\)"),
     ({"pooling": "sum"}, r"pooling must be one of \('dfc', 'max', 'avg', 'linear'\)"),

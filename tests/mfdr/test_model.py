@@ -380,3 +380,146 @@ def test_set_backend_reaches_the_gcpu_and_weights_load_with_any_backend():
         torch.testing.assert_close(other(audio, text, *lengths), model(audio, text, *lengths), atol=1e-5, rtol=1e-5)
     assert model.set_backend("reference").context.backend == "reference"
     assert MFDR(cfg.replace(context="mgru", backend="torch")).context.backend == "torch"
+
+
+# ---------------------------------------------------------------------- forced word alignments
+def forced_starts(al, tl, L=12, seed=0):
+    """Non-decreasing word starts inside each sample's audio, padded with the last valid start."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for a, t in zip(al.tolist(), tl.tolist()):
+        s = torch.sort(torch.randint(0, max(a - 2, 1), (t,), generator=g)).values
+        rows.append(torch.cat([s, s[-1:].expand(L - t)]))
+    return torch.stack(rows)
+
+
+def test_forced_windows_follow_the_given_starts():
+    """align='forced' runs SAWA at the batch's starts (what an explicit override gives a 'paper' model with
+    the same weights); a row of -1 gets the 'stretch' starts; no starts is an error that says what to pass."""
+    torch.manual_seed(0)
+    forced = MFDR(small(align="forced")).double().eval()
+    paper = MFDR(small()).double().eval()
+    stretch = MFDR(small(align="stretch")).double().eval()
+    paper.load_state_dict(forced.state_dict())
+    stretch.load_state_dict(forced.state_dict())
+    audio, text, al, tl = inputs(forced.config)
+    starts = forced_starts(al, tl)
+    out = forced(audio, text, al, tl, window_starts=starts)
+    torch.testing.assert_close(out, paper(audio, text, al, tl, window_starts=starts), rtol=0, atol=0)
+    assert not torch.allclose(out, stretch(audio, text, al, tl))
+    assert forced.fusion.last_fallback.tolist() == [False, False, False]
+    starts[1] = -1                                       # utterance 1 has no alignment
+    mixed = forced(audio, text, al, tl, window_starts=starts)
+    assert forced.fusion.last_fallback.tolist() == [False, True, False]
+    torch.testing.assert_close(mixed[1], stretch(audio, text, al, tl)[1], rtol=0, atol=0)
+    torch.testing.assert_close(mixed[[0, 2]], out[[0, 2]], rtol=0, atol=0)
+    got = forced.fusion.window_starts(3, 12, 40, al, tl, forced=starts)
+    assert torch.equal(got[1], stretch.fusion.window_starts(3, 12, 40, al, tl)[1]) and torch.equal(got[0], starts[0])
+    with pytest.raises(ValueError, match=r"align='forced' needs window_starts \(B, L\): the batch's"):
+        forced(audio, text, al, tl)
+    with pytest.raises(ValueError, match=r"window_starts must have shape \(3, 12\), got \(3, 11\)"):
+        forced(audio, text, al, tl, window_starts=starts[:, :11])
+    att = forced.attention_map(audio, text, al, tl, window_starts=starts)
+    torch.testing.assert_close(att[1], stretch.attention_map(audio, text, al, tl)[1], rtol=0, atol=0)
+
+
+def test_forced_starts_past_the_audio_give_empty_windows():
+    """Words that start at or past a sample's last frame (an alignment longer than the kept audio) get no
+    frames: their attention is 0, so z = LayerNorm(q_in) there."""
+    model = MFDR(small(align="forced")).double().eval()
+    audio, text, al, tl = inputs(model.config)
+    starts = forced_starts(al, tl)
+    starts[0, 8:] = 40                                   # = audio_len: past every frame of sample 0
+    starts[2, 1:] = 9                                    # = its audio length (9 frames)
+    f = model.fusion
+    z = f(audio, text, al, tl, starts)
+    q_in = f.q_proj(text)
+    torch.testing.assert_close(z[0, 8:], f.norm(q_in[0, 8:]))
+    torch.testing.assert_close(z[2, 1:3], f.norm(q_in[2, 1:3]))
+    assert not torch.allclose(z[0, :8], f.norm(q_in[0, :8]))
+    assert (f.last_level[0, :, 8:] == 0).all()
+
+
+def test_padding_has_no_influence_with_forced_starts():
+    """Padded frames, tokens and the starts of padded tokens change nothing; a sample alone (its audio cut
+    to its length) gives the logits it gets in the padded batch."""
+    model = MFDR(small(align="forced")).double().eval()
+    audio, text, al, tl = inputs(model.config)
+    starts = forced_starts(al, tl)
+    starts[2] = -1                                       # one row falls back to stretch
+    out = model(audio, text, al, tl, window_starts=starts)
+    audio2, text2, starts2 = audio.clone(), text.clone(), starts.clone()
+    for b in range(3):
+        audio2[b, al[b]:] = 100 * torch.randn_like(audio2[b, al[b]:])
+        text2[b, tl[b]:] = 100 * torch.randn_like(text2[b, tl[b]:])
+        if b < 2:
+            starts2[b, tl[b]:] = 39
+    assert torch.equal(model(audio2, text2, al, tl, window_starts=starts2), out)
+    for b in range(3):
+        alone = model(audio[b:b + 1, :al[b]], text[b:b + 1], al[b:b + 1], tl[b:b + 1], window_starts=starts[b:b + 1])
+        torch.testing.assert_close(alone[0], out[b], rtol=1e-10, atol=1e-10)
+
+
+def test_forced_has_no_host_sync_and_compiles(monkeypatch):
+    from mfdr_kernels.counting import DispatchCounter
+
+    monkeypatch.setenv("MFDR_KERNELS_CHECK_VALUES", "0")
+    torch.manual_seed(0)
+    model = MFDR(small(align="forced"))
+    audio, text, al, tl = inputs(model.config, dtype=torch.float32)
+    starts = forced_starts(al, tl)
+    starts[1] = -1
+    model(audio, text, al, tl, window_starts=starts).sum().backward()
+    with DispatchCounter() as c:
+        model(audio, text, al, tl, window_starts=starts).sum().backward()
+    assert c.syncs == 0, dict(c.sync_ops)
+    torch._dynamo.reset()
+    ref = model(audio, text, al, tl, window_starts=starts)
+    out = torch.compile(model, fullgraph=True, backend="aot_eager")(audio, text, al, tl, window_starts=starts)
+    torch.testing.assert_close(out, ref)
+
+
+def test_trained_on_forced_alignments_saves_loads_and_predicts(tmp_path):
+    """End to end through the data and model APIs: a feature cache with word starts (one utterance without),
+    its dataset and collate, a few training steps on the batches' window_starts, save, load, predict."""
+    from mfdr.data import CacheWriter, FeatureDataset, check_forced_alignment, make_collate
+
+    cfg = small(align="forced", num_classes=4)
+    g = torch.Generator().manual_seed(0)
+    w = CacheWriter(tmp_path / "cache", {"test": "forced"})
+    n = 8
+    entries = [{"id": f"u{i}", "label": ["neutral", "happy", "angry", "sad"][i % 4], "speaker": "s"} for i in range(n)]
+    T = [40, 33, 25, 18, 40, 29, 21, 12]
+    L = [12, 9, 7, 5, 12, 10, 6, 4]
+    audio = [torch.randn(t, cfg.audio_dim, generator=g) for t in T]
+    text = [torch.randn(l, cfg.text_dim, generator=g) for l in L]
+    starts = [torch.sort(torch.randint(0, t - 2, (l,), generator=g)).values for t, l in zip(T, L)]
+    starts[5] = None
+    w.write_shard(entries, audio, text, window_starts=starts)
+    ds = FeatureDataset(tmp_path / "cache")
+    assert check_forced_alignment(ds.cache) == ("1 of 8 utterances have no word alignment: align='forced' "
+                                                "gives them align='stretch' windows")
+    collate = make_collate(cfg.audio_len, cfg.text_len)
+    torch.manual_seed(0)
+    model = MFDR(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    batches = [collate([ds[i] for i in range(s, s + 4)]) for s in (0, 4)]
+    assert batches[1]["window_starts"][1].tolist() == [-1] * 12
+    before = [p.detach().clone() for p in model.parameters()]
+    for _ in range(3):
+        for b in batches:
+            out = model(b["audio"], b["text"], b["audio_lengths"], b["text_lengths"], window_starts=b["window_starts"])
+            loss = F.cross_entropy(out, b["label"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert model.fusion.last_fallback.tolist() == [False, True, False, False]
+    assert any(not torch.equal(p, q) for p, q in zip(before, model.parameters()))
+    model.eval().save_pretrained(tmp_path / "m")
+    loaded = MFDR.from_pretrained(tmp_path / "m")
+    assert loaded.config.align == "forced" and loaded.config == model.config
+    for b in batches:
+        args = (b["audio"], b["text"], b["audio_lengths"], b["text_lengths"])
+        pred = loaded(*args, window_starts=b["window_starts"])
+        assert torch.equal(pred, model(*args, window_starts=b["window_starts"]))
+        assert not torch.allclose(pred, loaded(*args, window_starts=torch.zeros_like(b["window_starts"])))
