@@ -1,0 +1,83 @@
+"""The MFDR training step in fp32 and under bf16 autocast on this CPU, with 1 and 2 torch threads.
+
+    python benchmarks/bench_precision.py                  # paper config, batch 32; markdown table
+    python benchmarks/bench_precision.py --quick          # tiny model (CI smoke)
+    python benchmarks/bench_precision.py --out results/precision.json
+
+A training step = forward under ``mfdr.precision`` (fp32, or ``torch.autocast("cpu", bfloat16)``) +
+backward + the training loop's Adam, with the default kernels (C++ SAWA, DFC and GCPU; bf16 loads and
+stores, fp32 accumulation). The precisions take turns step by step (``_timing.interleaved``), so the
+ratio is a same-run ratio; the thread counts run one after the other (``torch.set_num_threads``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import _timing  # noqa: E402
+
+from mfdr import MFDR, MFDRConfig  # noqa: E402
+from mfdr.config import TrainConfig  # noqa: E402
+from mfdr.precision import cpu_bf16_units, resolve  # noqa: E402
+from mfdr.run.loop import make_optimizer  # noqa: E402
+
+
+def make_step(cfg: MFDRConfig, batch: int, precision: str):
+    from op_count import inputs
+
+    torch.manual_seed(0)
+    model = MFDR(cfg)
+    opt = make_optimizer(model.parameters(), TrainConfig(lr=1e-4), "cpu")
+    audio, text, al, tl, y = inputs(cfg, batch)
+    prec = resolve(precision, "cpu")
+
+    def step():
+        with prec.autocast():
+            out = model(audio, text, al, tl)
+        loss = torch.nn.functional.cross_entropy(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--threads", type=int, nargs="*", default=[1, 2])
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    cfg, batch, reps = MFDRConfig(num_classes=4), args.batch, args.reps
+    if args.quick:
+        cfg = cfg.replace(audio_dim=16, text_dim=16, audio_len=64, text_len=12, d_model=16, heads=2, dfc_hidden=8)
+        batch, reps = 4, 1
+    rows = []
+    print(f"bf16 units: {cpu_bf16_units()}; batch {batch}; paper config = {not args.quick}")
+    print("| threads | fp32 step ms | bf16 step ms | bf16 speed-up |\n|---|---|---|---|")
+    for threads in args.threads:
+        _timing.set_threads(threads)
+        steps = {name: make_step(cfg, batch, name) for name in ("fp32", "bf16")}
+        t = _timing.interleaved(steps, reps=reps, target_s=0.0, warmup=2)
+        row = {"threads": threads, "fp32_ms": 1e3 * t["fp32"]["median"], "bf16_ms": 1e3 * t["bf16"]["median"]}
+        row["speedup"] = row["fp32_ms"] / row["bf16_ms"]
+        rows.append(row)
+        print(f"| {threads} | {row['fp32_ms']:.1f} | {row['bf16_ms']:.1f} | {row['speedup']:.2f}x |", flush=True)
+    _timing.write_json(_timing.results_path(args.out, args.quick, "precision.json"),
+                       {"machine": _timing.machine(), "batch": batch, "bf16_units": cpu_bf16_units(),
+                        "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
