@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import torch
 
-from . import _backends, _env
+from . import _backends
+from .dfc import dynamic_frame_conv
 from .gcpu import gated_context_recurrence
 from .sawa import sawa_attention_map, sliding_adaptive_window_attention
 
 __version__ = "0.1.0"
 
-_OPS = {"sliding_adaptive_window_attention": "sawa", "gated_context_recurrence": "gcpu"}
-try:  # the DFC op lands with its own issue; the package imports without it
-    from .dfc import dynamic_frame_conv  # noqa: F401
-
-    _OPS["dynamic_frame_conv"] = "dfc"
-except ImportError:  # pragma: no cover
-    pass
+_OPS = {"sliding_adaptive_window_attention": "sawa", "dynamic_frame_conv": "dfc", "gated_context_recurrence": "gcpu"}
 
 
 def backends(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> dict:
@@ -47,10 +42,8 @@ def default_backend(device: str | torch.device = "cpu", dtype: torch.dtype = tor
 __all__ = [
     "backends",
     "default_backend",
+    "dynamic_frame_conv",
     "gated_context_recurrence",
     "sawa_attention_map",
     "sliding_adaptive_window_attention",
 ]
-if "dynamic_frame_conv" in _OPS:
-    __all__.append("dynamic_frame_conv")
-del _env

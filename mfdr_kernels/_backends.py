@@ -118,8 +118,3 @@ def choose(
                                f"mfdr_kernels: falling back to the slower `torch` backend: {ext_missing}")
             return name
     return "torch"
-
-
-def report(checks_by_op: Mapping[str, Mapping[str, CanRun]], *tensors: torch.Tensor) -> dict:
-    """{op: {backend: None | reason}} for the given example tensors."""
-    return {op: {name: fn(*tensors) for name, fn in checks.items()} for op, checks in checks_by_op.items()}

@@ -37,7 +37,7 @@ So K is read twice and V once per chunk (the first read from DRAM, the second fr
 is a few to a few tens of KB). A three-pass forward (statistics; decisions; output over the decided
 rings only, one accumulator) read K three times and used fewer registers; offline sm_90 compiles of this
 two-pass one stay free of spills at d = 64 (``benchmarks/results/compile_check.md``). Neither is timed:
-should a GPU measurement favour the three-pass one, it is in git history (commit d906b5d).
+the three-pass forward is the alternative to measure if a GPU shows this one L2-bound.
 
 **Backward.** Pass 1 (same grid) walks the active frames twice: the statistics of the saved levels
 with, accumulated online beside each normalizer, ``Σ_seg w g`` (``g = dL/dw = do Vᵀ``); then

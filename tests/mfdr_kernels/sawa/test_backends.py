@@ -5,6 +5,7 @@ levels themselves must agree on every row whose decision margin exceeds the dtyp
 """
 
 import dataclasses
+import zlib
 
 import pytest
 import torch
@@ -61,7 +62,7 @@ CASES = [
 
 
 def make(case: Case, dtype, requires_grad=True):
-    g = torch.Generator().manual_seed(hash(case.id) % 2**31)
+    g = torch.Generator().manual_seed(zlib.crc32(case.id.encode()))  # stable across runs: replayable
     q = (torch.randn(case.B, case.H, case.L, case.d, generator=g) * case.temp).to(dtype)
     k = torch.randn(case.B, case.H, case.T, case.d, generator=g).to(dtype)
     v = torch.randn(case.B, case.H, case.T, case.dv, generator=g).to(dtype)

@@ -103,29 +103,13 @@ def _run(backend, q, k, v, grad, case, force_level=None):
 
 def _margins(q, k, case: Case) -> torch.Tensor:
     """(B, H, L): distance of each row's decision scores to their thresholds, fp64 (inf: none decided)."""
-    B, H, L, d = q.shape
-    q, k = q.detach().double().cpu(), k.detach().double().cpu()
-    scale, half = 1 / math.sqrt(d), case.w // 2
-    out = torch.full((B, H, L), math.inf, dtype=torch.float64)
-    for b in range(B):
-        k_len = case.k_lens[b] if case.k_lens else case.T
-        for i in range(case.q_lens[b] if case.q_lens else L):
-            s0, s1, _ = reference.segments(case.start(b, i), case.w, k_len)
-            if not s0 or case.levels == 0:
-                continue
-            for h in range(H):
-                x = scale * (k[b, h] @ q[b, h, i])  # (T,) scores
-
-                def softmax(frames, x=x):
-                    return torch.softmax(x[frames], dim=0)
-
-                a0 = softmax(s0)
-                m = (a0 - 1 / len(s0)).abs().min()
-                if case.levels >= 2 and int((a0 > 1 / len(s0)).sum()) >= half and s1:
-                    w1 = softmax(s0 + s1) if case.normalize == "joint" else torch.cat([a0, softmax(s1)])
-                    m = min(m, (w1 - w1.mean()).abs().min())
-                out[b, h, i] = m
-    return out
+    B, L = case.B, case.L
+    q_lens = torch.tensor(case.q_lens or (L,) * B)
+    k_lens = torch.tensor(case.k_lens or (case.T,) * B)
+    starts = torch.tensor([[case.start(b, i) for i in range(L)] for b in range(B)])
+    return reference.decision_margins(q.detach().cpu(), k.detach().cpu(), window=case.w, levels=case.levels,
+                                      joint=case.normalize == "joint", scale=1 / math.sqrt(case.d),
+                                      q_lens=q_lens, k_lens=k_lens, starts=starts)
 
 
 def _close(name, got, want, atol, rtol):
