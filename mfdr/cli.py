@@ -5,6 +5,7 @@
     mfdr train    --config iemocap --out runs/iemocap [--resume]
     mfdr evaluate runs/iemocap                             # re-test every fold's best model
     mfdr predict  runs/iemocap --wav a.wav --text "I can't believe it."
+    mfdr ablate   --config iemocap --out runs/ablate       # the paper's Table 3, every row, one protocol
     mfdr demo     --out runs/demo                          # synthetic corpus, end to end (make demo)
     mfdr bench                                             # time the model and the kernels here
 
@@ -127,6 +128,18 @@ def cmd_predict(args) -> int:
                   + f"  -> {r['prediction']}  ({r['models']} model{'s' if r['models'] > 1 else ''})")
         else:
             print(f"  score {r['score']:+.3f}")
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    from .run.ablate import run_ablation, uses_demo_corpus
+
+    if not args.threads and uses_demo_corpus(args.config, args.quick):
+        _threads(1)  # the demo's small model runs fastest on one thread (as `mfdr demo`)
+    extra = [f"{k}={json.dumps(v)}" for k, v in {"train.device": args.device}.items() if v is not None]
+    run_ablation(args.config, args.out, ablations=args.ablations, overrides=[*args.set, *extra],
+                 quick=args.quick, paper=args.paper, stop_after=args.stop_after_epoch, progress=not args.quiet,
+                 figures=not args.no_figures)
     return 0
 
 
@@ -294,6 +307,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a tiny corpus and model, 2 folds, 2 epochs (a smoke test)")
     p.add_argument("--fresh", action="store_true", help="redo everything under --out")
     p.set_defaults(func=cmd_demo, config="demo")
+
+    p = sub.add_parser("ablate", help="the paper's Table 3: every ablation row under one protocol -> table",
+                       formatter_class=fmt, description="Train the rows of the paper's Table 3 (fixed windows "
+                       "w=10/30/50, full-size attention, w/o Context, GRU, MGRU, max-/avg-pooling, w/o DFC, "
+                       "MFDR; then the word-alignment variants align=paper/stretch/forced) with the same folds, "
+                       "protocol and seed, each into OUT/<row>/, sharing one feature cache. Writes "
+                       "OUT/ablations.md, ablations.json and ablations.png (mean ± std over folds, pooled, "
+                       "the difference from MFDR, the paper's numbers for IEMOCAP or CMU-MOSEI, parameters, "
+                       "training time). Resumable: run it again to continue; finished rows are kept. A demo "
+                       "config (--config demo) trains on the synthetic corpus, made under OUT.")
+    _common(p)
+    p.add_argument("--out", "-o", required=True, help="ablation folder")
+    p.add_argument("--ablations", nargs="+", default=["all"], metavar="NAME",
+                   help="rows to run: all (default), table3, align, or names (GRU, 'w/o DFC' or wo-dfc, "
+                   "w=30 ...); MFDR always runs")
+    p.add_argument("--quick", action="store_true",
+                   help="the demo's smoke test: tiny corpus and model, 2 folds, 2 epochs (--config demo)")
+    p.add_argument("--paper", choices=("auto", "none", "iemocap", "mosei"), default="auto",
+                   help="show the paper's Table 3 numbers of this dataset (auto: IEMOCAP for data.dataset "
+                   "iemocap, CMU-MOSEI for an MMSA MOSEI pickle, none otherwise)")
+    p.add_argument("--stop-after-epoch", type=_int_at_least(1), metavar="N",
+                   help="stop once epoch N of the fold in progress is done (run again to continue)")
+    p.add_argument("--no-figures", action="store_true", help="no figures (ablations.png, the rows' figures/)")
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("bench", help="time a training step, inference and the SAWA op per backend",
                        formatter_class=fmt, description="Model shapes from --config (default: the paper's, "

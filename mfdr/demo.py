@@ -100,6 +100,26 @@ def _features(cfg, fresh: bool, progress: bool):
         return extract(cfg, overwrite=True, progress=progress, encoders=encoders), encoders
 
 
+def prepare_data(out, cfg: RunConfig, demo: dict, *, fresh: bool = False, progress: bool = True):
+    """The synthetic corpus and its features under ``out`` (``corpus/``, ``features/``), made or reused
+    (also by ``mfdr ablate``); points ``cfg.data.path`` and ``cfg.data.features`` at them.
+
+    Returns ``(feature cache, text encoder, {"corpus": seconds, "features": seconds})``.
+    """
+    out, stamps = Path(out), {}
+    t0 = time.time()
+    manifest, new_corpus = _corpus(out, demo, fresh, progress)
+    stamps["corpus"] = time.time() - t0
+    cfg.data.path, cfg.data.features = str(manifest), str(out / "features")
+
+    t0 = time.time()
+    cache, (_, text_encoder) = _features(cfg, fresh or new_corpus, progress)
+    stamps["features"] = time.time() - t0
+    print(f"corpus {stamps['corpus']:.0f} s, features {stamps['features']:.0f} s: {len(cache)} utterances, "
+          f"audio {cache.audio_dim}-d log-mel, text {cache.text_dim}-d MiniLM", flush=True)
+    return cache, text_encoder, stamps
+
+
 def _train(cfg, run_dir: Path, title: str, fresh: bool, progress: bool) -> dict:
     from .run import run_training
 
@@ -192,18 +212,7 @@ def run_demo(out="runs/demo", *, config="demo", utterances: int | None = None, q
     cfg, demo = load_demo_config(config, overrides, quick)
     if utterances is not None:
         demo["utterances"] = utterances
-    stamps = {}
-
-    t0 = time.time()
-    manifest, new_corpus = _corpus(out, demo, fresh, progress)
-    stamps["corpus"] = time.time() - t0
-    cfg.data.path, cfg.data.features = str(manifest), str(out / "features")
-
-    t0 = time.time()
-    cache, (_, text_encoder) = _features(cfg, fresh or new_corpus, progress)
-    stamps["features"] = time.time() - t0
-    print(f"corpus {stamps['corpus']:.0f} s, features {stamps['features']:.0f} s: {len(cache)} utterances, "
-          f"audio {cache.audio_dim}-d log-mel, text {cache.text_dim}-d MiniLM", flush=True)
+    cache, text_encoder, stamps = prepare_data(out, cfg, demo, fresh=fresh, progress=progress)
 
     import dataclasses
 
