@@ -153,3 +153,22 @@ def test_corpus_manifest_carries_the_alignments(tmp_path):
         assert spoken == " ".join(t.strip(".,!?") for t in r.text.lower().split())
     with pytest.raises(ValueError, match="engine must be one of"):
         make_synthetic_corpus(tmp_path, 2, engine="festival")
+
+
+@needs_espeak
+def test_without_the_library_auto_speaks_word_by_word(tmp_path, monkeypatch, caplog):
+    import soundfile as sf
+
+    from mfdr.data import synthetic
+
+    monkeypatch.setattr(synthetic, "_library", [None, "libespeak-ng.so.1: cannot open shared object file"])
+    utt = {**plan_corpus(8, speakers=8)[0], "text": "Stop it now!"}
+    with pytest.raises(EspeakNotFoundError, match=r"libespeak-ng could not be loaded \(libespeak-ng.so.1: cannot"):
+        synthetic._synthesize(shutil.which("espeak-ng"), utt, tmp_path / "a.wav", 16000, "library")
+    with caplog.at_level("WARNING", logger="mfdr.data"):
+        path = make_synthetic_corpus(tmp_path / "c", 4, speakers=4, progress=False)
+    assert "each word is spoken alone for its timing" in caplog.text
+    rec = read_manifest(path)[0]
+    x, sr = sf.read(rec.wav)
+    assert rec.words[0][1] == pytest.approx(0.1, abs=2e-3)        # per-word: 100 ms of silence first
+    assert np.abs(x[: int(0.09 * sr)]).max() < 1e-3
