@@ -167,7 +167,7 @@ def check_full_model(cfg: RunConfig) -> None:
 def _word_starts(cache) -> str | None:
     """None if ``cache`` stores word-window starts for some utterances, else why not."""
     if cache is None:
-        return "the data is an MMSA pickle (no word alignments)"
+        return "no feature cache, so no word starts (an MMSA pickle has none)"
     if not getattr(cache, "has_window_starts", False):
         return f"the feature cache {cache.path} stores no word-window starts (re-extract it with alignments)"
     if not any(e.get("aligned") for e in cache.entries):
@@ -374,7 +374,7 @@ def _delta_cell(key: str, d: dict) -> str:
     if d["mean"] is None:
         return "–"
     scale, digits = (100.0, 2) if key in M.PERCENT else (1.0, 4)
-    text = f"{d['mean'] * scale:+.{digits}f}"
+    text = f"{round(d['mean'] * scale, digits) + 0.0:+.{digits}f}"  # + 0.0: no "-0.00"
     if d["std"] is not None:
         text += f" ± {d['std'] * scale:.{digits}f}"
     return f"*{text}*" if d["noise"] else text
