@@ -68,8 +68,8 @@ class PaperTable:
     """The paper's Table 3 on one dataset: ``rows[name][metric]`` in %."""
 
     dataset: str
-    protocol: str               # as the paper ran it
-    our_protocol: str           # the data.protocol that reproduces it
+    protocol: str               # as the paper states it
+    our_protocol: str           # mfdr's data.protocol for it (IEMOCAP 10-fold: speaker, leave-one-speaker-out)
     features: str
     metrics: tuple[str, ...]
     rows: dict = field(default_factory=dict)
@@ -77,10 +77,10 @@ class PaperTable:
 
 PAPER_TABLE3 = {
     "iemocap": PaperTable(
-        "IEMOCAP", "10-fold cross-validation (leave-one-speaker-out), WavLM + BERT features", "speaker",
+        "IEMOCAP", "10-fold cross-validation", "speaker",
         "WavLM + BERT", ("wa", "ua"), {name: {"wa": v[0], "ua": v[1]} for name, v in _PAPER_ROWS}),
     "mosei": PaperTable(
-        "CMU-MOSEI", "standard train / valid / test split (16,326 / 1,871 / 4,659), WavLM + BERT features",
+        "CMU-MOSEI", "standard train / valid / test split (16,326 / 1,871 / 4,659)",
         "split", "WavLM + BERT", ("non0_acc2", "non0_f1"),
         {name: {"non0_acc2": v[2], "non0_f1": v[3]} for name, v in _PAPER_ROWS}),
 }
@@ -449,9 +449,11 @@ def ablation_markdown(table: dict, title: str = "Ablations") -> str:
     if paper:
         ours = f"data.protocol `{protocol}`"
         same = protocol == paper["our_protocol"]
-        notes.append(f"**The paper's numbers** (its Table 3, {paper['dataset']}, in %): {paper['protocol']}. "
-                     f"This run: {ours}" + ("." if same else f", not the paper's (`{paper['our_protocol']}`): "
-                                            "compare the differences, not the absolute values.")
+        notes.append(f"**The paper's numbers** (its Table 3, {paper['dataset']}, in %): {paper['protocol']}, "
+                     f"{paper['features']} features (mfdr's protocol for it: `{paper['our_protocol']}`). "
+                     f"This run: {ours}"
+                     + ("." if same else f", not the paper's (`{paper['our_protocol']}`): compare the "
+                                         "differences, not the absolute values.")
                      + " The paper reports no spread; its Δ is the row minus its MFDR row.")
     else:
         notes.append("**The paper's numbers** (Table 3: IEMOCAP WA/UA under 10-fold cross-validation, CMU-MOSEI "
