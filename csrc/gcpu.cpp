@@ -14,12 +14,19 @@
 // read whole rows of their inputs and write only their own columns, so they never race; the next
 // region starts after the barrier at the end of at::parallel_for.
 //
+// Packed rows (as cuDNN packs sequences): the kernels keep their per-step operands (state, r ⊙ h,
+// [z̃, g̃], the d_a's) in internal (B, ·) buffers whose rows are the samples sorted by length, longest
+// first. The rows still valid at step t are then a prefix [0, n_t), and every product runs on those n_t
+// rows only: padded steps cost nothing, and a padded row's state is carried by not being touched. The
+// inputs and outputs keep the caller's order (a row index maps through `order`).
+//
 // Nothing is allocated per step. The forward saves the gates [r, z̃, u, g̃] of every step (B, L, G, D);
 // the backward reads h_{t-1} from H (valid steps are a prefix) and takes the weight gradients after its
-// loop, one product each over all B·L rows. Steps past the longest sequence are skipped.
+// loop, one product each over all B·L rows (padded rows hold zeros).
 //
-// The pointwise parts run on ATen's vectors (at::vec::Vectorized: Sleef's exp and tanh, as PyTorch's
-// own CPU kernels use); the capability macros below pick the widest the build targets (-march=native).
+// The pointwise parts run on ATen's vectors (at::vec::Vectorized; exp is Sleef's, as in PyTorch's own
+// CPU kernels, and tanh x = 1 - 2 / (exp(2x) + 1)); the capability macros below pick the widest the build
+// targets (-march=native).
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
 #define CPU_CAPABILITY AVX512
 #define CPU_CAPABILITY_AVX512
@@ -45,6 +52,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 #include <type_traits>
 #include <vector>
 
@@ -61,6 +69,12 @@ using Vec = at::vec::Vectorized<T>;
 template <typename T>
 inline Vec<T> sigmoid(const Vec<T>& x) {
   return Vec<T>(1) / (Vec<T>(1) + x.neg().exp());
+}
+
+// 1 - 2 / (exp(2x) + 1): within a few ulp of 1 of tanh (absolute), at two thirds of Sleef's tanh's cost
+template <typename T>
+inline Vec<T> tanh(const Vec<T>& x) {
+  return Vec<T>(1) - Vec<T>(2) / ((x + x).exp() + Vec<T>(1));
 }
 
 // fn(i, n) over [0, size) in vectors: n == Vec<T>::size() but for a shorter tail. Inside, load with
@@ -115,198 +129,250 @@ struct Dims {
   int64_t steps;  // the longest sequence: steps past it are all padding
 };
 
-// Runs fn(b0, b1, c0, c1, seg) over tiles of rows [b0, b1) x columns [c0, c1) of `segments` column
-// ranges of width D each (seg: which one), in parallel.
+// The samples sorted by length, longest first: packed row i is sample order[i], and the rows valid at
+// step t are [0, valid[t]).
+struct Packing {
+  std::vector<int64_t> order, valid;
+  Packing(const std::vector<int64_t>& len, int64_t steps) : order(len.size()), valid(steps) {
+    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return len[a] > len[b]; });
+    for (int64_t t = 0; t < steps; ++t)
+      valid[t] = std::count_if(len.begin(), len.end(), [t](int64_t n) { return n > t; });
+  }
+};
+
+// Runs fn(i0, i1, c0, c1, seg) over tiles of packed rows [i0, i1) ⊂ [0, rows) x columns [c0, c1) of
+// `segments` column ranges of width D each (seg: which one), in parallel.
 template <typename F>
-void for_tiles(const Dims& d, int64_t segments, const F& fn) {
-  const int64_t nrb = (d.B + kRowBlock - 1) / kRowBlock, ncb = (d.D + kColBlock - 1) / kColBlock;
+void for_tiles(const Dims& d, int64_t rows, int64_t segments, const F& fn) {
+  const int64_t nrb = (rows + kRowBlock - 1) / kRowBlock, ncb = (d.D + kColBlock - 1) / kColBlock;
   at::parallel_for(0, nrb * ncb * segments, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t seg = i / (nrb * ncb), rb = (i / ncb) % nrb, cb = i % ncb;
-      const int64_t b0 = rb * kRowBlock, c0 = cb * kColBlock;
-      fn(b0, std::min(b0 + kRowBlock, d.B), c0, std::min(c0 + kColBlock, d.D), seg);
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t seg = k / (nrb * ncb), rb = (k / ncb) % nrb, cb = k % ncb;
+      const int64_t i0 = rb * kRowBlock, c0 = cb * kColBlock;
+      fn(i0, std::min(i0 + kRowBlock, rows), c0, std::min(c0 + kColBlock, d.D), seg);
     }
+  });
+}
+
+// out[k * ld + n] = W[n][k] for a row-major (D x K) W: W^T, the right-hand (K x D) operand of x W^T, into
+// a matrix of row stride ld (several transposes side by side), in cache blocks.
+template <typename T>
+void transpose_into(const T* W, int64_t D, int64_t K, T* out, int64_t ld) {
+  constexpr int64_t kB = 32;
+  at::parallel_for(0, (D + kB - 1) / kB, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n0 = begin * kB; n0 < std::min(end * kB, D); n0 += kB)
+      for (int64_t k0 = 0; k0 < K; k0 += kB)
+        for (int64_t n = n0; n < std::min(n0 + kB, D); ++n)
+          for (int64_t k = k0; k < std::min(k0 + kB, K); ++k) out[k * ld + n] = W[n * K + k];
   });
 }
 
 // ------------------------------------------------------------------------------------------- forward
 template <typename T>
-void forward_kernel(const Dims& d, const T* x_r, const T* x_z, const T* x_g, const T* b_u, const int64_t* len,
-                    const T* h0, const T* WhrT, const T* WrhT, const T* WzuT, const T* WguT, T* H, T* gates) {
+void forward_kernel(const Dims& d, const Packing& pk, const int64_t* len, const T* x_r, const T* x_z,
+                    const T* x_g, const T* b_u, const T* h0, const T* WhrT, const T* WrhT, const T* WuT, T* H,
+                    T* gates) {
   using V = Vec<T>;
-  const int64_t B = d.B, L = d.L, D = d.D, GD = d.G * D, nseg = d.context ? 3 : 2;
+  const int64_t B = d.B, L = d.L, D = d.D, GD = d.G * D, nseg = d.context ? 3 : 2, KU = d.context ? 2 * D : D;
   const int64_t ldg = L * GD;  // row stride of the gates at a fixed step and slot
-  std::vector<T> state(2 * B * D), rh_buf(B * D), hu_buf(B * D);  // h ping-pong; r ⊙ h; W_hu rh + b_u
-  T *h = state.data(), *h_next = state.data() + B * D, *rh = rh_buf.data(), *hu = hu_buf.data();
-  if (h0) std::memcpy(h, h0, sizeof(T) * B * D);  // else the zero state of the vector's initialization
+  const int64_t* order = pk.order.data();
+  // packed rows: the state h, r ⊙ h, W_hu rh + b_u, and [z̃ (, g̃)] side by side (the A of the u product)
+  std::vector<T> h_buf(B * D, T(0)), rh_buf(B * D), hu_buf(B * D), zg_buf(B * KU);
+  T *h = h_buf.data(), *rh = rh_buf.data(), *hu = hu_buf.data(), *zg = zg_buf.data();
+  if (h0)
+    for (int64_t i = 0; i < B; ++i) std::copy(h0 + order[i] * D, h0 + (order[i] + 1) * D, h + i * D);
   for (int64_t t = 0; t < d.steps; ++t) {
+    const int64_t n = pk.valid[t];
     T* gt = gates + t * GD;  // gates[b, t, slot, c] = gt[b * ldg + slot * D + c]
     // (1) r = σ(x_r + W_hr h), rh = r ⊙ h
-    for_tiles(d, 1, [&](int64_t b0, int64_t b1, int64_t c0, int64_t c1, int64_t) {
+    for_tiles(d, n, 1, [&](int64_t i0, int64_t i1, int64_t c0, int64_t c1, int64_t) {
       T acc[kRowBlock * kColBlock];
       const int64_t w = c1 - c0;
-      gemm<T>(b1 - b0, w, D, h + b0 * D, D, WhrT + c0, D, acc, w, false);
-      for (int64_t b = b0; b < b1; ++b) {
-        const T *a = acc + (b - b0) * w, *xr = x_r + (b * L + t) * D + c0, *hp = h + b * D + c0;
-        T *r = gt + b * ldg + R * D + c0, *rhb = rh + b * D + c0;
-        vec_loop<T>(w, [&](int64_t i, int64_t n) {
-          const V rv = sigmoid<T>(V::loadu(xr + i, n) + V::loadu(a + i, n));
-          rv.store(r + i, n);
-          (rv * V::loadu(hp + i, n)).store(rhb + i, n);
+      gemm<T>(i1 - i0, w, D, h + i0 * D, D, WhrT + c0, D, acc, w, false);
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = order[i];
+        const T *a = acc + (i - i0) * w, *xr = x_r + (b * L + t) * D + c0, *hp = h + i * D + c0;
+        T *r = gt + b * ldg + R * D + c0, *rhi = rh + i * D + c0;
+        vec_loop<T>(w, [&](int64_t k, int64_t m) {
+          const V rv = sigmoid<T>(V::loadu(xr + k, m) + V::loadu(a + k, m));
+          rv.store(r + k, m);
+          (rv * V::loadu(hp + k, m)).store(rhi + k, m);
         });
       }
     });
     // (2), (3) and W_hu rh: rh @ [W_hz; W_hu; W_hg]^T, column segments z̃ | u | g̃
-    for_tiles(d, nseg, [&](int64_t b0, int64_t b1, int64_t c0, int64_t c1, int64_t seg) {
+    for_tiles(d, n, nseg, [&](int64_t i0, int64_t i1, int64_t c0, int64_t c1, int64_t seg) {
       T acc[kRowBlock * kColBlock];
       const int64_t w = c1 - c0;
-      gemm<T>(b1 - b0, w, D, rh + b0 * D, D, WrhT + seg * D + c0, nseg * D, acc, w, false);
-      for (int64_t b = b0; b < b1; ++b) {
-        const T* a = acc + (b - b0) * w;
+      gemm<T>(i1 - i0, w, D, rh + i0 * D, D, WrhT + seg * D + c0, nseg * D, acc, w, false);
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = order[i];
+        const T* a = acc + (i - i0) * w;
         if (seg == 1) {  // W_hu rh + b_u, for (5)
-          T* out = hu + b * D + c0;
-          vec_loop<T>(w, [&](int64_t i, int64_t n) { (V::loadu(a + i, n) + V::loadu(b_u + c0 + i, n)).store(out + i, n); });
+          T* out = hu + i * D + c0;
+          vec_loop<T>(w, [&](int64_t k, int64_t m) {
+            (V::loadu(a + k, m) + V::loadu(b_u + c0 + k, m)).store(out + k, m);
+          });
           continue;
         }
         const T* x = (seg == 0 ? x_z : x_g) + (b * L + t) * D + c0;
         T* out = gt + b * ldg + (seg == 0 ? Z : G) * D + c0;  // z̃ or g̃
-        vec_loop<T>(w, [&](int64_t i, int64_t n) { (V::loadu(x + i, n) + V::loadu(a + i, n)).tanh().store(out + i, n); });
-      }
-    });
-    // (5), (6): u = σ(W_zu z̃ + W_gu g̃ + W_hu rh + b_u), h_t = rh + u ⊙ (z̃ + g̃); padded rows carry h
-    for_tiles(d, 1, [&](int64_t b0, int64_t b1, int64_t c0, int64_t c1, int64_t) {
-      T acc[kRowBlock * kColBlock];
-      const int64_t w = c1 - c0;
-      gemm<T>(b1 - b0, w, D, gt + b0 * ldg + Z * D, ldg, WzuT + c0, D, acc, w, false);
-      if (d.context) gemm<T>(b1 - b0, w, D, gt + b0 * ldg + G * D, ldg, WguT + c0, D, acc, w, true);
-      for (int64_t b = b0; b < b1; ++b) {
-        T *out = H + (b * L + t) * D + c0, *hn = h_next + b * D + c0;
-        const T* hp = h + b * D + c0;
-        if (t >= len[b]) {
-          std::copy(hp, hp + w, hn);
-          std::fill(out, out + w, T(0));
-          continue;
-        }
-        const T *a = acc + (b - b0) * w, *rhb = rh + b * D + c0, *hub = hu + b * D + c0;
-        T* g = gt + b * ldg + c0;
-        vec_loop<T>(w, [&](int64_t i, int64_t n) {
-          const V u = sigmoid<T>(V::loadu(a + i, n) + V::loadu(hub + i, n));
-          V cand = V::loadu(g + Z * D + i, n);
-          if (d.context) cand = cand + V::loadu(g + G * D + i, n);
-          u.store(g + U * D + i, n);
-          const V hv = V::loadu(rhb + i, n) + u * cand;
-          hv.store(hn + i, n);
-          hv.store(out + i, n);
+        T* packed = zg + i * KU + (seg == 0 ? 0 : D) + c0;
+        vec_loop<T>(w, [&](int64_t k, int64_t m) {
+          const V y = tanh<T>(V::loadu(x + k, m) + V::loadu(a + k, m));
+          y.store(out + k, m);
+          y.store(packed + k, m);
         });
       }
     });
-    std::swap(h, h_next);
+    // (5), (6): u = σ([z̃, g̃] @ [W_zu, W_gu]^T + W_hu rh + b_u), h_t = rh + u ⊙ (z̃ + g̃), in place
+    for_tiles(d, n, 1, [&](int64_t i0, int64_t i1, int64_t c0, int64_t c1, int64_t) {
+      T acc[kRowBlock * kColBlock];
+      const int64_t w = c1 - c0;
+      gemm<T>(i1 - i0, w, KU, zg + i0 * KU, KU, WuT + c0, D, acc, w, false);
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = order[i];
+        const T *a = acc + (i - i0) * w, *rhi = rh + i * D + c0, *hui = hu + i * D + c0;
+        const T* zgi = zg + i * KU + c0;
+        T *u = gt + b * ldg + U * D + c0, *out = H + (b * L + t) * D + c0, *hi = h + i * D + c0;
+        vec_loop<T>(w, [&](int64_t k, int64_t m) {
+          const V uv = sigmoid<T>(V::loadu(a + k, m) + V::loadu(hui + k, m));
+          V cand = V::loadu(zgi + k, m);
+          if (d.context) cand = cand + V::loadu(zgi + D + k, m);
+          uv.store(u + k, m);
+          const V hv = V::loadu(rhi + k, m) + uv * cand;
+          hv.store(hi + k, m);
+          hv.store(out + k, m);
+        });
+      }
+    });
   }
-  // Padded steps: H = 0 (the steps past the longest sequence were not run), and gates 0 whatever their
-  // inputs held (the backward uses no padded gate, but its weight products multiply them by zeros).
+  // Padded steps: H = 0 and gates 0 (never computed; the backward's weight products multiply them by 0)
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       std::fill(gates + (b * L + len[b]) * GD, gates + (b + 1) * L * GD, T(0));
-      std::fill(H + (b * L + d.steps) * D, H + (b + 1) * L * D, T(0));
+      std::fill(H + (b * L + len[b]) * D, H + (b + 1) * L * D, T(0));
     }
   });
 }
 
 // ------------------------------------------------------------------------------------------- backward
+// The backward's per-step operands, packed time-major like cuDNN's packed sequences: step t's valid rows
+// are rows [offset[t], offset[t] + valid[t]) in the samples' sorted order, S = Σ lengths rows in all. They
+// are the A operands of the step's products, and afterwards those of the weight gradients, whose
+// reductions then run over the S valid rows only.
 template <typename T>
-void backward_kernel(const Dims& d, const T* gH, const T* H, const T* gates, const int64_t* len, const T* h0,
-                     const T* Wback, const T* W_hz, const T* W_hg, const T* W_hr, T* d_ar, T* d_az, T* d_ag,
-                     T* d_au, T* dh0) {
+struct Packed {
+  T *au, *azg, *ar, *rh, *hp, *zg;  // d_au, [d_az (, d_ag)], d_ar, r ⊙ h_{t-1}, h_{t-1}, [z̃ (, g̃)]
+};
+
+template <typename T>
+void backward_kernel(const Dims& d, const Packing& pk, const int64_t* len, const T* gH, const T* H,
+                     const T* gates, const T* h0, const T* Wback, const T* Wzg, const T* W_hr, T* d_ar, T* d_az,
+                     T* d_ag, const Packed<T>& p, T* dh0) {
   using V = Vec<T>;
-  const int64_t B = d.B, L = d.L, D = d.D, GD = d.G * D, nseg = d.context ? 3 : 2;
-  const int64_t ldg = L * GD, ldx = L * D;  // row strides at a fixed step: gates, (B, L, D) tensors
+  const int64_t B = d.B, L = d.L, D = d.D, GD = d.G * D, nseg = d.context ? 3 : 2, KZ = d.context ? 2 * D : D;
+  const int64_t ldg = L * GD;  // row stride of the gates at a fixed step and slot
+  const int64_t* order = pk.order.data();
+  // packed rows: dh = ∂/∂h_t from the steps after t, dh ⊙ u, d_rh
   std::vector<T> dh_buf(B * D, T(0)), dc_buf(B * D), drh_buf(B * D);
-  T *dh = dh_buf.data(), *dc = dc_buf.data(), *drh = drh_buf.data();  // dh: ∂/∂h_t from the steps after t
+  T *dh = dh_buf.data(), *dc = dc_buf.data(), *drh = drh_buf.data();
+  int64_t offset = 0;
+  for (int64_t t = 0; t < d.steps; ++t) offset += pk.valid[t];
   const V one(1);
   for (int64_t t = d.steps - 1; t >= 0; --t) {
+    const int64_t n = pk.valid[t];
+    offset -= n;  // step t's rows of the packed buffers
     const T* gt = gates + t * GD;
+    T *au = p.au + offset * D, *azg = p.azg + offset * KZ, *ar = p.ar + offset * D;
+    T *rhp = p.rh + offset * D, *hpp = p.hp + offset * D, *zgp = p.zg + offset * KZ;
     // through (6) and the σ of (5): dh += grad_H[t]; d_au = dh ⊙ h̃ ⊙ u(1-u); d_c = dh ⊙ u
-    for_tiles(d, 1, [&](int64_t b0, int64_t b1, int64_t c0, int64_t c1, int64_t) {
+    for_tiles(d, n, 1, [&](int64_t i0, int64_t i1, int64_t c0, int64_t c1, int64_t) {
       const int64_t w = c1 - c0;
-      for (int64_t b = b0; b < b1; ++b) {
-        T* au = d_au + (b * L + t) * D + c0;
-        if (t >= len[b]) {  // padded: dh passes unchanged (it is 0: no later step is valid)
-          std::fill(au, au + w, T(0));
-          continue;
-        }
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = order[i];
         const T *g = gt + b * ldg + c0, *gh = gH + (b * L + t) * D + c0;
-        T *dhb = dh + b * D + c0, *dcb = dc + b * D + c0;
-        vec_loop<T>(w, [&](int64_t i, int64_t n) {
-          const V u = V::loadu(g + U * D + i, n), dht = V::loadu(dhb + i, n) + V::loadu(gh + i, n);
-          V cand = V::loadu(g + Z * D + i, n);
-          if (d.context) cand = cand + V::loadu(g + G * D + i, n);
-          dht.store(dhb + i, n);
-          (dht * cand * u * (one - u)).store(au + i, n);
-          (dht * u).store(dcb + i, n);
+        T *dhi = dh + i * D + c0, *dci = dc + i * D + c0, *aui = au + i * D + c0;
+        vec_loop<T>(w, [&](int64_t k, int64_t m) {
+          const V u = V::loadu(g + U * D + k, m), dht = V::loadu(dhi + k, m) + V::loadu(gh + k, m);
+          V cand = V::loadu(g + Z * D + k, m);
+          if (d.context) cand = cand + V::loadu(g + G * D + k, m);
+          dht.store(dhi + k, m);
+          (dht * cand * u * (one - u)).store(aui + k, m);
+          (dht * u).store(dci + k, m);
         });
       }
     });
     // d_au @ [W_zu | W_gu | W_hu], column segments z̃ | g̃ | rh: the tanh' of (2), (3); d_rh = dh + W_hu^T d_au
-    for_tiles(d, nseg, [&](int64_t b0, int64_t b1, int64_t c0, int64_t c1, int64_t seg) {
+    for_tiles(d, n, nseg, [&](int64_t i0, int64_t i1, int64_t c0, int64_t c1, int64_t seg) {
       T acc[kRowBlock * kColBlock];
       const int64_t w = c1 - c0;
-      gemm<T>(b1 - b0, w, D, d_au + (b0 * L + t) * D, ldx, Wback + seg * D + c0, nseg * D, acc, w, false);
+      gemm<T>(i1 - i0, w, D, au + i0 * D, D, Wback + seg * D + c0, nseg * D, acc, w, false);
       const bool to_rh = seg == nseg - 1;
-      for (int64_t b = b0; b < b1; ++b) {
-        const T* a = acc + (b - b0) * w;
-        T* out = to_rh ? drh + b * D + c0 : (seg == 0 ? d_az : d_ag) + (b * L + t) * D + c0;
-        if (t >= len[b]) {
-          std::fill(out, out + w, T(0));
-          continue;
-        }
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = order[i];
+        const T* a = acc + (i - i0) * w;
         if (to_rh) {
-          const T* dhb = dh + b * D + c0;
-          vec_loop<T>(w, [&](int64_t i, int64_t n) { (V::loadu(dhb + i, n) + V::loadu(a + i, n)).store(out + i, n); });
+          const T* dhi = dh + i * D + c0;
+          T* out = drh + i * D + c0;
+          vec_loop<T>(w, [&](int64_t k, int64_t m) { (V::loadu(dhi + k, m) + V::loadu(a + k, m)).store(out + k, m); });
           continue;
         }
-        const T *y = gt + b * ldg + (seg == 0 ? Z : G) * D + c0, *dcb = dc + b * D + c0;  // z̃ or g̃
-        vec_loop<T>(w, [&](int64_t i, int64_t n) {
-          const V yv = V::loadu(y + i, n);
-          ((V::loadu(dcb + i, n) + V::loadu(a + i, n)) * (one - yv * yv)).store(out + i, n);
+        const int64_t part = seg == 0 ? 0 : D;
+        const T *y = gt + b * ldg + (seg == 0 ? Z : G) * D + c0, *dci = dc + i * D + c0;  // z̃ or g̃
+        T* out = (seg == 0 ? d_az : d_ag) + (b * L + t) * D + c0;
+        T *ap = azg + i * KZ + part + c0, *yp = zgp + i * KZ + part + c0;
+        vec_loop<T>(w, [&](int64_t k, int64_t m) {
+          const V yv = V::loadu(y + k, m), v = (V::loadu(dci + k, m) + V::loadu(a + k, m)) * (one - yv * yv);
+          v.store(out + k, m);
+          v.store(ap + k, m);
+          yv.store(yp + k, m);
         });
       }
     });
-    // d_rh += W_hz^T d_az + W_hg^T d_ag (accumulated in place); the σ' of (1): d_ar = d_rh ⊙ h_{t-1} ⊙ r(1-r)
-    for_tiles(d, 1, [&](int64_t b0, int64_t b1, int64_t c0, int64_t c1, int64_t) {
+    // d_rh += [d_az, d_ag] @ [W_hz; W_hg] (in place); the σ' of (1): d_ar = d_rh ⊙ h_{t-1} ⊙ r(1-r)
+    for_tiles(d, n, 1, [&](int64_t i0, int64_t i1, int64_t c0, int64_t c1, int64_t) {
       const int64_t w = c1 - c0;
-      T* drh_tile = drh + b0 * D + c0;
-      gemm<T>(b1 - b0, w, D, d_az + (b0 * L + t) * D, ldx, W_hz + c0, D, drh_tile, D, true);
-      if (d.context) gemm<T>(b1 - b0, w, D, d_ag + (b0 * L + t) * D, ldx, W_hg + c0, D, drh_tile, D, true);
-      for (int64_t b = b0; b < b1; ++b) {
-        T* out = d_ar + (b * L + t) * D + c0;
-        if (t >= len[b]) {
-          std::fill(out, out + w, T(0));
-          continue;
-        }
-        const T *r = gt + b * ldg + R * D + c0, *drb = drh + b * D + c0;
-        const T* hp = (t > 0 ? H + (b * L + t - 1) * D : h0 + b * D) + c0;
-        vec_loop<T>(w, [&](int64_t i, int64_t n) {
-          const V rv = V::loadu(r + i, n);
-          (V::loadu(drb + i, n) * V::loadu(hp + i, n) * rv * (one - rv)).store(out + i, n);
+      gemm<T>(i1 - i0, w, KZ, azg + i0 * KZ, KZ, Wzg + c0, D, drh + i0 * D + c0, D, true);
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = order[i];
+        const T *r = gt + b * ldg + R * D + c0, *drhi = drh + i * D + c0;
+        const T* hp = t > 0 ? H + (b * L + t - 1) * D + c0 : h0 ? h0 + b * D + c0 : nullptr;  // else 0
+        T *out = d_ar + (b * L + t) * D + c0, *arp = ar + i * D + c0;
+        T *rhi = rhp + i * D + c0, *hpi = hpp + i * D + c0;
+        vec_loop<T>(w, [&](int64_t k, int64_t m) {
+          const V rv = V::loadu(r + k, m), hv = hp ? V::loadu(hp + k, m) : V(0);
+          const V v = V::loadu(drhi + k, m) * hv * rv * (one - rv);
+          v.store(out + k, m);
+          v.store(arp + k, m);
+          (rv * hv).store(rhi + k, m);
+          hv.store(hpi + k, m);
         });
       }
     });
-    // dh_{t-1} = d_rh ⊙ r + W_hr^T d_ar (padded rows: unchanged)
-    for_tiles(d, 1, [&](int64_t b0, int64_t b1, int64_t c0, int64_t c1, int64_t) {
+    // dh_{t-1} = d_rh ⊙ r + W_hr^T d_ar
+    for_tiles(d, n, 1, [&](int64_t i0, int64_t i1, int64_t c0, int64_t c1, int64_t) {
       T acc[kRowBlock * kColBlock];
       const int64_t w = c1 - c0;
-      gemm<T>(b1 - b0, w, D, d_ar + (b0 * L + t) * D, ldx, W_hr + c0, D, acc, w, false);
-      for (int64_t b = b0; b < b1; ++b) {
-        if (t >= len[b]) continue;
-        const T *a = acc + (b - b0) * w, *r = gt + b * ldg + R * D + c0, *drb = drh + b * D + c0;
-        T* dhb = dh + b * D + c0;
-        vec_loop<T>(w, [&](int64_t i, int64_t n) {
-          (V::loadu(drb + i, n) * V::loadu(r + i, n) + V::loadu(a + i, n)).store(dhb + i, n);
+      gemm<T>(i1 - i0, w, D, ar + i0 * D, D, W_hr + c0, D, acc, w, false);
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = order[i];
+        const T *a = acc + (i - i0) * w, *r = gt + b * ldg + R * D + c0, *drhi = drh + i * D + c0;
+        T* dhi = dh + i * D + c0;
+        vec_loop<T>(w, [&](int64_t k, int64_t m) {
+          (V::loadu(drhi + k, m) * V::loadu(r + k, m) + V::loadu(a + k, m)).store(dhi + k, m);
         });
       }
     });
   }
-  std::memcpy(dh0, dh, sizeof(T) * B * D);
+  for (int64_t i = 0; i < B; ++i) std::copy(dh + i * D, dh + (i + 1) * D, dh0 + order[i] * D);
+  // padded steps: every d_a is 0
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b)
+      for (T* x : {d_ar, d_az, d_ag})
+        if (x) std::fill(x + (b * L + len[b]) * D, x + (b + 1) * L * D, T(0));
+  });
 }
 
 // ------------------------------------------------------------------------------------------- entry points
@@ -358,20 +424,24 @@ std::tuple<at::Tensor, at::Tensor> gcpu_forward(
   if (context) for (const at::Tensor* t : {&*W_hg, &*W_gu}) check_shape(fn, "each W", *t, {D, D});
   check_shape(fn, "b_u", b_u, {D});
   if (has_h0) check_shape(fn, "h0", *h0, {B, D});
-  // the weights as the right-hand (K x N) operands of the row-major products: transposes, built once
-  const auto WhrT = W_hr.t().contiguous(), WzuT = W_zu.t().contiguous();
-  const auto WrhT = (context ? at::cat({W_hz, W_hu, *W_hg}) : at::cat({W_hz, W_hu})).t().contiguous();
-  const auto WguT = context ? W_gu->t().contiguous() : at::Tensor();
   auto H = cached_empty({B, L, D}, x_r.options());
   auto gates = cached_empty({B, L, d.G, D}, x_r.options());
+  const Packing pk(len, d.steps);
   AT_DISPATCH_FLOATING_TYPES(x_r.scalar_type(), "mfdr_gcpu_forward", [&] {
-    forward_kernel<scalar_t>(
-        d, x_r.const_data_ptr<scalar_t>(), x_z.const_data_ptr<scalar_t>(),
-        context ? x_g->const_data_ptr<scalar_t>() : nullptr, b_u.const_data_ptr<scalar_t>(),
-        len.data(), has_h0 ? h0->const_data_ptr<scalar_t>() : nullptr, WhrT.const_data_ptr<scalar_t>(),
-        WrhT.const_data_ptr<scalar_t>(), WzuT.const_data_ptr<scalar_t>(),
-        context ? WguT.const_data_ptr<scalar_t>() : nullptr, H.mutable_data_ptr<scalar_t>(),
-        gates.mutable_data_ptr<scalar_t>());
+    using T = scalar_t;
+    // the weights as the right-hand (K x N) operands of the row-major products: transposed once per call
+    const int64_t nseg = context ? 3 : 2;
+    std::vector<T> WhrT(D * D), WrhT(D * nseg * D), WuT((context ? 2 : 1) * D * D);
+    transpose_into(W_hr.const_data_ptr<T>(), D, D, WhrT.data(), D);
+    const at::Tensor* rh_side[3] = {&W_hz, &W_hu, context ? &*W_hg : nullptr};  // column segments z̃ | u | g̃
+    for (int64_t s = 0; s < nseg; ++s)
+      transpose_into(rh_side[s]->const_data_ptr<T>(), D, D, WrhT.data() + s * D, nseg * D);
+    transpose_into(W_zu.const_data_ptr<T>(), D, D, WuT.data(), D);  // rows [0, D): z̃ -> u; [D, 2D): g̃ -> u
+    if (context) transpose_into(W_gu->const_data_ptr<T>(), D, D, WuT.data() + D * D, D);
+    forward_kernel<T>(d, pk, len.data(), x_r.const_data_ptr<T>(), x_z.const_data_ptr<T>(),
+                      context ? x_g->const_data_ptr<T>() : nullptr, b_u.const_data_ptr<T>(),
+                      has_h0 ? h0->const_data_ptr<T>() : nullptr, WhrT.data(), WrhT.data(), WuT.data(),
+                      H.mutable_data_ptr<T>(), gates.mutable_data_ptr<T>());
   });
   return {H, gates};
 }
@@ -394,38 +464,37 @@ std::vector<at::Tensor> gcpu_backward(
   for (const at::Tensor* t : {&W_hr, &W_hz, &W_hu, &W_zu}) check_shape(fn, "each W", *t, {D, D});
   if (context) for (const at::Tensor* t : {&*W_hg, &*W_gu}) check_shape(fn, "each W", *t, {D, D});
   if (has_h0) check_shape(fn, "h0", *h0, {B, D});
-  const auto h0_or_zeros = has_h0 ? *h0 : at::zeros({B, D}, H.options());
-  const auto Wback = at::cat(context ? std::vector<at::Tensor>{W_zu, *W_gu, W_hu} : std::vector<at::Tensor>{W_zu, W_hu}, 1);
+  // right-hand operands: d_au -> [z̃ | g̃ | rh] side by side (D x 3D); [d_az, d_ag] -> rh stacked (2D x D)
+  const auto Wback =
+      at::cat(context ? std::vector<at::Tensor>{W_zu, *W_gu, W_hu} : std::vector<at::Tensor>{W_zu, W_hu}, 1);
+  const auto Wzg = context ? at::cat({W_hz, *W_hg}) : W_hz;
   auto dx_r = cached_empty({B, L, D}, H.options()), dx_z = cached_empty({B, L, D}, H.options());
   auto dx_g = context ? cached_empty({B, L, D}, H.options()) : at::Tensor();
-  auto d_au = cached_empty({B, L, D}, H.options());
   auto dh0 = at::empty({B, D}, H.options());
-  // steps past the longest sequence are padding in every row: their d_a are 0
-  if (d.steps < L) {
-    for (at::Tensor* t : {&dx_r, &dx_z, &d_au, context ? &dx_g : &d_au}) t->narrow(1, d.steps, L - d.steps).zero_();
-  }
+  const Packing pk(len, d.steps);
+  const int64_t S = std::accumulate(len.begin(), len.end(), int64_t(0)), KZ = context ? 2 * D : D;
+  // the packed operands (S rows each): d_au, [d_az (, d_ag)], d_ar, r ⊙ h_{t-1}, h_{t-1}, [z̃ (, g̃)]
+  auto blocks = cached_empty({4 * S * D + 2 * S * KZ}, H.options());
+  const auto block = [&](int64_t start, int64_t w) { return blocks.narrow(0, start, S * w).view({S, w}); };
+  const auto P_au = block(0, D), P_azg = block(S * D, KZ), P_ar = block(S * (D + KZ), D),
+             P_rh = block(S * (2 * D + KZ), D), P_hp = block(S * (3 * D + KZ), D), P_zg = block(S * (4 * D + KZ), KZ);
   AT_DISPATCH_FLOATING_TYPES(H.scalar_type(), "mfdr_gcpu_backward", [&] {
-    backward_kernel<scalar_t>(
-        d, grad_H.const_data_ptr<scalar_t>(), H.const_data_ptr<scalar_t>(), gates.const_data_ptr<scalar_t>(),
-        len.data(), h0_or_zeros.const_data_ptr<scalar_t>(), Wback.const_data_ptr<scalar_t>(),
-        W_hz.const_data_ptr<scalar_t>(), context ? W_hg->const_data_ptr<scalar_t>() : nullptr,
-        W_hr.const_data_ptr<scalar_t>(), dx_r.mutable_data_ptr<scalar_t>(), dx_z.mutable_data_ptr<scalar_t>(),
-        context ? dx_g.mutable_data_ptr<scalar_t>() : nullptr, d_au.mutable_data_ptr<scalar_t>(),
-        dh0.mutable_data_ptr<scalar_t>());
+    using T = scalar_t;
+    const Packed<T> p{P_au.mutable_data_ptr<T>(), P_azg.mutable_data_ptr<T>(), P_ar.mutable_data_ptr<T>(),
+                      P_rh.mutable_data_ptr<T>(), P_hp.mutable_data_ptr<T>(), P_zg.mutable_data_ptr<T>()};
+    backward_kernel<T>(d, pk, len.data(), grad_H.const_data_ptr<T>(), H.const_data_ptr<T>(),
+                       gates.const_data_ptr<T>(), has_h0 ? h0->const_data_ptr<T>() : nullptr,
+                       Wback.const_data_ptr<T>(), Wzg.const_data_ptr<T>(), W_hr.const_data_ptr<T>(),
+                       dx_r.mutable_data_ptr<T>(), dx_z.mutable_data_ptr<T>(),
+                       context ? dx_g.mutable_data_ptr<T>() : nullptr, p, dh0.mutable_data_ptr<T>());
   });
-  // Weight gradients: one product each over all B·L rows (padded rows have d_a = 0). h_{t-1} of step t
-  // is H[:, t-1] for t >= 1 (valid steps are a prefix) and h0 for t = 0.
-  auto h_prev = cached_empty({B, L, D}, H.options());
-  h_prev.select(1, 0).copy_(h0_or_zeros);
-  if (L > 1) h_prev.narrow(1, 1, L - 1).copy_(H.narrow(1, 0, L - 1));
-  const auto rows = [&](const at::Tensor& x) { return x.reshape({B * L, D}); };
-  auto rh = rows(gates.select(2, R)).mul(rows(h_prev));
-  auto dW_hr = at::mm(rows(dx_r).t(), rows(h_prev));
-  auto dW_hz = at::mm(rows(dx_z).t(), rh), dW_hu = at::mm(rows(d_au).t(), rh);
-  auto dW_zu = at::mm(rows(d_au).t(), rows(gates.select(2, Z)));
-  auto dW_hg = context ? at::mm(rows(dx_g).t(), rh) : at::Tensor();
-  auto dW_gu = context ? at::mm(rows(d_au).t(), rows(gates.select(2, G))) : at::Tensor();
-  auto db_u = rows(d_au).sum(0);
+  // Weight gradients: one product each over the S valid (sample, step) rows, packed.
+  auto dW_hr = at::mm(P_ar.t(), P_hp);
+  auto dW_hz = at::mm(P_azg.narrow(1, 0, D).t(), P_rh), dW_hu = at::mm(P_au.t(), P_rh);
+  auto dW_zu = at::mm(P_au.t(), P_zg.narrow(1, 0, D));
+  auto dW_hg = context ? at::mm(P_azg.narrow(1, D, D).t(), P_rh) : at::Tensor();
+  auto dW_gu = context ? at::mm(P_au.t(), P_zg.narrow(1, D, D)) : at::Tensor();
+  auto db_u = P_au.sum(0);
   // no undefined tensors in a Tensor[] (a Python dispatch mode could not return them): the context ones last
   std::vector<at::Tensor> grads = {dx_r, dx_z, dW_hr, dW_hz, dW_hu, dW_zu, db_u, dh0};
   if (context) grads.insert(grads.end(), {dx_g, dW_hg, dW_gu});
