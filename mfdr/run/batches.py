@@ -20,8 +20,10 @@ def loss_fn(task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(out.float(), y)
 
 
-def model_inputs(batch: dict, device: torch.device, zero: str | None):
-    """The model's inputs from a collated batch; ``zero`` blanks one modality (keeping its lengths).
+def model_inputs(batch: dict, device: torch.device, zero: str | None, forced: bool = False):
+    """``(audio, text, audio_lengths, text_lengths, window_starts, label)`` from a collated batch, on
+    ``device``; ``zero`` blanks one modality (keeping its lengths); ``window_starts`` is the batch's
+    word starts for ``align="forced"`` (rows of -1: no alignment, stretch windows), else None.
 
     The lengths are checked here, on the CPU where the collated batch lives, before the copy to the
     device: the model and the kernels then skip their value checks on an accelerator (no host sync)."""
@@ -34,7 +36,9 @@ def model_inputs(batch: dict, device: torch.device, zero: str | None):
         audio = torch.zeros_like(audio)
     elif zero == "text":
         text = torch.zeros_like(text)
-    return audio, text, move(batch["audio_lengths"]), move(batch["text_lengths"]), move(batch["label"])
+    starts = move(batch["window_starts"]) if forced else None
+    return (audio, text, move(batch["audio_lengths"]), move(batch["text_lengths"]), starts,
+            move(batch["label"]))
 
 
 def precision_of(cfg: RunConfig, device: torch.device) -> Precision:

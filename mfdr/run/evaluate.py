@@ -37,9 +37,10 @@ def predict_dataset(model, dataset, cfg: RunConfig, dist: Dist | None = None, pr
     batches = make_loader(cfg, torch.utils.data.Subset(dataset, shard), batch_size)
     rows, pos = [], iter(shard)  # (position in dataset, id, label, output, loss) per utterance
     for batch in progress_bar(batches, enabled=progress, leave=False, desc="evaluate", unit="batch"):
-        audio, text, al, tl, y = model_inputs(batch, dist.device, cfg.train.zero)
+        audio, text, al, tl, starts, y = model_inputs(batch, dist.device, cfg.train.zero,
+                                                      cfg.model.align == "forced")
         with precision_of(cfg, dist.device).autocast():
-            out = raw(audio, text, al, tl).float()
+            out = raw(audio, text, al, tl, starts).float()
         loss = (F.cross_entropy(out, y, reduction="none") if cfg.model.task == "classification"
                 else F.l1_loss(out, y.float(), reduction="none"))
         for i, u in enumerate(batch["id"]):

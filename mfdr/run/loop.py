@@ -26,7 +26,7 @@ from .checkpoint import rng_state, save_checkpoint, seed_everything, set_rng_sta
 from .distributed import Dist, _on_main
 from .evaluate import _write_predictions, predict_dataset, prediction_metrics
 from .files import write_json
-from .rundir import SHOWN, _EpochLog, _save_best, check_resumable, run_meta
+from .rundir import SHOWN, _EpochLog, _save_best, check_resumable, run_meta, split_hash
 
 
 def _sync_stats(dist: Dist, stats: torch.Tensor, first_bad: torch.Tensor) -> tuple[float, float, int]:
@@ -89,8 +89,10 @@ def train_fold(cfg: RunConfig, source: DataSource, fold: Fold, fold_dir: Path, *
     ckpt_path = fold_dir / "checkpoint.pt"
     start, history = 0, []
     best = {"epoch": None, "score": None, "metrics": None, "state": None}
+    ids = [str(e["id"]) for e in source.entries]
+    split = split_hash(*([ids[i] for i in part] for part in (fold.train, fold.val, fold.test)))
     if resume and dist.broadcast(ckpt_path.exists()):
-        ck = _on_main(dist, check_resumable, ckpt_path, cfg, source.hash)
+        ck = _on_main(dist, check_resumable, ckpt_path, cfg, source.hash, fold.name, split)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         if fp16 and ck.get("scaler"):
@@ -129,9 +131,10 @@ def train_fold(cfg: RunConfig, source: DataSource, fold: Fold, fold_dir: Path, *
         stats = torch.zeros(2, dtype=torch.float64, device=dist.device)  # Σ loss·n, n
         first_bad = torch.full((), -1, dtype=torch.int64, device=dist.device)  # first non-finite step
         for step, batch in enumerate(bar):
-            audio, text, audio_lengths, text_lengths, y = model_inputs(batch, dist.device, tc.zero)
+            audio, text, audio_lengths, text_lengths, starts, y = model_inputs(
+                batch, dist.device, tc.zero, cfg.model.align == "forced")
             with precision.autocast():
-                out = net(audio, text, audio_lengths, text_lengths)
+                out = net(audio, text, audio_lengths, text_lengths, starts)
             loss = loss_fn(task, out, y)
             bad = ~torch.isfinite(loss.detach())
             first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
@@ -171,7 +174,7 @@ def train_fold(cfg: RunConfig, source: DataSource, fold: Fold, fold_dir: Path, *
         if dist.main:
             logger.add(row)
             save_checkpoint(ckpt_path, {
-                "format": 1, "fold": fold.name, "epoch": epoch + 1, "config": cfg.to_dict(),
+                "format": 2, "fold": fold.name, "split": split, "epoch": epoch + 1, "config": cfg.to_dict(),
                 "data_hash": source.hash, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scaler": scaler.state_dict() if fp16 else None, "rng": rng_state(), "best": best,
                 "history": history})

@@ -448,3 +448,46 @@ def test_compile_mode_choice():
         TrainConfig(compile_mode="fast")
     with pytest.raises(ValueError, match="log_every must be >= 1"):
         TrainConfig(log_every=0)
+
+
+# -------------------------------------------------- align="forced": the batch's word starts reach the model
+def test_forced_alignment_training_passes_the_batch_starts(tmp_path, monkeypatch):
+    from mfdr.data import CacheWriter
+    from mfdr.model import MFDR
+
+    path = make_cache(tmp_path / "cache", n=16)
+    # a second cache with word starts for all but one utterance (that row falls back to stretch windows)
+    from mfdr.data import FeatureCache
+
+    old = FeatureCache(path)
+    w = CacheWriter(tmp_path / "aligned", {"audio": {"kind": "random", "dim": 6},
+                                            "text": {"kind": "random", "dim": 5}, "dtype": "float32"})
+    items = [old[i] for i in range(len(old))]
+    starts = [None if i == 0 else torch.arange(len(x["text"])) * 2 for i, x in enumerate(items)]
+    w.write_shard([{k: v for k, v in x.items() if k not in ("audio", "text", "window_starts")} for x in items],
+                  [x["audio"] for x in items], [x["text"] for x in items], window_starts=starts)
+    seen, real = [], MFDR.forward
+
+    def forward(self, audio, text, audio_lengths=None, text_lengths=None, window_starts=None):
+        seen.append(window_starts)
+        return real(self, audio, text, audio_lengths, text_lengths, window_starts)
+
+    monkeypatch.setattr(MFDR, "forward", forward)
+    cfg = config(tmp_path / "aligned", model={"align": "forced"}, train={"epochs": 1},
+                 data={"val_fraction": 0.0})
+    R.run_training(cfg, tmp_path / "run", folds=["fold-0"], progress=False)
+    assert seen and all(s is not None and s.shape[1] == MODEL["text_len"] for s in seen)
+    assert any(bool((s[:, 0] < 0).any()) for s in seen)  # the unaligned utterance: a -1 row
+
+
+
+def test_forced_alignment_needs_word_starts():
+    from types import SimpleNamespace
+
+    from mfdr.config import MFDRConfig
+    from mfdr.run.training import check_alignments
+
+    cfg = SimpleNamespace(model=MFDRConfig(align="forced", audio_len=300), data=SimpleNamespace(dataset="mmsa"))
+    with pytest.raises(errors.ConfigError, match="align='forced' needs word alignments; data.dataset 'mmsa'"):
+        check_alignments(cfg, SimpleNamespace(cache=None))
+    assert check_alignments(SimpleNamespace(model=MFDRConfig()), None) is None  # paper windows: nothing to check
