@@ -25,17 +25,20 @@ def _inputs(B=2, L=4, D=5, context=True, dtype=torch.float64, requires_grad=True
 
 # ------------------------------------------------------------------------------------------ opcheck
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("context", [True, False], ids=["context", "no_context"])
-def test_opcheck_forward(backend, context):
+@pytest.mark.parametrize("context, with_h0", [(True, True), (False, True), (True, False)],
+                         ids=["context", "no_context", "context-no_h0"])
+def test_opcheck_forward(backend, context, with_h0):
     args, h0 = _inputs(context=context)
     lengths = torch.tensor([4, 2])
-    torch.library.opcheck(op.gcpu_forward, (*args, lengths, h0, backend))
+    torch.library.opcheck(op.gcpu_forward, (*args, lengths, h0 if with_h0 else None, backend))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("context", [True, False], ids=["context", "no_context"])
-def test_opcheck_backward(backend, context):
+@pytest.mark.parametrize("context, with_h0", [(True, True), (False, True), (True, False)],
+                         ids=["context", "no_context", "context-no_h0"])
+def test_opcheck_backward(backend, context, with_h0):
     args, h0 = _inputs(context=context, requires_grad=False)
+    h0 = h0 if with_h0 else None
     lengths = torch.tensor([4, 2])
     H, gates = op.gcpu_forward(*args, lengths, h0, backend)
     W = args[3:9]
