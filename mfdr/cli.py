@@ -68,18 +68,25 @@ def cmd_extract(args) -> int:
 
 
 def cmd_train(args) -> int:
-    cfg = _config(args.config, args.set, {
+    from .run.rundir import require_run_to_resume
+
+    out = args.out or f"runs/{Path(args.config).stem if args.config else 'mfdr'}"
+    config = args.config
+    if args.resume:
+        require_run_to_resume(Path(out))
+        config = config or Path(out) / "config.yaml"  # --resume continues the run as it was configured
+    cfg = _config(config, args.set, {
         "data.features": args.features, "data.protocol": args.protocol, "data.folds": args.folds,
         "train.device": args.device, "train.epochs": args.epochs})
     from .run import run_training  # (imports torch: after the config is read and checked)
 
-    out = args.out or f"runs/{Path(args.config).stem if args.config else 'mfdr'}"
     summary = run_training(cfg, out, resume=args.resume, overwrite=args.overwrite, folds=args.fold or None,
                            stop_after=args.stop_after_epoch, progress=not args.quiet,
                            figures=not args.no_figures)
     if summary is None:
-        print(f"stopped after epoch {args.stop_after_epoch}; continue with: mfdr train --config "
-              f"{args.config} --out {out} --resume")
+        folds = "".join(f" --fold {f}" for f in args.fold or ())
+        print(f"stopped after epoch {args.stop_after_epoch}; continue with: mfdr train --out {out} --resume{folds}"
+              " (the run's config.yaml holds its settings)")
     return 0
 
 
@@ -117,7 +124,10 @@ def cmd_predict(args) -> int:
     wavs, texts = args.wav or [], args.text or []
     if not wavs or len(wavs) != len(texts):
         raise InputError(f"give one --text per --wav (got {len(wavs)} --wav and {len(texts)} --text)")
-    results = predict(args.model, wavs, texts, device=args.device)
+    if args.alignment and len(args.alignment) != len(wavs):
+        raise InputError(f"give one --alignment per --wav, or none (got {len(args.alignment)} --alignment and "
+                         f"{len(wavs)} --wav)")
+    results = predict(args.model, wavs, texts, alignments=args.alignment or None, device=args.device)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -263,8 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", action="append", metavar="NAME",
                    help="run only this fold (fold-0 ...; repeatable)")
     p.add_argument("--epochs", type=_int_at_least(1), help="train.epochs")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoints")
-    p.add_argument("--overwrite", action="store_true", help="delete a previous run in --out first")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoints "
+                   "(with the run's config.yaml unless --config is given)")
+    p.add_argument("--overwrite", action="store_true", help="delete a previous run in --out first (only a "
+                   "folder mfdr marked as its run, and only the files mfdr wrote there)")
     p.add_argument("--stop-after-epoch", type=_int_at_least(1), metavar="N",
                    help="stop once epoch N of the current fold is done (continue later with --resume)")
     p.add_argument("--no-figures", action="store_true", help="do not draw figures/")
@@ -289,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--wav", action="append", help="audio file (repeatable, one --text each)")
     p.add_argument("--text", action="append", help="its transcript")
+    p.add_argument("--alignment", action="append", metavar="FILE",
+                   help="its word alignment (Praat TextGrid with a 'words' tier, as the Montreal Forced "
+                   "Aligner writes, or a word,start,end CSV), for a model trained with align: forced "
+                   "(repeatable, one per --wav; without it the words' windows are spread over the audio)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _common(p, config=False)
     p.set_defaults(func=cmd_predict)

@@ -20,9 +20,12 @@ def _check_encoders(meta: dict, audio, text) -> None:
                         + "; ".join(diff))
 
 
-def predict(model_path, wavs: list[str], texts: list[str], *, device=None) -> list[dict]:
+def predict(model_path, wavs: list[str], texts: list[str], *, alignments: list | None = None,
+            device=None) -> list[dict]:
     """Class probabilities (or scores) for ``wavs[i]`` with transcript ``texts[i]``; a run folder
-    averages the probabilities of its folds' best models."""
+    averages the probabilities of its folds' best models. ``alignments[i]``: a word alignment file of
+    ``wavs[i]`` (a Praat TextGrid with a ``words`` tier, or a ``word,start,end`` CSV) for a model trained
+    with ``align="forced"`` (without one, its windows are spread over the audio, as ``stretch``)."""
     import torch
 
     from ..config import FeatureConfig, RunConfig
@@ -43,8 +46,17 @@ def predict(model_path, wavs: list[str], texts: list[str], *, device=None) -> li
     max_s = getattr(audio_enc, "max_seconds", None)
     audio = audio_enc([read_wav(w, audio_enc.sample_rate, max_s) for w in wavs])
     text = text_enc(list(texts))
-    batch = collate([{"id": str(i), "audio": a, "text": t, "label": 0} for i, (a, t) in
-                     enumerate(zip(audio, text, strict=True))], cfg.model.audio_len, cfg.model.text_len)
+    starts = [None] * len(wavs)
+    if alignments is not None:
+        from ..data.alignment import audio_duration, read_alignment
+
+        if len(alignments) != len(wavs):
+            raise InputError(f"give one alignment per wav (got {len(alignments)} for {len(wavs)} wavs)")
+        words = [None if f is None else read_alignment(f, audio_duration(w)) for f, w in zip(alignments, wavs,
+                                                                                               strict=True)]
+        starts = text_enc.window_starts(list(texts), words, audio_enc.frame_rate)
+    batch = collate([{"id": str(i), "audio": a, "text": t, "label": 0, "window_starts": s} for i, (a, t, s) in
+                     enumerate(zip(audio, text, starts, strict=True))], cfg.model.audio_len, cfg.model.text_len)
     a, t = batch["audio"], batch["text"]
     if meta.get("zero") == "audio":
         a = torch.zeros_like(a)
@@ -54,7 +66,9 @@ def predict(model_path, wavs: list[str], texts: list[str], *, device=None) -> li
     with torch.no_grad():
         for model, _ in models:
             dev = next(model.parameters()).device
-            out = model(a.to(dev), t.to(dev), batch["audio_lengths"].to(dev), batch["text_lengths"].to(dev))
+            forced = model.config.align == "forced" and model.config.attention == "sawa"
+            ws = batch["window_starts"].to(dev) if forced else None
+            out = model(a.to(dev), t.to(dev), batch["audio_lengths"].to(dev), batch["text_lengths"].to(dev), ws)
             out = out.float().cpu()
             outs.append(out.softmax(-1) if meta["task"] == "classification" else out)
     mean = torch.stack(outs).mean(0)

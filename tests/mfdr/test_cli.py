@@ -200,3 +200,28 @@ def test_a_bug_is_not_reported_as_bad_input(monkeypatch):
     monkeypatch.setattr(cli, "cmd_config", broken)
     with pytest.raises(ValueError, match="a programming error"):
         main(["config"])
+
+
+@needs_espeak
+def test_forced_alignment_end_to_end(corpus, tmp_path, capsys):
+    """The synthetic corpus's exact word timings -> a cache with word starts -> a model trained with
+    align: forced -> predict with --alignment (the words' windows move; without it: stretch windows)."""
+    import csv
+
+    cfg = write_config(tmp_path / "forced.yaml", model={"align": "forced"}, train={"epochs": 1})
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    assert main(["extract", "--config", str(cfg), "--path", str(corpus), "--out", str(cache), "-q"]) == 0
+    assert main(["train", "--config", str(cfg), "--features", str(cache), "--out", str(run), "-q",
+                 "--no-figures"]) == 0
+    row = next(csv.DictReader(open(corpus, newline="")))
+    wav, text = str(Path(corpus).parent / row["wav"]), row["text"]
+    alignment = str(Path(corpus).parent / row["alignment"])
+    capsys.readouterr()
+    assert main(["predict", str(run), "--wav", wav, "--text", text, "--alignment", alignment, "--json"]) == 0
+    (aligned,) = json.loads(capsys.readouterr().out)
+    assert main(["predict", str(run), "--wav", wav, "--text", text, "--json"]) == 0
+    (spread,) = json.loads(capsys.readouterr().out)
+    assert aligned["probabilities"] != spread["probabilities"]
+    assert main(["predict", str(run), "--wav", wav, "--text", text, "--alignment", alignment,
+                 "--alignment", alignment]) == 2
+    assert "one --alignment per --wav" in capsys.readouterr().err
