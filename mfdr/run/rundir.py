@@ -185,11 +185,15 @@ def _marker_state(out: Path) -> str:
         import yaml
 
         try:
-            RunConfig.from_dict(yaml.safe_load((out / "config.yaml").read_text()) or {})
-            json.loads((out / "folds.json").read_text())
-        except (ValueError, TypeError, yaml.YAMLError):
+            saved = yaml.safe_load((out / "config.yaml").read_text())
+            folds = json.loads((out / "folds.json").read_text())
+            RunConfig.from_dict(saved)
+        except (ValueError, TypeError, UnicodeDecodeError, yaml.YAMLError):
             return "none"
-        return "legacy"
+        written = isinstance(saved, dict) and set(saved) == set(RunConfig().to_dict())  # every section
+        if written and isinstance(folds, list) and folds and all(
+                isinstance(f, dict) and {"name", "train", "val", "test"} <= set(f) for f in folds):
+            return "legacy"
     return "none"
 
 
