@@ -79,6 +79,7 @@ def _corpus(out: Path, demo: dict, fresh: bool, progress: bool) -> tuple[Path, b
 
     corpus, stamp = out / "corpus", out / "corpus" / "corpus.json"
     manifest = corpus / "manifest.csv"
+    demo = {**demo, "word_timings": True}  # a corpus made before the synthesizer recorded them is made again
     if not fresh and manifest.exists() and stamp.exists() and json.loads(stamp.read_text()) == demo:
         return manifest, False
     shutil.rmtree(corpus, ignore_errors=True)
@@ -94,10 +95,15 @@ def _features(cfg, fresh: bool, progress: bool):
 
     encoders = build_encoders(cfg)
     try:
-        return extract(cfg, overwrite=fresh, progress=progress, encoders=encoders), encoders
+        cache = extract(cfg, overwrite=fresh, progress=progress, encoders=encoders)
     except CacheConfigError:
         print("the feature cache was made with other settings: rebuilding it", flush=True)
         return extract(cfg, overwrite=True, progress=progress, encoders=encoders), encoders
+    if cfg.model.align == "forced" and not cache.has_window_starts:
+        print("the feature cache has no word starts (made before mfdr read word alignments): rebuilding it",
+              flush=True)
+        cache = extract(cfg, overwrite=True, progress=progress, encoders=encoders)
+    return cache, encoders
 
 
 def prepare_data(out, cfg: RunConfig, demo: dict, *, fresh: bool = False, progress: bool = True):
@@ -162,9 +168,11 @@ def _figures(out: Path, cfg, cache, text_encoder) -> list[Path]:
     words = cache.entries[cache.index(pick["id"])]["text"]  # the item's "text" is the token features
     batch = collate([{**pick, "label": 0}], cfg.model.audio_len, cfg.model.text_len)
     al, tl = int(batch["audio_lengths"][0]), int(batch["text_lengths"][0])
-    att, level = plots.sawa_map(model, batch["audio"][0], batch["text"][0], al, tl)
+    forced = cfg.model.align == "forced"
+    ws = batch["window_starts"][0] if forced else None
+    att, level = plots.sawa_map(model, batch["audio"][0], batch["text"][0], al, tl, ws)
     tokens = text_encoder.tokenizer.convert_ids_to_tokens(text_encoder.tokenizer(words)["input_ids"])
-    starts = plots.window_starts(model, batch["audio"].shape[1], al, tl)
+    starts = plots.window_starts(model, batch["audio"].shape[1], al, tl, ws)
     title = f"{pick['id']} ({pick.get('kind')}, {pick['label']}): \"{words}\""
     paths = [plots.plot_attention(att, level, out / "figures" / "attention.png", window=cfg.model.window,
                                   starts=starts, audio_len=al, text_len=tl, tokens=tokens, title=title)]
@@ -173,7 +181,8 @@ def _figures(out: Path, cfg, cache, text_encoder) -> list[Path]:
         for s in range(0, len(items), 32):
             b = collate([{**it, "label": 0} for it in items[s: s + 32]], cfg.model.audio_len,
                         cfg.model.text_len)
-            model(b["audio"], b["text"], b["audio_lengths"], b["text_lengths"])
+            model(b["audio"], b["text"], b["audio_lengths"], b["text_lengths"],
+                  b["window_starts"] if forced else None)
             lv = model.fusion.last_level.permute(0, 2, 1)  # (B, L, H)
             valid = torch.arange(lv.shape[1])[None, :] < b["text_lengths"][:, None]
             levels.append(lv[valid].numpy())

@@ -100,10 +100,11 @@ def window_spans(start: int, level: int, window: int, k_len: int) -> list[tuple[
     return [(max(a, 0), min(b, k_len)) for a, b in spans if min(b, k_len) > max(a, 0)]
 
 
-def sawa_map(model, audio, text, audio_len: int | None = None, text_len: int | None = None):
+def sawa_map(model, audio, text, audio_len: int | None = None, text_len: int | None = None, window_starts=None):
     """The fusion attention of one utterance: ``att (H, L, T)`` (dense, the paper's ``diag_att``) and
     ``level (H, L)`` (None with full attention), for ``audio (T, audio_dim)``, ``text (L, text_dim)``
-    already padded to the model's ``text_len``.
+    already padded to the model's ``text_len``; ``window_starts (L,)``: the word starts of a model with
+    ``align="forced"``.
 
     Uses ``model.attention_map`` (``mfdr_kernels.sawa_attention_map``, the reference) and one forward
     for the levels.
@@ -113,21 +114,25 @@ def sawa_map(model, audio, text, audio_len: int | None = None, text_len: int | N
     a, t = audio[None], text[None]
     al = None if audio_len is None else torch.tensor([audio_len])
     tl = None if text_len is None else torch.tensor([text_len])
+    ws = None if window_starts is None else torch.as_tensor(window_starts)[None]
     with torch.no_grad():
-        model.eval()(a, t, al, tl)
+        model.eval()(a, t, al, tl, ws)
         level = model.fusion.last_level
-        att = model.attention_map(a, t, al, tl)
+        starts = model.fusion.window_starts(1, t.shape[1], a.shape[1], al, tl, forced=ws) if ws is not None else None
+        att = model.attention_map(a, t, al, tl, starts)
     return att[0].float().numpy(), None if level is None else level[0].numpy()
 
 
-def window_starts(model, T: int, audio_len: int | None, text_len: int | None) -> np.ndarray:
-    """``(L,)`` window start frames the model uses for one utterance (``align`` of its config)."""
+def window_starts(model, T: int, audio_len: int | None, text_len: int | None, forced=None) -> np.ndarray:
+    """``(L,)`` window start frames the model uses for one utterance (``align`` of its config; ``forced``:
+    the utterance's word starts ``(L,)`` for ``align="forced"``)."""
     import torch
 
     c = model.config
     al = None if audio_len is None else torch.tensor([audio_len])
     tl = None if text_len is None else torch.tensor([text_len])
-    starts = model.fusion.window_starts(1, c.text_len, T, al, tl)
+    starts = model.fusion.window_starts(1, c.text_len, T, al, tl,
+                                        forced=None if forced is None else torch.as_tensor(forced)[None])
     return (np.arange(c.text_len) * c.hop) if starts is None else starts[0].numpy()
 
 
