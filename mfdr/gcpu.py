@@ -42,6 +42,12 @@ def _valid_steps(lengths: torch.Tensor | None, B: int, L: int, device) -> torch.
     return torch.arange(L, device=device)[None, :] < lengths[:, None]
 
 
+def _zero_padded(z: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """``z`` with its padded steps set to 0 before they meet valid ones (the context attention weighs them
+    by 0, and 0 * NaN is NaN; a recurrence's backward multiplies through them): no host sync."""
+    return z if valid is None else torch.where(valid[..., None], z, z.new_zeros(()))
+
+
 def _check_z(module: nn.Module, z) -> None:
     """``z (B, L >= 1, dim)``, floating, on the device (and, outside autocast, of the dtype) of the
     module's parameters."""
@@ -108,15 +114,21 @@ class GCPU(nn.Module):
     def global_context(self, z: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """g = MultiheadAttention(z, z, z) with padded keys masked: ``(B, L, dim)``."""
         valid = _valid_steps(lengths, z.shape[0], z.shape[1], z.device)
-        pad = None if valid is None else ~valid
-        g, _ = self.mha(z, z, z, key_padding_mask=pad, need_weights=False)
+        return self._global_context(z, valid, _zero_padded(z, valid))
+
+    def _global_context(self, z: torch.Tensor, valid: torch.Tensor | None, keys: torch.Tensor) -> torch.Tensor:
+        """``MultiheadAttention(z, keys, keys)``, ``keys`` being ``z`` with its padded steps zero (masked
+        keys are weighed by 0, and 0 * NaN is NaN)."""
+        g, _ = self.mha(z, keys, keys, key_padding_mask=None if valid is None else ~valid, need_weights=False)
         return g
 
     def forward(self, z: torch.Tensor, lengths: torch.Tensor | None = None,
                 h0: torch.Tensor | None = None) -> torch.Tensor:
         """``z (B, L, dim)``, ``lengths (B,)`` valid steps -> ``H (B, L, dim)``, padded steps zero."""
         _check_z(self, z)
-        g = self.global_context(z, lengths) if self.context else None
+        valid = _valid_steps(lengths, z.shape[0], z.shape[1], z.device)
+        z = _zero_padded(z, valid)
+        g = self._global_context(z, valid, z) if self.context else None
         return self.recurrence(z, g, lengths, h0)
 
     # ------------------------------------------------------------------ the recurrence
@@ -246,6 +258,7 @@ class GRUContext(nn.Module):
             if h0.shape != (z.shape[0], self.dim):
                 raise ValueError(f"h0 must have shape ({z.shape[0]}, {self.dim}), got {tuple(h0.shape)}")
             _checks.like("h0", h0, z, "z")
-        H = self.gru(z, z.new_zeros(1, z.shape[0], self.dim) if h0 is None else h0[None].to(z.dtype))
         valid = _valid_steps(lengths, z.shape[0], z.shape[1], z.device)
+        z = _zero_padded(z, valid)  # not read by valid steps, but the backward multiplies through them
+        H = self.gru(z, z.new_zeros(1, z.shape[0], self.dim) if h0 is None else h0[None].to(z.dtype))
         return H if valid is None else H.masked_fill(~valid[..., None], 0.0)

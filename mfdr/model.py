@@ -31,6 +31,15 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
+def zero_padding(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """``x (B, N, C)`` with its rows ``n >= lengths[b]`` set to 0 (``torch.where``: no host sync, and a
+    NaN or Inf there reaches neither the output nor the gradients); ``x`` itself when ``lengths`` is None."""
+    if lengths is None:
+        return x
+    valid = torch.arange(x.shape[1], device=x.device)[None, :, None] < lengths[:, None, None]  # (B, N, 1)
+    return torch.where(valid, x, x.new_zeros(()))
+
+
 # ---------------------------------------------------------------------- fusion: SAWA layer
 class SAWALayer(nn.Module):
     """Acoustic-word fusion: ``z = LayerNorm(q_in + Attention(q, k, v))`` with q from text, k, v from audio.
@@ -295,19 +304,23 @@ class MFDR(nn.Module):
         param = next(self.parameters())
         _checks.like("audio", audio, param)
         _checks.like("text", text, param)
-        _checks.finite_if_asked(audio=audio, text=text)
         if audio_lengths is not None:
             audio_lengths = _checks.int_tensor("audio_lengths", audio_lengths, (B,), audio.device)
             _checks.in_range("audio_lengths", audio_lengths, 1, T)
         if text_lengths is not None:
             text_lengths = _checks.int_tensor("text_lengths", text_lengths, (B,), text.device)
             _checks.in_range("text_lengths", text_lengths, 1, c.text_len)
-        return audio_lengths, text_lengths
+        # Padded frames and tokens are zeroed before they meet valid ones (the global context's attention
+        # and the full attention read every row, masked by weight 0, and 0 * NaN is NaN): whatever the
+        # padding holds, NaN or -inf included, a sample's output is that of its valid rows.
+        audio, text = zero_padding(audio, audio_lengths), zero_padding(text, text_lengths)
+        _checks.finite_if_asked(audio=audio, text=text)
+        return audio, text, audio_lengths, text_lengths
 
     def features(self, audio, text, audio_lengths=None, text_lengths=None, window_starts=None):
         """The refined representation before the output layer: ``(B, N, d_model)`` (``N = text_len`` for
         ``pooling="linear"``)."""
-        audio_lengths, text_lengths = self._check_inputs(audio, text, audio_lengths, text_lengths)
+        audio, text, audio_lengths, text_lengths = self._check_inputs(audio, text, audio_lengths, text_lengths)
         z = self.fusion(audio, text, audio_lengths, text_lengths, window_starts)  # (B, L, D)
         H = self.context(z, text_lengths)  # (B, L, D), padded rows 0
         return self.pool(H)  # (B, N, D)
@@ -324,7 +337,7 @@ class MFDR(nn.Module):
 
     def attention_map(self, audio, text, audio_lengths=None, text_lengths=None, window_starts=None):
         """Dense ``(B, heads, text_len, T)`` fusion attention weights (the paper's Fig. 3)."""
-        audio_lengths, text_lengths = self._check_inputs(audio, text, audio_lengths, text_lengths)
+        audio, text, audio_lengths, text_lengths = self._check_inputs(audio, text, audio_lengths, text_lengths)
         return self.fusion.attention_map(audio, text, audio_lengths, text_lengths, window_starts)
 
     # -------------------------------------------------------------- save / load

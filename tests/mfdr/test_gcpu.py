@@ -136,6 +136,27 @@ def test_padding_has_no_influence(cls):
         torch.testing.assert_close(m(z[b:b + 1, :n], lengths[b:b + 1])[0], H[b, :n], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("cls", [GCPU, MGRU, GRUContext], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("bad", [float("nan"), float("-inf"), float("inf")], ids=["nan", "-inf", "inf"])
+def test_non_finite_padding_has_no_influence(cls, bad):
+    """NaN or Inf in padded steps (the global context's attention weighs them by 0, and 0 * NaN is NaN)
+    changes neither the output nor the gradients of z's valid steps and of the weights."""
+    m = (GRUContext(D) if cls is GRUContext else cls(D, HEADS)).double()
+    z, _, lengths = _inputs()
+    padded = torch.arange(z.shape[1])[None, :, None] >= lengths[:, None, None]
+    runs = []
+    for fill in (0.0, bad):
+        x = z.masked_fill(padded, fill).requires_grad_()
+        m.zero_grad()
+        H = m(x, lengths)
+        (H * torch.linspace(-1, 1, H.numel(), dtype=H.dtype).view_as(H)).sum().backward()
+        runs.append((H, x.grad.masked_fill(padded, 0.0), {n: p.grad.clone() for n, p in m.named_parameters()}))
+    (H0, dz0, dw0), (H1, dz1, dw1) = runs
+    assert torch.equal(H0, H1) and torch.equal(dz0, dz1)
+    assert all(torch.equal(dw0[n], dw1[n]) for n in dw0), [n for n in dw0 if not torch.equal(dw0[n], dw1[n])]
+    assert torch.isfinite(H1).all() and all(torch.isfinite(g).all() for g in dw1.values())
+
+
 def test_mgru_matches_its_equations():
     m = _randomize_biases(MGRU(D, HEADS).double())
     z, g, lengths = _inputs()

@@ -105,6 +105,32 @@ def test_padding_has_no_influence(name):
         torch.testing.assert_close(alone[0], out[b], rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("name", CASES)
+def test_non_finite_padding_has_no_influence(name):
+    """NaN, -inf or +inf in padded tokens or frames (issue 19: the global context's attention read padded
+    text rows) leaves every config's logits, and the gradients of the weights, as they are with zero padding."""
+    model = MFDR(case_config(name, **SMALL)).double()
+    audio, text, al, tl = inputs(model.config)
+    pad_a = torch.arange(audio.shape[1])[None, :, None] >= al[:, None, None]
+    pad_t = torch.arange(text.shape[1])[None, :, None] >= tl[:, None, None]
+    weights = torch.randn(3, model.config.out_dim, dtype=F64)
+
+    def run(fill_audio, fill_text):
+        model.zero_grad()
+        out = model(audio.masked_fill(pad_a, fill_audio), text.masked_fill(pad_t, fill_text), al, tl)
+        (out * weights).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    out0, grads0 = run(0.0, 0.0)
+    assert torch.isfinite(out0).all()
+    for fill_audio, fill_text in [(0.0, float("nan")), (0.0, float("-inf")), (0.0, float("inf")),
+                                  (float("nan"), 0.0), (float("-inf"), float("nan"))]:
+        out, grads = run(fill_audio, fill_text)
+        assert torch.equal(out, out0), (fill_audio, fill_text)
+        assert grads.keys() == grads0.keys() and all(torch.equal(grads[k], grads0[k]) for k in grads0), \
+            (fill_audio, fill_text, [k for k in grads0 if not torch.equal(grads[k], grads0[k])])
+
+
 def test_lengths_default_to_all_valid():
     model = MFDR(small()).double().eval()
     audio, text, _, _ = inputs(model.config)
