@@ -378,21 +378,125 @@ def _as_record(r) -> Record:
                   words=None if words is None else tuple(tuple(x) for x in words))
 
 
-def _entry(r: Record) -> dict:
+def _entry(r: Record, source: dict | None = None) -> dict:
     words = None if r.words is None else [[w, round(a, 4), round(b, 4)] for w, a, b in r.words]
-    return {**r.extra, "id": r.id, "label": r.label, "speaker": r.speaker, "session": r.session,
-            "split": r.split, "wav": str(r.wav), "text": r.text, "words": words}
+    entry = {**r.extra, "id": r.id, "label": r.label, "speaker": r.speaker, "session": r.session,
+             "split": r.split, "wav": str(r.wav), "text": r.text, "words": words}
+    return entry if source is None else {**entry, "source": source}
 
 
-def _load_chunk(chunk: list[Record], audio_enc, on_error: str, skipped: list, workers: int):
-    """Read the wavs of ``chunk``; returns the good ``(record, wav)`` pairs."""
+# What a cache entry's features were made from, besides the extractor config: the wav (its size, mtime
+# and sha256 in the entry's "source"), the text and the word alignment. The rest of an entry (label,
+# speaker, ...) is metadata: a change there updates the entry without encoding anything again.
+STORED = ("aligned", "audio_len", "text_len", "shard", "row", "config_hash")   # written by CacheWriter
+
+
+def wav_source(path) -> dict:
+    """``{"size", "mtime_ns", "sha256"}`` of a wav file (the stat taken before the bytes are read: a file
+    changed meanwhile is seen as changed next time)."""
+    import hashlib
+    import os
+
+    st = os.stat(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
+
+
+def _compare(entry: dict, r: Record) -> tuple[str | None, dict | None]:
+    """``(why it must be encoded again or None, the entry with r's metadata and wav source)``."""
+    import os
+
+    new = _entry(r)
+    if entry.get("text") != new["text"]:
+        return "text changed", None
+    if entry.get("words") != new["words"]:
+        return "word alignment changed", None
+    try:
+        st = os.stat(r.wav)
+    except OSError:
+        return "wav missing", None
+    src = entry.get("source")
+    if not isinstance(src, dict) or (src.get("size"), src.get("mtime_ns")) != (st.st_size, st.st_mtime_ns):
+        try:
+            now = wav_source(r.wav)                # touched, moved or made before mfdr kept sources: compare bytes
+        except OSError:
+            return "wav unreadable", None
+        if isinstance(src, dict) and src.get("sha256") != now["sha256"]:
+            return "wav changed", None
+        src = now
+    return None, {**new, **{k: entry[k] for k in STORED if k in entry}, "source": src}
+
+
+def plan_extraction(records: list[Record], cached: dict[str, dict]) -> tuple[list[Record], list[dict], dict]:
+    """What a (re-)extraction does with the cached entries ``cached`` (id -> manifest entry) and the
+    ``records``: ``(records to encode, cached entries to keep (with the records' metadata), changes)``.
+    ``changes``: ``{"new", "reencoded" (id -> why: wav, text or word alignment changed), "updated" (ids
+    whose label, speaker... changed), "removed" (cached ids no record has), "sourced" (cached entries made
+    before mfdr kept the wav's sha256: fingerprinted now, their wav assumed unchanged)}``."""
+    by_id = {r.id: r for r in records}
+    keep, encode, changes = [], set(), {"new": [], "reencoded": {}, "updated": [], "removed": [], "sourced": []}
+    for uid, entry in cached.items():
+        r = by_id.get(uid)
+        if r is None:
+            changes["removed"].append(uid)
+            continue
+        why, merged = _compare(entry, r)
+        if why is not None:
+            changes["reencoded"][uid] = why
+            encode.add(uid)
+            continue
+        if not isinstance(entry.get("source"), dict):
+            changes["sourced"].append(uid)
+        elif {k: v for k, v in merged.items() if k != "source"} != {k: v for k, v in entry.items() if k != "source"}:
+            changes["updated"].append(uid)
+        keep.append(merged)
+    changes["new"] = [r.id for r in records if r.id not in cached]
+    return [r for r in records if r.id not in cached or r.id in encode], keep, changes
+
+
+def describe_changes(changes: dict, limit: int = 3) -> str | None:
+    """One line on what a re-extraction changed in a cache; None when nothing did."""
+    def some(ids):
+        ids = list(ids)
+        return ", ".join(repr(i) for i in ids[:limit]) + (", ..." if len(ids) > limit else "")
+
+    parts = []
+    by_why: dict[str, list] = {}
+    for uid, why in changes.get("reencoded", {}).items():
+        by_why.setdefault(why, []).append(uid)
+    for why, ids in sorted(by_why.items()):
+        parts.append(f"{len(ids)} encoded again ({why}: {some(ids)})")
+    if changes.get("updated"):
+        parts.append(f"{len(changes['updated'])} with new labels or metadata ({some(changes['updated'])})")
+    if changes.get("removed"):
+        parts.append(f"{len(changes['removed'])} removed, no longer in the data ({some(changes['removed'])})")
+    if changes.get("sourced"):
+        parts.append(f"{len(changes['sourced'])} made by an older mfdr: their wavs are assumed unchanged and "
+                     "fingerprinted now")
+    return "; ".join(parts) or None
+
+
+def _load_chunk(chunk: list[Record], audio_enc, on_error: str, skipped: list, workers: int,
+                sources: dict | None = None):
+    """Read the wavs of ``chunk``; returns the good ``(record, wav)`` pairs (and puts each wav's
+    :func:`wav_source` in ``sources``)."""
     max_s = getattr(audio_enc, "max_seconds", None)
 
     def load(r: Record):
         if not r.text.strip():
             return r, AudioReadError(f"empty transcript for {r.id!r} (wav {r.wav})")
         try:
-            return r, read_wav(r.wav, audio_enc.sample_rate, max_s)
+            try:
+                src = wav_source(r.wav) if sources is not None else None
+            except OSError:
+                src = None                                # read_wav says why, naming the file
+            x = read_wav(r.wav, audio_enc.sample_rate, max_s)
+            if sources is not None:
+                sources[r.id] = src
+            return r, x
         except AudioReadError as e:
             return r, e
 
@@ -432,8 +536,11 @@ def extract_features(records, cache_dir, *, audio_encoder, text_encoder, batch_s
     Args:
         records: ``Record``s (or dicts with ``id, wav, text, label, speaker``[, ``session``, ``split``,
             ``words``]). Records with ``words`` get their tokens' window starts stored (SPEC §6).
-        cache_dir: the cache folder. If it already holds a cache made with the same config, the ids
-            it has are skipped; made with another config, ``CacheConfigError`` (unless ``overwrite``).
+        cache_dir: the cache folder. If it already holds a cache made with the same config, what it
+            holds is kept where it was made from the same wav (size and mtime, else sha256), text and word
+            alignment (a new label or speaker is written into the entry), encoded again where not, and
+            dropped where no record has its id (``cache.changes`` says what changed, :func:`plan_extraction`);
+            made with another config, ``CacheConfigError`` (unless ``overwrite``).
         audio_encoder, text_encoder: e.g. ``FbankEncoder()``, ``AudioEncoder(path)``, ``TextEncoder()``.
         batch_size: utterances per encoder call (sorted by length within a shard).
         shard_size: utterances per shard file; an interruption loses at most one shard of work.
@@ -454,7 +561,13 @@ def extract_features(records, cache_dir, *, audio_encoder, text_encoder, batch_s
     if dup:
         raise DataError(f"extract_features: duplicate record ids {dup[:5]}")
     writer = CacheWriter(cache_dir, config, overwrite=overwrite)
-    pending = [r for r in records if r.id not in writer.done]
+    pending, keep, changes = plan_extraction(records, writer.entries)
+    if changes["reencoded"] or changes["updated"] or changes["removed"] or changes["sourced"] or \
+            len(keep) != len(writer.entries) or any(writer.entries[e["id"]] != e for e in keep):
+        writer.rewrite(keep)  # before encoding: what changed is never served stale, even if this run stops
+    summary = describe_changes(changes)
+    if summary:
+        log.warning("extract_features(%s): %s", cache_dir, summary)
     if any(r.words is not None for r in records) and getattr(audio_encoder, "frame_rate", None) is None:
         log.warning("extract_features: the audio encoder has no frame_rate: word alignments give no window "
                     "starts (align='forced' falls back to 'stretch')")
@@ -467,14 +580,16 @@ def extract_features(records, cache_dir, *, audio_encoder, text_encoder, batch_s
     log.info("extract_features(%s): %d cached, %d to do", cache_dir, len(records) - len(pending),
              len(pending))
     skipped: list = []
+    sources: dict = {}
     with progress_bar(total=len(pending), enabled=progress, desc="features", unit="utt") as bar:
         for s in range(0, len(pending), shard_size):
             chunk = pending[s: s + shard_size]
-            pairs = _load_chunk(chunk, audio_encoder, on_error, skipped, workers)
+            pairs = _load_chunk(chunk, audio_encoder, on_error, skipped, workers, sources)
             if pairs:
                 audio, text, starts = _encode_chunk(pairs, audio_encoder, text_encoder, batch_size)
-                writer.write_shard([_entry(r) for r, _ in pairs], audio, text, _DTYPES[dtype], starts)
+                writer.write_shard([_entry(r, sources.get(r.id)) for r, _ in pairs], audio, text, _DTYPES[dtype],
+                                   starts)
             bar.update(len(chunk))
     cache = FeatureCache(cache_dir, expect_config=config)
-    cache.skipped = skipped
+    cache.skipped, cache.changes = skipped, changes
     return cache

@@ -12,9 +12,16 @@ Layout of a cache folder::
                                  "window_starts" (ΣL,) int64 (rows at text_offsets)
 
 Utterance ``row`` of a shard is ``audio[audio_offsets[row]:audio_offsets[row+1]]`` (and likewise
-for text). ``window_starts`` holds, for each token, the start frame of its word's window (forced word
-alignment, SPEC §6 "Token windows"), or -1 on every token of an utterance without an alignment
-(``"aligned": false`` in its manifest line).
+for text). A shard's metadata ``ids`` (JSON) names the utterance of each row (shards written before it
+have none). Entries written by ``extract_features`` also carry ``source``: the wav's size, mtime and
+sha256, so that a re-extraction sees what changed. ``window_starts`` holds, for each token, the start
+frame of its word's window (forced word alignment, SPEC §6 "Token windows"), or -1 on every token of an
+utterance without an alignment (``"aligned": false`` in its manifest line).
+
+Opening a cache (``FeatureCache``, ``CacheWriter``) checks the manifest against the shards: ids unique,
+each ``(shard, row)`` given to one entry, rows in range, lengths equal to the stored ones, the row's id
+(where the shard names it) equal to the entry's, offsets that start at 0, never decrease and end at the
+stored rows; a shard that is truncated or corrupt is named. An error names the file and the line.
 
 Version 1 caches (mfdr before word alignments) have no ``window_starts``: they read as before (the
 items' ``window_starts`` is None), work for ``align="paper"`` and ``"stretch"``, and a writer resuming
@@ -34,6 +41,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -84,18 +92,25 @@ def config_diff(found: dict, expected: dict) -> list[str]:
 
 
 def _read_manifest(path: Path) -> tuple[dict, list[dict], int]:
-    """(header, entries, byte size of the complete lines). A torn last line is ignored."""
+    """(header, entries, byte size of the complete lines). A torn last line is ignored. Entry ``k`` is on
+    line ``k + 2`` of the file (line 1: the header); an error names the file and the line."""
     with open(path, "rb") as f:
         raw = f.read()
     lines, good_bytes = [], 0
-    for chunk in raw.splitlines(keepends=True):
+    for number, chunk in enumerate(raw.splitlines(keepends=True), 1):
         if not chunk.endswith(b"\n"):
             log.warning("%s: ignoring an incomplete last line (interrupted write)", path)
             break
         try:
-            lines.append(json.loads(chunk))
-        except json.JSONDecodeError as e:
-            raise CacheConfigError(f"feature cache manifest {path} is corrupt: {e}") from e
+            line = json.loads(chunk)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            why = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
+            raise CacheConfigError(f"feature cache manifest {path} is corrupt: line {number} is not valid JSON "
+                                   f"({why}). Re-extract the cache (--overwrite).") from e
+        if not isinstance(line, dict):
+            raise CacheConfigError(f"feature cache manifest {path} is corrupt: line {number} holds a JSON "
+                                   f"{type(line).__name__}, expected an object")
+        lines.append(line)
         good_bytes += len(chunk)
     if not lines or lines[0].get("format") != FORMAT:
         raise CacheConfigError(f"{path} is not an mfdr feature cache manifest (no {FORMAT!r} header)")
@@ -103,11 +118,110 @@ def _read_manifest(path: Path) -> tuple[dict, list[dict], int]:
     if header.get("version") not in READABLE_VERSIONS:
         raise CacheConfigError(f"{path}: cache format version {header.get('version')}, expected one of "
                                f"{READABLE_VERSIONS}")
-    for e in entries:
+    for number, e in enumerate(entries, 2):
         if e.get("config_hash") != header["config_hash"]:
-            raise CacheConfigError(f"{path}: entry {e.get('id')!r} has config hash "
+            raise CacheConfigError(f"{path}, line {number}: entry {e.get('id')!r} has config hash "
                                    f"{e.get('config_hash')}, the header {header['config_hash']}")
     return header, entries, good_bytes
+
+
+SHARD_NAME = re.compile(r"shard-(\d{5})\.safetensors")
+
+
+def _damaged(where: str, problem: str) -> DataError:
+    return DataError(f"feature cache {where}: {problem}. The manifest was edited or the cache is damaged: "
+                     "re-extract it (`mfdr extract ... --overwrite`, or extract_features(..., overwrite=True)).")
+
+
+def open_shard(path: Path) -> tuple:
+    """``(handle, {"audio": offsets, "text": offsets}, ids or None)`` of the shard file ``path``, its
+    offsets checked (start at 0, never decrease, end at the stored rows; as many utterances for audio and
+    text). ``DataError`` naming the file if it is truncated, corrupt or inconsistent."""
+    try:
+        handle = safe_open(str(path), framework="pt")
+        keys, metadata = set(handle.keys()), handle.metadata() or {}
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError (and OSError)
+        raise DataError(f"feature cache shard {path} cannot be read ({type(e).__name__}: {e}): it is truncated "
+                        "or corrupt. Re-extract the cache (`mfdr extract ... --overwrite`).") from None
+    missing = sorted({"audio", "audio_offsets", "text", "text_offsets"} - keys)
+    if missing:
+        raise _damaged(f"shard {path}", f"it has no {missing}")
+    offsets = {}
+    for key in ("audio", "text"):
+        at = handle.get_tensor(f"{key}_offsets")
+        rows = handle.get_slice(key).get_shape()[0]
+        if at.dim() != 1 or at.dtype != torch.int64 or len(at) < 2:
+            raise _damaged(f"shard {path}", f"{key}_offsets must be 1-D int64 with at least 2 entries, got "
+                           f"{at.dtype} of shape {tuple(at.shape)}")
+        steps = at[1:] - at[:-1]
+        if at[0].item() != 0 or at[-1].item() != rows or bool((steps < 0).any()):
+            bad = int(torch.nonzero(steps < 0)[0, 0]) if bool((steps < 0).any()) else None
+            where = f"decrease after row {bad}" if bad is not None else f"run {at[0].item()}..{at[-1].item()}"
+            raise _damaged(f"shard {path}", f"{key}_offsets {where}; they must start at 0, never decrease and "
+                           f"end at the {rows} stored {key} rows")
+        offsets[key] = at
+    if len(offsets["audio"]) != len(offsets["text"]):
+        raise _damaged(f"shard {path}", f"audio_offsets has {len(offsets['audio']) - 1} utterances, "
+                       f"text_offsets {len(offsets['text']) - 1}")
+    if "window_starts" in keys and handle.get_slice("window_starts").get_shape()[0] != offsets["text"][-1]:
+        raise _damaged(f"shard {path}", "window_starts has not one entry per stored text row")
+    ids = None
+    if "ids" in metadata:
+        try:
+            ids = json.loads(metadata["ids"])
+        except json.JSONDecodeError:
+            ids = None
+        if not isinstance(ids, list) or len(ids) != len(offsets["text"]) - 1:
+            raise _damaged(f"shard {path}", "its metadata 'ids' is not a list of one id per row")
+    return handle, offsets, ids
+
+
+def check_entries(folder: Path, entries: list[dict], missing: set | None = None) -> dict:
+    """Check the manifest ``entries`` against the shards of the cache ``folder`` (ids unique, each
+    ``(shard, row)`` given once, rows in range, ``audio_len`` / ``text_len`` equal to the stored lengths,
+    the row's id where the shard names it); ``DataError`` naming the manifest's file and line. Returns the
+    opened shards ``{name: open_shard(...)}``. A missing shard file raises ``MissingFileError``, or, given a
+    set ``missing``, is added to it and its entries are not checked."""
+    manifest, shards, seen, rows = folder / MANIFEST, {}, {}, {}
+    for number, e in enumerate(entries, 2):
+        where = f"{manifest}, line {number}"
+        uid, name, row = e.get("id"), e.get("shard"), e.get("row")
+        if not isinstance(uid, str) or not uid:
+            raise _damaged(where, f"the entry has no id (got {uid!r})")
+        if uid in seen:
+            raise _damaged(where, f"id {uid!r} is also on line {seen[uid]} (a duplicated line or id)")
+        seen[uid] = number
+        if not isinstance(name, str) or not SHARD_NAME.fullmatch(name):
+            raise _damaged(where, f"entry {uid!r} has shard {name!r}, expected a name like shard-00000.safetensors")
+        if not isinstance(row, int) or isinstance(row, bool) or row < 0:
+            raise _damaged(where, f"entry {uid!r} has row {row!r}, expected an int >= 0")
+        if missing is not None and name in missing:
+            continue
+        if name not in shards:
+            if not (folder / name).is_file() and missing is not None:
+                missing.add(name)
+                continue
+            if not (folder / name).is_file():
+                raise MissingFileError(f"feature cache {folder}: shard {name} is missing (named on line {number} "
+                                       f"of {manifest}); re-extract the cache")
+            shards[name] = open_shard(folder / name)
+        _, offsets, ids = shards[name]
+        n = len(offsets["audio"]) - 1
+        if row >= n:
+            raise _damaged(where, f"entry {uid!r} has row {row}, but {name} holds {n} utterances (rows 0..{n - 1})")
+        if (name, row) in rows:
+            other, line = rows[(name, row)]
+            raise _damaged(where, f"entry {uid!r} points at {name} row {row}, which belongs to {other!r} (line "
+                           f"{line})")
+        rows[(name, row)] = (uid, number)
+        if ids is not None and ids[row] != uid:
+            raise _damaged(where, f"entry {uid!r} points at {name} row {row}, which holds utterance {ids[row]!r}")
+        for key in ("audio", "text"):
+            stored = int(offsets[key][row + 1] - offsets[key][row])
+            if e.get(f"{key}_len") != stored:
+                raise _damaged(where, f"entry {uid!r} has {key}_len {e.get(f'{key}_len')!r}, but {name} row {row} "
+                               f"holds {stored} {key} rows")
+    return shards
 
 
 def check_config(header: dict, expected: dict | None, where: Path) -> None:
@@ -134,9 +248,11 @@ class CacheWriter:
         self.config, self.hash = config, config_hash(config)
         if overwrite:
             self._clear()
+        lost: set = set()  # shards the manifest names that are missing
         if self.manifest.exists():
             header, entries, good_bytes = _read_manifest(self.manifest)
             check_config(header, config, self.path)
+            check_entries(self.path, entries, missing=lost)
             with open(self.manifest, "r+b") as f:                # drop a torn last line
                 f.truncate(good_bytes)
             if header["version"] < 2:
@@ -147,16 +263,46 @@ class CacheWriter:
             header, entries = {"format": FORMAT, "version": VERSION, "config": config,
                                "config_hash": self.hash}, []
             self._append([header])
-        self.version = header["version"]
+        if lost:  # their features are gone: drop their entries, a re-extraction makes them again
+            log.warning("feature cache %s: shard(s) %s are missing; their %d utterances are dropped from %s "
+                        "(extracting again makes them anew)", self.path, sorted(lost),
+                        sum(e["shard"] in lost for e in entries), MANIFEST)
+        self.version, self.header = header["version"], header
         self.done = {e["id"] for e in entries}
         self.entries = {e["id"]: e for e in entries}
-        shards = [int(e["shard"].split("-")[1].split(".")[0]) for e in entries]
+        shards = [int(SHARD_NAME.fullmatch(e["shard"]).group(1)) for e in entries]
         self.next_shard = max(shards, default=-1) + 1
+        if lost:
+            self.rewrite([e for e in entries if e["shard"] not in lost])
 
     def _clear(self) -> None:
         for p in list(self.path.glob("shard-*.safetensors*")) + [self.manifest]:
             if p.exists():
                 p.unlink()
+
+    def rewrite(self, entries: list[dict]) -> list[str]:
+        """Replace the manifest's entries by ``entries`` (some of the current ones, possibly with other
+        metadata; their ``shard`` / ``row`` unchanged), atomically: a temp file, fsync'ed and renamed. Shards
+        no entry points at any more are deleted; returns their names. For a re-extraction: what is gone
+        from the records is dropped, and what changed is dropped before its new rows are appended."""
+        current = {(e["shard"], e["row"]): e["id"] for e in self.entries.values()}
+        for e in entries:
+            if current.get((e.get("shard"), e.get("row"))) != e.get("id"):
+                raise ValueError(f"rewrite: entry {e.get('id')!r} is not in the cache at shard {e.get('shard')!r} "
+                                 f"row {e.get('row')!r}")
+        tmp = self.manifest.with_name(self.manifest.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in [self.header, *entries]))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.manifest)
+        used = {e["shard"] for e in entries}
+        removed = sorted({e["shard"] for e in self.entries.values()} - used)
+        for name in removed:
+            (self.path / name).unlink(missing_ok=True)
+        self.entries = {e["id"]: e for e in entries}
+        self.done = set(self.entries)
+        return removed
 
     def _append(self, rows: list[dict]) -> None:
         with open(self.manifest, "a", encoding="utf-8") as f:
@@ -190,13 +336,15 @@ class CacheWriter:
                 torch.full((len(t),), -1, dtype=torch.int64) if st is None
                 else torch.as_tensor(st, dtype=torch.int64).cpu() for t, st in zip(text, starts, strict=True)])
         tmp = self.path / (name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"config_hash": self.hash})
+        ids = json.dumps([str(e["id"]) for e in entries], ensure_ascii=False)
+        save_file(tensors, str(tmp), metadata={"config_hash": self.hash, "ids": ids})
         os.replace(tmp, self.path / name)
         rows = [{**e, "aligned": st is not None and self.version >= 2, "audio_len": len(a), "text_len": len(t),
                  "shard": name, "row": i, "config_hash": self.hash}
                 for i, (e, a, t, st) in enumerate(zip(entries, audio, text, starts, strict=True))]
         self._append(rows)
         self.done.update(e["id"] for e in entries)
+        self.entries.update((r["id"], r) for r in rows)
         self.next_shard += 1
         return name
 
@@ -242,11 +390,14 @@ class FeatureCache:
             raise MissingFileError(f"no feature cache at {self.path} ({MANIFEST} missing)")
         header, self.entries, _ = _read_manifest(manifest)
         check_config(header, expect_config, self.path)
+        shards = check_entries(self.path, self.entries)
         self.config, self.config_hash = header["config"], header["config_hash"]
         self.version: int = header["version"]
         self._index = {e["id"]: i for i, e in enumerate(self.entries)}
-        self._handles, self._offsets = {}, {}
+        self._handles = {name: handle for name, (handle, _, _) in shards.items()}
+        self._offsets = {name: offsets for name, (_, offsets, _) in shards.items()}
         self.skipped: list = []           # set by extract_features: (where, why) of skipped inputs
+        self.changes: dict = {}           # set by extract_features: what a re-extraction changed
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -274,9 +425,7 @@ class FeatureCache:
             path = self.path / name
             if not path.is_file():
                 raise MissingFileError(f"feature cache {self.path}: shard {name} is missing")
-            handle = safe_open(str(path), framework="pt")
-            self._handles[name] = handle
-            self._offsets[name] = {k: handle.get_tensor(f"{k}_offsets") for k in ("audio", "text")}
+            self._handles[name], self._offsets[name], _ = open_shard(path)  # (checked when the cache opened)
         return self._handles[name], self._offsets[name]
 
     def _rows(self, entry: dict, key: str, offsets_key: str | None = None) -> torch.Tensor:

@@ -42,10 +42,14 @@ def extract(cfg, *, device=None, on_error: str = "raise", overwrite: bool = Fals
     if not cfg.data.features:
         raise InputError("data.features is not set: where should the feature cache go? (--out DIR)")
     records = read_records(cfg, on_error)
-    from ..features import extract_features
+    from ..features import describe_changes, extract_features
 
     print(f"{len(records)} utterances: {records.summary()}", flush=True)
     audio, text = encoders or build_encoders(cfg, device)
-    return extract_features(records, cfg.data.features, audio_encoder=audio, text_encoder=text,
-                            batch_size=cfg.features.batch_size, dtype=cfg.features.dtype, on_error=on_error,
-                            overwrite=overwrite, progress=progress)
+    cache = extract_features(records, cfg.data.features, audio_encoder=audio, text_encoder=text,
+                             batch_size=cfg.features.batch_size, dtype=cfg.features.dtype, on_error=on_error,
+                             overwrite=overwrite, progress=progress)
+    changed = describe_changes(cache.changes)
+    if changed:
+        print(f"feature cache {cache.path}: {changed}", flush=True)
+    return cache

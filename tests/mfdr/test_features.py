@@ -354,8 +354,13 @@ def test_extract_stores_window_starts(tmp_path, tiny_bert, caplog):
     starts = batch["window_starts"]
     assert starts.shape == (4, 8) and (starts[3] == -1).all() and (starts[:3] >= 0).all()
     assert (starts[:3, 1:] >= starts[:3, :-1]).all()
-    # a record that gains an alignment after it was cached: the resumed run says to re-extract it
+    # a record that gains an alignment after it was cached: extracting again encodes it again (issue 19),
+    # and says so; the others are kept as they are
     recs[3].words = ((recs[3].text.split()[0].lower(), 0.0, 0.1),)
     with caplog.at_level("WARNING", logger="mfdr.features"):
-        extract_features(recs, tmp_path / "c", audio_encoder=a, text_encoder=t, progress=False)
-    assert "1 cached utterances now have a word alignment the cache lacks (e.g. u3)" in caplog.text
+        again = extract_features(recs, tmp_path / "c", audio_encoder=a, text_encoder=t, progress=False)
+    assert "1 encoded again (word alignment changed: 'u3')" in caplog.text
+    assert again.changes["reencoded"] == {"u3": "word alignment changed"} and again.unaligned_ids == []
+    assert again[again.index("u3")]["window_starts"].tolist() == t.window_starts(
+        [recs[3].text], [recs[3].words], 50.0)[0].tolist()
+    assert torch.equal(again[again.index("u0")]["audio"], cache[cache.index("u0")]["audio"])

@@ -162,3 +162,137 @@ def test_unknown_version_is_refused(tmp_path):
                                      + "\n")
     with pytest.raises(CacheConfigError, match=r"cache format version 3, expected one of \(1, 2\)"):
         FeatureCache(tmp_path)
+
+
+# ----------------------------------------------------------------------------- a hand-edited or damaged cache
+# (issue 19) Opening the cache checks the manifest against the shards; each case edits the files as a user
+# (or a crash) would, and the error names the file and the line.
+
+def _cache3(path):
+    CacheWriter(path, CONFIG).write_shard(*_shard(0, 3))          # u0, u1, u2 (audio 3, 4, 5 frames)
+    return path
+
+
+def _edit_lines(path, edit):
+    lines = (path / MANIFEST).read_text().splitlines()
+    (path / MANIFEST).write_text("\n".join(edit(lines)) + "\n")
+
+
+def _set(line: str, **changes) -> str:
+    return json.dumps({**json.loads(line), **changes})
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda ls: ls[:2] + [_set(ls[2], row=0)] + ls[3:],
+     r"manifest.jsonl, line 3: entry 'u1' points at shard-00000.safetensors row 0, which belongs to 'u0' "
+     r"\(line 2\)"),
+    (lambda ls: ls[:2] + [_set(ls[2], row=2)] + ls[3:3],
+     r"line 3: entry 'u1' points at shard-00000.safetensors row 2, which holds utterance 'u2'"),
+    (lambda ls: ls + [ls[2]], r"line 5: id 'u1' is also on line 3 \(a duplicated line or id\)"),
+    (lambda ls: ls[:3] + [_set(ls[3], id="u0")], r"line 4: id 'u0' is also on line 2"),
+    (lambda ls: ls[:3] + [_set(ls[3], row=9999)],
+     r"line 4: entry 'u2' has row 9999, but shard-00000.safetensors holds 3 utterances \(rows 0..2\)"),
+    (lambda ls: ls[:3] + [_set(ls[3], row=-1)], r"line 4: entry 'u2' has row -1, expected an int >= 0"),
+    (lambda ls: ls[:2] + [_set(ls[2], audio_len=7)] + ls[3:],
+     r"line 3: entry 'u1' has audio_len 7, but shard-00000.safetensors row 1 holds 4 audio rows"),
+    (lambda ls: ls[:2] + [_set(ls[2], shard="../x.safetensors")] + ls[3:],
+     r"line 3: entry 'u1' has shard '../x.safetensors', expected a name like shard-00000.safetensors"),
+], ids=["row-of-another", "row-of-another-named-by-the-shard", "duplicated-line", "duplicated-id",
+        "row-out-of-range", "negative-row", "length", "shard-name"])
+def test_edited_manifest_is_refused_naming_the_line(tmp_path, edit, match):
+    from mfdr.errors import DataError
+
+    _edit_lines(_cache3(tmp_path), edit)
+    with pytest.raises(DataError, match=match + r".*re-extract it"):
+        FeatureCache(tmp_path)
+    with pytest.raises(DataError, match=match):   # extracting into it is refused too (it would build on it)
+        CacheWriter(tmp_path, CONFIG)
+
+
+def test_rows_of_a_shard_without_ids_are_still_checked(tmp_path):
+    """Shards written before they named their rows: two entries on one row, or a row whose length is not
+    the entry's, are still refused."""
+    from safetensors.torch import load_file, save_file
+
+    from mfdr.errors import DataError
+
+    _cache3(tmp_path)
+    shard = tmp_path / "shard-00000.safetensors"
+    save_file(load_file(str(shard)), str(shard), metadata={"config_hash": config_hash(CONFIG)})  # no "ids"
+    assert len(FeatureCache(tmp_path)) == 3
+    _edit_lines(tmp_path, lambda ls: ls[:2] + [_set(ls[2], row=2)] + ls[3:])
+    with pytest.raises(DataError, match=r"line 3: entry 'u1' has audio_len 4, but shard-00000.safetensors row 2 "
+                                        r"holds 5 audio rows"):
+        FeatureCache(tmp_path)
+
+
+def test_bad_json_is_reported_at_its_line(tmp_path):
+    _edit_lines(_cache3(tmp_path), lambda ls: ls[:3] + ['{"id": "u2", "row": 2,,}'])
+    with pytest.raises(CacheConfigError, match=r"manifest.jsonl is corrupt: line 4 is not valid JSON \(Expecting "
+                                               r"property name enclosed in double quotes at column 23\)"):
+        FeatureCache(tmp_path)
+    _edit_lines(tmp_path, lambda ls: ls[:3] + ["[1, 2]"])
+    with pytest.raises(CacheConfigError, match="line 4 holds a JSON list, expected an object"):
+        FeatureCache(tmp_path)
+
+
+def test_truncated_or_corrupt_shard_is_named(tmp_path):
+    from mfdr.errors import DataError
+
+    shard = _cache3(tmp_path) / "shard-00000.safetensors"
+    raw = shard.read_bytes()
+    shard.write_bytes(raw[: len(raw) - 40])
+    with pytest.raises(DataError, match=rf"feature cache shard {shard} cannot be read \(SafetensorError: .*\): "
+                                        r"it is truncated or corrupt"):
+        FeatureCache(tmp_path)
+    shard.write_bytes(b"\x00" * 7)
+    with pytest.raises(DataError, match=rf"shard {shard} cannot be read"):
+        FeatureCache(tmp_path)
+
+
+def test_flipped_offsets_are_named(tmp_path):
+    """Offsets out of order (two entries swapped in audio_offsets): named at open, not as a kernel error."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from mfdr.errors import DataError
+
+    shard = _cache3(tmp_path) / "shard-00000.safetensors"
+    with safe_open(str(shard), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(shard))
+    tensors["audio_offsets"] = tensors["audio_offsets"][[0, 2, 1, 3]]
+    save_file(tensors, str(shard), metadata=metadata)
+    with pytest.raises(DataError, match=rf"feature cache shard {shard}: audio_offsets decrease after row 1; they "
+                                        r"must start at 0, never decrease and end at the 12 stored audio rows"):
+        FeatureCache(tmp_path)
+    tensors["audio_offsets"] = torch.tensor([0, 3, 7, 11])     # ends short of the 12 stored rows
+    save_file(tensors, str(shard), metadata=metadata)
+    with pytest.raises(DataError, match=r"audio_offsets run 0..11; they must start at 0"):
+        FeatureCache(tmp_path)
+
+
+def test_missing_shard_is_named_and_the_writer_drops_its_entries(tmp_path, caplog):
+    w = CacheWriter(tmp_path, CONFIG)
+    w.write_shard(*_shard(0, 2))
+    w.write_shard(*_shard(2, 2))
+    (tmp_path / "shard-00000.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"shard shard-00000.safetensors is missing \(named on line 2"):
+        FeatureCache(tmp_path)
+    with caplog.at_level("WARNING", logger="mfdr.data"):
+        w = CacheWriter(tmp_path, CONFIG)                       # extracting again: make them anew
+    assert "shard(s) ['shard-00000.safetensors'] are missing; their 2 utterances are dropped" in caplog.text
+    assert w.done == {"u2", "u3"} and FeatureCache(tmp_path).ids == ["u2", "u3"]
+
+
+def test_rewrite_keeps_rows_and_deletes_unused_shards(tmp_path):
+    w = CacheWriter(tmp_path, CONFIG)
+    w.write_shard(*_shard(0, 2))
+    w.write_shard(*_shard(2, 2))
+    keep = [{**w.entries["u3"], "label": "sad"}]
+    assert w.rewrite(keep) == ["shard-00000.safetensors"]
+    assert not (tmp_path / "shard-00000.safetensors").exists()
+    cache = FeatureCache(tmp_path)
+    assert cache.ids == ["u3"] and cache[0]["label"] == "sad" and cache[0]["audio"].shape == (6, 6)
+    with pytest.raises(ValueError, match="entry 'u1' is not in the cache"):
+        w.rewrite([{**keep[0], "id": "u1"}])
