@@ -583,8 +583,9 @@ def run_ablation(config="demo", out="runs/ablate", *, ablations=("all",), overri
             summary = json.loads((run_dir / "results.json").read_text())
         else:
             print(f"{label} -> {run_dir}", flush=True)
-            summary = run_training(row.cfg, run_dir, resume=True, stop_after=stop_after, progress=progress,
-                                   figures=figures, title=f"ablation {row.name}")
+            summary = run_training(row.cfg, run_dir, resume=(run_dir / "config.yaml").exists(),
+                                   stop_after=stop_after, progress=progress, figures=figures,
+                                   title=f"ablation {row.name}")
             if summary is None:
                 print(f"stopped during {row.name} (stop_after={stop_after}); run again to resume", flush=True)
                 return None

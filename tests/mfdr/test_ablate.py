@@ -333,13 +333,17 @@ def test_ablate_quick_through_the_command(tmp_path, capsys):
     """``mfdr ablate --quick``: every row on the tiny synthetic corpus, one feature cache; run again, it
     keeps every row."""
     out = tmp_path / "q"
-    # align=forced is left out: run_training does not feed the batch's window_starts to the model yet
-    assert main(["ablate", "--quick", "--out", str(out), "--ablations", "table3", "align=paper", "align=stretch",
-                 "-q"]) == 0
+    assert main(["ablate", "--quick", "--out", str(out), "-q"]) == 0
     table = json.loads((out / "ablations.json").read_text())
     names = [r["name"] for r in table["rows"]]
-    assert names[:11] == list(TABLE3) and "align=paper" in names and "align=stretch" in names  # demo: stretch
-    assert {r["name"]: r["same_as"] for r in table["rows"]}["align=stretch"] == "MFDR"
+    assert names[:11] == list(TABLE3)
+    # the corpus records word timings: every alignment variant runs where MFDRConfig has it
+    assert names[11:] == [f"align={a}" for a in ("paper", "stretch", "forced") if a in ALIGN]
+    from mfdr.demo import load_demo_config
+
+    own = f"align={load_demo_config('demo', quick=True)[0].model.align}"   # the demo config's own alignment
+    same = {r["name"]: r["same_as"] for r in table["rows"]}
+    assert same[own] == "MFDR" and all(v is None for k, v in same.items() if k != own)
     assert table["folds"] == 2 and table["paper"] is None and table["demo"]["utterances"] == 32
     md = (out / "ablations.md").read_text()
     assert all(f"| {n} |" in md for n in TABLE3) and "fold-to-fold spread is noise" in md
