@@ -12,6 +12,8 @@ message (``train.lr must be float, got str 'fast'``). ``configs/`` holds the pap
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,15 @@ from pathlib import Path
 from ..errors import ConfigError, ConfigTypeError
 from .model import MFDRConfig
 from .schema import Section, apply_overrides, read_file
+
+
+def _check_finite(section: Section) -> None:
+    """NaN or ±inf in a float field of a run section: ``ConfigError`` naming the key (``train.lr=.nan``
+    passes every range check, then fails inside Adam after the run folder is written)."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{section._key(f.name)} must be a finite number, got {value}")
 
 EMOTIONS = ("neutral", "happy", "angry", "sad")  # the IEMOCAP four (mfdr.data.EMOTIONS)
 PROTOCOLS = ("session", "speaker", "kfold", "split")
@@ -79,6 +90,7 @@ class TrainConfig(Section):
 
     def __post_init__(self):
         self.check_types()
+        _check_finite(self)
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
@@ -145,6 +157,7 @@ class DataConfig(Section):
 
     def __post_init__(self):
         self.check_types()
+        _check_finite(self)
         self.choice("dataset", DATASETS)
         self.choice("protocol", PROTOCOLS)
         if self.folds < 2:
@@ -184,6 +197,7 @@ class FeatureConfig(Section):
             if isinstance(getattr(self, name), int) and not isinstance(getattr(self, name), bool):
                 setattr(self, name, (getattr(self, name),))
         self.check_types()
+        _check_finite(self)
         self.choice("dtype", ("float32", "float16"))
 
 
