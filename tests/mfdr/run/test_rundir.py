@@ -189,3 +189,24 @@ def test_resume_needs_a_run(tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(RunDirError, match=r"holds no mfdr run .*it holds notes.txt"):
         rundir.require_run_to_resume(tmp_path / "other")
+
+
+def test_the_continue_hint_works_as_printed(cache, tmp_path, capsys):
+    """`--stop-after-epoch` prints how to continue; that command, run as printed, finishes the run: --resume
+    takes the run's config.yaml (with its --epochs and --set values), and the hint keeps --fold."""
+    import shlex
+
+    from mfdr.cli import main
+
+    cfg_file = tmp_path / "c.yaml"
+    config(cache).save(cfg_file)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg_file), "--out", str(out), "--epochs", "3", "--fold", "fold-1",
+                 "--set", "train.lr=0.002", "--stop-after-epoch", "1", "-q", "--no-figures"]) == 0
+    printed = capsys.readouterr().out
+    hint = printed[printed.index("continue with: ") + len("continue with: "):].split(" (")[0].strip()
+    assert hint == f"mfdr train --out {out} --resume --fold fold-1"
+    assert main([*shlex.split(hint)[1:], "-q", "--no-figures"]) == 0
+    ck = load_checkpoint(out / "fold-1" / "checkpoint.pt")
+    assert ck["epoch"] == 3 and ck["config"]["train"]["lr"] == 0.002
+    assert (out / "fold-1" / "result.json").is_file() and not (out / "fold-0").exists()
