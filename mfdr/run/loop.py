@@ -43,6 +43,27 @@ def _sync_stats(dist: Dist, stats: torch.Tensor, first_bad: torch.Tensor) -> tup
 
 
 
+def _non_finite_features(dataset, source: DataSource, limit: int = 3) -> str:
+    """For the error of a non-finite loss: the utterances of ``dataset`` whose features hold NaN or Inf,
+    named with where they are stored ("" when none does). Reads the whole dataset: only on that error."""
+    bad = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if any(isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all())
+               for x in (item.get("audio"), item.get("text"))):
+            bad.append(str(item.get("id")))
+    if not bad:
+        return ""
+    where = ""
+    if source.cache is not None:
+        entries = [source.cache.entries[source.cache.index(b)] for b in bad[:limit]]
+        where = f" (feature cache {source.cache.path}: " + ", ".join(
+            f"{e['shard']} row {e['row']}" for e in entries) + ")"
+    names = ", ".join(repr(b) for b in bad[:limit]) + (f" and {len(bad) - limit} more" if len(bad) > limit else "")
+    return (f": the features of {len(bad)} training utterance(s) hold NaN/Inf: {names}{where}; re-extract them "
+            "or remove them from the data")
+
+
 def _is_better(select: str, score: float, best: float | None) -> bool:
     """Strictly better (ties keep the earlier epoch); a NaN score wins only when nothing is kept yet."""
     if not np.isfinite(score):
@@ -153,7 +174,8 @@ def train_fold(cfg: RunConfig, source: DataSource, fold: Fold, fold_dir: Path, *
                             else "no checkpoint had been written yet")
                     raise TrainingError(f"{fold.name}, epoch {epoch + 1}, step {bad_step + 1}: the loss is not "
                                         f"finite. Training stopped; {kept}. Lower train.lr, set "
-                                        "train.grad_clip, or check the features for NaN/Inf.")
+                                        "train.grad_clip, or check the features for NaN/Inf"
+                                        + _non_finite_features(train_ds, source) + ".")
                 bar.set_postfix(loss=f"{loss_sum / max(count, 1):.4f}")
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(count, 1)}
 
