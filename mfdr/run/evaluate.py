@@ -122,8 +122,13 @@ def load_model(path, config: MFDRConfig | None = None, *, device="cpu"):
         meta = {"task": saved.task, "classes": class_names(run), "zero": run.train.zero,
                 "dataset": run.data.dataset, "features": run.features.to_dict(), "encoders": None}
         return model.to(device).eval(), meta
+    from safetensors import SafetensorError
+
     try:
         model = MFDR.from_pretrained(path, config, map_location=device)
+    except SafetensorError as e:
+        raise CheckpointError(f"model weights {path / 'model.safetensors'} cannot be read ({e}): the file is "
+                              "truncated or corrupt; restore it, or use the fold's checkpoint.pt") from None
     except ValueError as e:
         raise CheckpointError(str(e)) from None
     meta_path = path / "meta.json"

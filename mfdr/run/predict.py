@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ..errors import InputError
 from .extract import build_encoders
+
+log = logging.getLogger("mfdr.run")
 
 
 def _check_encoders(meta: dict, audio, text) -> None:
@@ -18,6 +21,18 @@ def _check_encoders(meta: dict, audio, text) -> None:
     if diff:
         raise InputError("the feature extractors differ from those the model was trained with: "
                         + "; ".join(diff))
+
+
+def check_inputs(wavs: list, texts: list) -> None:
+    """``InputError`` unless every wav exists and every transcript has a word (one per wav)."""
+    if len(wavs) != len(texts) or not wavs:
+        raise InputError(f"give one --text per --wav (got {len(wavs)} --wav and {len(texts)} --text)")
+    for w, t in zip(wavs, texts, strict=True):
+        if not Path(w).is_file():
+            raise InputError(f"--wav {w} does not exist")
+        if not str(t).strip():
+            raise InputError(f"--text for --wav {w} is empty: the model needs the transcript (as mfdr extract "
+                             "refuses an empty one)")
 
 
 def predict(model_path, wavs: list[str], texts: list[str], *, alignments: list | None = None,
@@ -35,8 +50,12 @@ def predict(model_path, wavs: list[str], texts: list[str], *, alignments: list |
 
     path = Path(model_path)
     paths = [path] if path.is_file() else find_models(path)
+    check_inputs(wavs, texts)  # before the models load (seconds): a typo answers at once
     models = [load_model(p, device=device or "cpu") for p in paths]
     meta = models[0][1]
+    if not meta:
+        raise InputError(f"{paths[0]} has no meta.json (the task, classes and feature extractors that mfdr "
+                         "train writes beside the weights): restore it, or predict with the fold's checkpoint.pt")
     if meta.get("dataset") == "mmsa" or not meta.get("features"):
         raise InputError(f"{paths[0]} was trained on precomputed features (MMSA pickle); predicting from a "
                         "wav needs a model trained on features extracted by `mfdr extract`")
@@ -45,6 +64,12 @@ def predict(model_path, wavs: list[str], texts: list[str], *, alignments: list |
     _check_encoders(meta, audio_enc, text_enc)
     max_s = getattr(audio_enc, "max_seconds", None)
     audio = audio_enc([read_wav(w, audio_enc.sample_rate, max_s) for w in wavs])
+    rate, n = getattr(audio_enc, "frame_rate", None), cfg.model.audio_len
+    for w, a in zip(wavs, audio, strict=True):
+        if len(a) > n:  # collate keeps the first audio_len frames, as it did in training
+            span = (lambda k: f"{k / rate:.1f} s") if rate else (lambda k: f"{k} frames")
+            log.warning("--wav %s is %s long: the model reads only its first %s (model.audio_len = %d frames)",
+                        w, span(len(a)), span(n), n)
     text = text_enc(list(texts))
     starts = [None] * len(wavs)
     if alignments is not None:
