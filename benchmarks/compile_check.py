@@ -36,6 +36,7 @@ from triton.compiler import ASTSource  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mfdr_kernels import _triton  # noqa: E402
 from mfdr_kernels.dfc import triton_impl as dfc  # noqa: E402
 from mfdr_kernels.gcpu import triton_impl as gcpu  # noqa: E402
 from mfdr_kernels.sawa import triton_impl as sawa  # noqa: E402
@@ -73,8 +74,7 @@ def _ptxas(ptx: str, arch: str) -> tuple[int, int]:
 def _configs(spec: str | None, tuner, quick: bool) -> list:
     """The tuner's configs (the first only if quick), or ``spec``: "BQxBNxWARPS,..." for the query kernels."""
     if spec:
-        return [triton.Config({"BLOCK_Q": int(bq), "BLOCK_N": int(bn)}, num_warps=int(nw), num_stages=1)
-                for bq, bn, nw in (item.split("x") for item in spec.split(","))]
+        return _triton.configs(spec.replace(",", " "), ("BLOCK_Q", "BLOCK_N"))
     return tuner.configs[:1] if quick else tuner.configs
 
 
@@ -93,25 +93,21 @@ def _jobs(dt: str, d: int, quick: bool, spec: str | None = None, gcpu_dims: tupl
         return _configs(spec, tuner, quick)
 
     for c in configs(sawa._fwd):
-        yield ("sawa fwd lv2", sawa._sawa_fwd_kernel, ptr, dict(query, LEVELS=2, FORCED=False), c)
+        yield ("sawa fwd lv2", sawa._fwd.kernel, ptr, dict(query, LEVELS=2, FORCED=False), c)
     for atomic in (False, True):
         for c in configs(sawa._bwd_q):
-            yield (f"sawa bwd pass 1 ({'atomic' if atomic else 'blocks'})", sawa._sawa_bwd_q_kernel, ptr,
+            yield (f"sawa bwd pass 1 ({'atomic' if atomic else 'blocks'})", sawa._bwd_q.kernel, ptr,
                    dict(query, REACH=2, SPAN=30, ATOMIC=atomic), c)
     if spec:
         return
     for c in configs(sawa._bwd_kv):
-        yield ("sawa bwd pass 2 (key blocks)", sawa._sawa_bwd_kv_kernel, dict(ptr, dk_ptr=p, dv_ptr=p),
+        yield ("sawa bwd pass 2 (key blocks)", sawa._bwd_kv.kernel, dict(ptr, dk_ptr=p, dv_ptr=p),
                dict(LO=-10, HI=20, D=d, DV=d, PREC=prec, ACC=acc, BLOCK_K=sawa.BLOCK_K), c)
     dfc_ptr = dict(x=p, k=p, bias=p, y=p, gy=p, dx=p, dk=p, dbias=p)
     dfc_consts = dict(HOP=2, FRAME=3, PER_SAMPLE=True, ACC=acc)
-    for rows, kernel, extra in [("BLOCK_N", dfc._dfc_forward_kernel, dict(BIAS_DIM=1)),
-                                ("BLOCK_L", dfc._dfc_backward_dx_kernel, {}),
-                                ("BLOCK_N", dfc._dfc_backward_dk_kernel, {})]:
-        cs = dfc._cuda_configs(rows)
-        for c in cs[:1] if quick else cs:
-            yield (f"dfc {kernel.__name__.strip('_').replace('_kernel', '')}", kernel, dfc_ptr,
-                   dict(dfc_consts, **extra), c)
+    for tuning, extra in [(dfc._fwd, dict(BIAS_DIM=1)), (dfc._bwd_dx, {}), (dfc._bwd_dk, {})]:
+        for c in tuning.configs[:1] if quick else tuning.configs:
+            yield (tuning.name, tuning.kernel, dfc_ptr, dict(dfc_consts, **extra), c)
     # GCPU recurrence (model dim D; with context and h0, as the op launches it), scratch in fp32
     a = "*fp32"
     gcpu_ptr = dict(xr=p, xz=p, xg=p, w_hr=p, w_hz=p, w_hg=p, w_hu=p, w_zu=p, w_gu=p, b_u=p, lens="*i64", h0=p,
@@ -119,10 +115,9 @@ def _jobs(dt: str, d: int, quick: bool, spec: str | None = None, gcpu_dims: tupl
                     scratch=a)
     for D in gcpu_dims:
         consts = dict(D=D, G=4, CONTEXT=True, HAS_H0=True, PREC=gcpu._precision(TORCH[dt]), ACC=acc)
-        for label, kernel, cs in [("fwd", gcpu._gcpu_fwd_kernel, gcpu._FWD_CONFIGS),
-                                  ("bwd", gcpu._gcpu_bwd_kernel, gcpu._BWD_CONFIGS)]:
-            for c in cs[:1] if quick else cs:
-                yield (f"gcpu {label} D={D}", kernel, gcpu_ptr, consts, c)
+        for tuning in (gcpu._fwd, gcpu._bwd):
+            for c in tuning.configs[:1] if quick else tuning.configs:
+                yield (f"{tuning.name} D={D}", tuning.kernel, gcpu_ptr, consts, c)
 
 
 def main(argv=None) -> int:

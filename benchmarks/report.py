@@ -283,10 +283,11 @@ def malloc_section(sawa, kept) -> str:
     return ("The same script run again in a process whose glibc keeps freed memory "
             f"(`{env}`), so that no call page-faults fresh memory for its outputs and gradients. With the "
             "default glibc settings, freed blocks of megabytes go back to the OS and the next call faults "
-            "them in again (18 MiB of gradients per SAWA call at this shape). The C++ kernels avoid this with "
-            "their output cache (`MFDR_KERNELS_OUTPUT_CACHE_MB`, README \"Backends\"), so `cpp` barely "
-            "changes between the two columns while the others gain. The targets above are judged with the "
-            "default allocator, which is what a user gets.\n\n"
+            "them in again (18 MiB of gradients per SAWA call at this shape). These `cpp` rows were measured "
+            "with a cache of freed output buffers in the C++ kernels, which is why `cpp` barely changes between "
+            "the two columns while the others gain; the cache is gone (it was worth under 5% of an MFDR "
+            "training step, README \"Backends\"), so a new run shows what `cpp` pays without it. The targets "
+            "above are judged with the default allocator, which is what a user gets.\n\n"
             + _table(["provider", "fwd+bwd ms (default)", "fwd+bwd ms (memory kept)", "÷ cpp (default)",
                       "÷ cpp (memory kept)"], rows))
 

@@ -26,7 +26,6 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
-#include "output_cache.h"
 #include "vec.h"
 
 #include <algorithm>
@@ -46,7 +45,7 @@ struct Dims {
 };
 
 template <typename T>
-void forward_kernel(const T* x, const T* k, const T* bias, int64_t bias_dim, T* y, const Dims& d) {
+void dfc_fwd_kernel(const T* x, const T* k, const T* bias, int64_t bias_dim, T* y, const Dims& d) {
   // task = (block of kFrameBlock frames, chunk of kBatchChunk samples): the samples of a chunk reuse
   // the block's kernel rows from cache instead of streaming the whole kernel once per sample.
   const int64_t nnb = (d.N + kFrameBlock - 1) / kFrameBlock, nbc = (d.B + kBatchChunk - 1) / kBatchChunk;
@@ -69,7 +68,7 @@ void forward_kernel(const T* x, const T* k, const T* bias, int64_t bias_dim, T* 
 }
 
 template <typename T>
-void backward_dx_kernel(const T* gy, const T* k, T* dx, const Dims& d) {
+void dfc_bwd_dx_kernel(const T* gy, const T* k, T* dx, const Dims& d) {
   // task = (block of kRowBlock rows of x, chunk of kBatchChunk samples), kernel rows reused as above
   const int64_t nlb = (d.L + kRowBlock - 1) / kRowBlock, nbc = (d.B + kBatchChunk - 1) / kBatchChunk;
   const int64_t task_work = std::min(kBatchChunk, d.B) * std::min(kRowBlock, d.L) * d.C * ((d.f + d.hop - 1) / d.hop);
@@ -100,7 +99,7 @@ void backward_dx_kernel(const T* gy, const T* k, T* dx, const Dims& d) {
 }
 
 template <typename T>
-void backward_dk_kernel(const T* gy, const T* x, T* dk, T* dbias, const Dims& d) {
+void dfc_bwd_dk_kernel(const T* gy, const T* x, T* dk, T* dbias, const Dims& d) {
   const int64_t ncb = (d.C + kChannelBlock - 1) / kChannelBlock;
   const int64_t task_work = d.B * (d.f + 1) * std::min(d.C, kChannelBlock);
   const int64_t grain = std::max<int64_t>(1, kGrainWork / std::max<int64_t>(1, task_work));
@@ -139,41 +138,41 @@ Dims check_inputs(const char* fn, const at::Tensor& x, const at::Tensor& kernel,
   return Dims{B, L, C, N, frame, hop, per_sample};
 }
 
-at::Tensor dfc_forward(const at::Tensor& x, const at::Tensor& kernel, const std::optional<at::Tensor>& bias,
+at::Tensor dfc_fwd_cpu(const at::Tensor& x, const at::Tensor& kernel, const std::optional<at::Tensor>& bias,
                        int64_t frame, int64_t hop) {
-  const Dims d = check_inputs("mfdr_C::dfc_forward", x, kernel, frame, hop);
+  const Dims d = check_inputs("mfdr_C::dfc_fwd_cpu", x, kernel, frame, hop);
   int64_t bias_dim = 0;
   at::Tensor bias_t;
   if (bias.has_value() && bias->defined()) {
     bias_t = bias->contiguous();
     bias_dim = bias_t.dim();
-    TORCH_CHECK(bias_t.scalar_type() == x.scalar_type(), "mfdr_C::dfc_forward: bias must have the dtype of x");
+    TORCH_CHECK(bias_t.scalar_type() == x.scalar_type(), "mfdr_C::dfc_fwd_cpu: bias must have the dtype of x");
     TORCH_CHECK((bias_dim == 1 && bias_t.size(0) == d.C) ||
                     (bias_dim == 2 && bias_t.size(0) == d.N && bias_t.size(1) == d.C),
-                "mfdr_C::dfc_forward: bias must have shape (C,) or (N, C), got ", bias_t.sizes());
+                "mfdr_C::dfc_fwd_cpu: bias must have shape (C,) or (N, C), got ", bias_t.sizes());
   }
-  auto y = cached_empty({d.B, d.N, d.C}, x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "mfdr_dfc_forward", [&] {
-    forward_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), kernel.const_data_ptr<scalar_t>(),
+  auto y = at::empty({d.B, d.N, d.C}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "dfc_fwd_cpu", [&] {
+    dfc_fwd_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), kernel.const_data_ptr<scalar_t>(),
                              bias_dim ? bias_t.const_data_ptr<scalar_t>() : nullptr, bias_dim,
                              y.mutable_data_ptr<scalar_t>(), d);
   });
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> dfc_backward(const at::Tensor& grad_y, const at::Tensor& x,
-                                                            const at::Tensor& kernel, int64_t frame, int64_t hop) {
-  const Dims d = check_inputs("mfdr_C::dfc_backward", x, kernel, frame, hop);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dfc_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& x,
+                                                           const at::Tensor& kernel, int64_t frame, int64_t hop) {
+  const Dims d = check_inputs("mfdr_C::dfc_bwd_cpu", x, kernel, frame, hop);
   TORCH_CHECK(grad_y.is_contiguous() && grad_y.sizes() == at::IntArrayRef({d.B, d.N, d.C}) &&
                   grad_y.scalar_type() == x.scalar_type(),
-              "mfdr_C::dfc_backward: grad_y must be a contiguous (B, N, C) tensor of the dtype of x");
-  auto dx = cached_empty(x.sizes(), x.options()), dk = cached_empty(kernel.sizes(), kernel.options());
-  auto dbias = cached_empty({d.N, d.C}, x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "mfdr_dfc_backward", [&] {
+              "mfdr_C::dfc_bwd_cpu: grad_y must be a contiguous (B, N, C) tensor of the dtype of x");
+  auto dx = at::empty(x.sizes(), x.options()), dk = at::empty(kernel.sizes(), kernel.options());
+  auto dbias = at::empty({d.N, d.C}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "dfc_bwd_cpu", [&] {
     const scalar_t *gp = grad_y.const_data_ptr<scalar_t>(), *xp = x.const_data_ptr<scalar_t>(),
                    *kp = kernel.const_data_ptr<scalar_t>();
-    backward_dx_kernel<scalar_t>(gp, kp, dx.mutable_data_ptr<scalar_t>(), d);
-    backward_dk_kernel<scalar_t>(gp, xp, dk.mutable_data_ptr<scalar_t>(), dbias.mutable_data_ptr<scalar_t>(), d);
+    dfc_bwd_dx_kernel<scalar_t>(gp, kp, dx.mutable_data_ptr<scalar_t>(), d);
+    dfc_bwd_dk_kernel<scalar_t>(gp, xp, dk.mutable_data_ptr<scalar_t>(), dbias.mutable_data_ptr<scalar_t>(), d);
   });
   return {dx, dk, dbias};
 }
@@ -181,13 +180,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dfc_backward(const at::Tensor& gr
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(mfdr_C, m) {
-  m.def("dfc_forward(Tensor x, Tensor kernel, Tensor? bias, int frame, int hop) -> Tensor");
-  m.def("dfc_backward(Tensor grad_y, Tensor x, Tensor kernel, int frame, int hop) -> (Tensor, Tensor, Tensor)");
+  m.def("dfc_fwd_cpu(Tensor x, Tensor kernel, Tensor? bias, int frame, int hop) -> Tensor");
+  m.def("dfc_bwd_cpu(Tensor grad_y, Tensor x, Tensor kernel, int frame, int hop) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(mfdr_C, CPU, m) {
-  m.impl("dfc_forward", &dfc_forward);
-  m.impl("dfc_backward", &dfc_backward);
+  m.impl("dfc_fwd_cpu", &dfc_fwd_cpu);
+  m.impl("dfc_bwd_cpu", &dfc_bwd_cpu);
 }
 
 }  // namespace mfdr

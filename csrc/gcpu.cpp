@@ -47,8 +47,6 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
-#include "output_cache.h"
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -170,9 +168,9 @@ void transpose_into(const T* W, int64_t D, int64_t K, T* out, int64_t ld) {
 
 // ------------------------------------------------------------------------------------------- forward
 template <typename T>
-void forward_kernel(const Dims& d, const Packing& pk, const int64_t* len, const T* x_r, const T* x_z,
-                    const T* x_g, const T* b_u, const T* h0, const T* WhrT, const T* WrhT, const T* WuT, T* H,
-                    T* gates) {
+void gcpu_fwd_kernel(const Dims& d, const Packing& pk, const int64_t* len, const T* x_r, const T* x_z,
+                     const T* x_g, const T* b_u, const T* h0, const T* WhrT, const T* WrhT, const T* WuT, T* H,
+                     T* gates) {
   using V = Vec<T>;
   const int64_t B = d.B, L = d.L, D = d.D, GD = d.G * D, nseg = d.context ? 3 : 2, KU = d.context ? 2 * D : D;
   const int64_t ldg = L * GD;  // row stride of the gates at a fixed step and slot
@@ -268,7 +266,7 @@ struct Packed {
 };
 
 template <typename T>
-void backward_kernel(const Dims& d, const Packing& pk, const int64_t* len, const T* gH, const T* H,
+void gcpu_bwd_kernel(const Dims& d, const Packing& pk, const int64_t* len, const T* gH, const T* H,
                      const T* gates, const T* h0, const T* Wback, const T* Wzg, const T* W_hr, T* d_ar, T* d_az,
                      T* d_ag, const Packed<T>& p, T* dh0) {
   using V = Vec<T>;
@@ -404,12 +402,12 @@ void check_shape(const char* fn, const char* name, const at::Tensor& t, at::IntA
   TORCH_CHECK(t.sizes() == shape, fn, ": ", name, " must have shape ", shape, ", got ", t.sizes());
 }
 
-std::tuple<at::Tensor, at::Tensor> gcpu_forward(
+std::tuple<at::Tensor, at::Tensor> gcpu_fwd_cpu(
     const at::Tensor& x_r, const at::Tensor& x_z, const std::optional<at::Tensor>& x_g, const at::Tensor& W_hr,
     const at::Tensor& W_hz, const std::optional<at::Tensor>& W_hg, const at::Tensor& W_hu, const at::Tensor& W_zu,
     const std::optional<at::Tensor>& W_gu, const at::Tensor& b_u, const at::Tensor& lengths,
     const std::optional<at::Tensor>& h0) {
-  constexpr const char* fn = "mfdr_C::gcpu_forward";
+  constexpr const char* fn = "mfdr_C::gcpu_fwd_cpu";
   std::vector<const at::Tensor*> same = {&x_r, &x_z, &W_hr, &W_hz, &W_hu, &W_zu, &b_u};
   const bool context = x_g.has_value() && x_g->defined(), has_h0 = h0.has_value() && h0->defined();
   TORCH_CHECK(context == (W_hg.has_value() && W_hg->defined()) && context == (W_gu.has_value() && W_gu->defined()),
@@ -424,10 +422,10 @@ std::tuple<at::Tensor, at::Tensor> gcpu_forward(
   if (context) for (const at::Tensor* t : {&*W_hg, &*W_gu}) check_shape(fn, "each W", *t, {D, D});
   check_shape(fn, "b_u", b_u, {D});
   if (has_h0) check_shape(fn, "h0", *h0, {B, D});
-  auto H = cached_empty({B, L, D}, x_r.options());
-  auto gates = cached_empty({B, L, d.G, D}, x_r.options());
+  auto H = at::empty({B, L, D}, x_r.options());
+  auto gates = at::empty({B, L, d.G, D}, x_r.options());
   const Packing pk(len, d.steps);
-  AT_DISPATCH_FLOATING_TYPES(x_r.scalar_type(), "mfdr_gcpu_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x_r.scalar_type(), "gcpu_fwd_cpu", [&] {
     using T = scalar_t;
     // the weights as the right-hand (K x N) operands of the row-major products: transposed once per call
     const int64_t nseg = context ? 3 : 2;
@@ -438,19 +436,19 @@ std::tuple<at::Tensor, at::Tensor> gcpu_forward(
       transpose_into(rh_side[s]->const_data_ptr<T>(), D, D, WrhT.data() + s * D, nseg * D);
     transpose_into(W_zu.const_data_ptr<T>(), D, D, WuT.data(), D);  // rows [0, D): z̃ -> u; [D, 2D): g̃ -> u
     if (context) transpose_into(W_gu->const_data_ptr<T>(), D, D, WuT.data() + D * D, D);
-    forward_kernel<T>(d, pk, len.data(), x_r.const_data_ptr<T>(), x_z.const_data_ptr<T>(),
-                      context ? x_g->const_data_ptr<T>() : nullptr, b_u.const_data_ptr<T>(),
-                      has_h0 ? h0->const_data_ptr<T>() : nullptr, WhrT.data(), WrhT.data(), WuT.data(),
-                      H.mutable_data_ptr<T>(), gates.mutable_data_ptr<T>());
+    gcpu_fwd_kernel<T>(d, pk, len.data(), x_r.const_data_ptr<T>(), x_z.const_data_ptr<T>(),
+                       context ? x_g->const_data_ptr<T>() : nullptr, b_u.const_data_ptr<T>(),
+                       has_h0 ? h0->const_data_ptr<T>() : nullptr, WhrT.data(), WrhT.data(), WuT.data(),
+                       H.mutable_data_ptr<T>(), gates.mutable_data_ptr<T>());
   });
   return {H, gates};
 }
 
-std::vector<at::Tensor> gcpu_backward(
+std::vector<at::Tensor> gcpu_bwd_cpu(
     const at::Tensor& grad_H, const at::Tensor& H, const at::Tensor& gates, const at::Tensor& W_hr,
     const at::Tensor& W_hz, const std::optional<at::Tensor>& W_hg, const at::Tensor& W_hu, const at::Tensor& W_zu,
     const std::optional<at::Tensor>& W_gu, const at::Tensor& lengths, const std::optional<at::Tensor>& h0) {
-  constexpr const char* fn = "mfdr_C::gcpu_backward";
+  constexpr const char* fn = "mfdr_C::gcpu_bwd_cpu";
   std::vector<const at::Tensor*> same = {&grad_H, &H, &gates, &W_hr, &W_hz, &W_hu, &W_zu};
   const bool context = W_hg.has_value() && W_hg->defined(), has_h0 = h0.has_value() && h0->defined();
   TORCH_CHECK(context == (W_gu.has_value() && W_gu->defined()), fn, ": W_hg and W_gu must be both given or None");
@@ -468,21 +466,21 @@ std::vector<at::Tensor> gcpu_backward(
   const auto Wback =
       at::cat(context ? std::vector<at::Tensor>{W_zu, *W_gu, W_hu} : std::vector<at::Tensor>{W_zu, W_hu}, 1);
   const auto Wzg = context ? at::cat({W_hz, *W_hg}) : W_hz;
-  auto dx_r = cached_empty({B, L, D}, H.options()), dx_z = cached_empty({B, L, D}, H.options());
-  auto dx_g = context ? cached_empty({B, L, D}, H.options()) : at::Tensor();
+  auto dx_r = at::empty({B, L, D}, H.options()), dx_z = at::empty({B, L, D}, H.options());
+  auto dx_g = context ? at::empty({B, L, D}, H.options()) : at::Tensor();
   auto dh0 = at::empty({B, D}, H.options());
   const Packing pk(len, d.steps);
   const int64_t S = std::accumulate(len.begin(), len.end(), int64_t(0)), KZ = context ? 2 * D : D;
   // the packed operands (S rows each): d_au, [d_az (, d_ag)], d_ar, r ⊙ h_{t-1}, h_{t-1}, [z̃ (, g̃)]
-  auto blocks = cached_empty({4 * S * D + 2 * S * KZ}, H.options());
+  auto blocks = at::empty({4 * S * D + 2 * S * KZ}, H.options());
   const auto block = [&](int64_t start, int64_t w) { return blocks.narrow(0, start, S * w).view({S, w}); };
   const auto P_au = block(0, D), P_azg = block(S * D, KZ), P_ar = block(S * (D + KZ), D),
              P_rh = block(S * (2 * D + KZ), D), P_hp = block(S * (3 * D + KZ), D), P_zg = block(S * (4 * D + KZ), KZ);
-  AT_DISPATCH_FLOATING_TYPES(H.scalar_type(), "mfdr_gcpu_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(H.scalar_type(), "gcpu_bwd_cpu", [&] {
     using T = scalar_t;
     const Packed<T> p{P_au.mutable_data_ptr<T>(), P_azg.mutable_data_ptr<T>(), P_ar.mutable_data_ptr<T>(),
                       P_rh.mutable_data_ptr<T>(), P_hp.mutable_data_ptr<T>(), P_zg.mutable_data_ptr<T>()};
-    backward_kernel<T>(d, pk, len.data(), grad_H.const_data_ptr<T>(), H.const_data_ptr<T>(),
+    gcpu_bwd_kernel<T>(d, pk, len.data(), grad_H.const_data_ptr<T>(), H.const_data_ptr<T>(),
                        gates.const_data_ptr<T>(), has_h0 ? h0->const_data_ptr<T>() : nullptr,
                        Wback.const_data_ptr<T>(), Wzg.const_data_ptr<T>(), W_hr.const_data_ptr<T>(),
                        dx_r.mutable_data_ptr<T>(), dx_z.mutable_data_ptr<T>(),
@@ -505,17 +503,17 @@ std::vector<at::Tensor> gcpu_backward(
 
 TORCH_LIBRARY_FRAGMENT(mfdr_C, m) {
   m.def(
-      "gcpu_forward(Tensor x_r, Tensor x_z, Tensor? x_g, Tensor W_hr, Tensor W_hz, Tensor? W_hg, Tensor W_hu, "
+      "gcpu_fwd_cpu(Tensor x_r, Tensor x_z, Tensor? x_g, Tensor W_hr, Tensor W_hz, Tensor? W_hg, Tensor W_hu, "
       "Tensor W_zu, Tensor? W_gu, Tensor b_u, Tensor lengths, Tensor? h0) -> (Tensor, Tensor)");
   m.def(
-      "gcpu_backward(Tensor grad_H, Tensor H, Tensor gates, Tensor W_hr, Tensor W_hz, Tensor? W_hg, Tensor W_hu, "
+      "gcpu_bwd_cpu(Tensor grad_H, Tensor H, Tensor gates, Tensor W_hr, Tensor W_hz, Tensor? W_hg, Tensor W_hu, "
       "Tensor W_zu, Tensor? W_gu, Tensor lengths, Tensor? h0) -> Tensor[]");  // [dx_r, dx_z, dW_hr, dW_hz, dW_hu,
   // dW_zu, db_u, dh0] and, with context, [dx_g, dW_hg, dW_gu]
 }
 
 TORCH_LIBRARY_IMPL(mfdr_C, CPU, m) {
-  m.impl("gcpu_forward", &gcpu_forward);
-  m.impl("gcpu_backward", &gcpu_backward);
+  m.impl("gcpu_fwd_cpu", &gcpu_fwd_cpu);
+  m.impl("gcpu_bwd_cpu", &gcpu_bwd_cpu);
 }
 
 }  // namespace mfdr

@@ -26,7 +26,6 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
-#include "output_cache.h"
 #include "vec.h"
 
 #include <algorithm>
@@ -168,7 +167,7 @@ int build_row(Row<A>& row, const T* q, const T* K, int64_t d, int64_t s, int64_t
 }
 
 template <typename T>
-void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& q_lens,
+void sawa_fwd_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& q_lens,
                     const at::Tensor& k_lens, const at::Tensor& starts, const at::Tensor& force, int64_t w,
                     int64_t levels, bool joint, double scale, at::Tensor& out, at::Tensor& lvl) {
   using A = acc_t<T>;  // float for float and bf16, double for double
@@ -200,7 +199,7 @@ void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
 }
 
 template <typename T>
-void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+void sawa_bwd_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                      const at::Tensor& q_lens, const at::Tensor& k_lens, const at::Tensor& starts,
                      const at::Tensor& level, int64_t w, bool joint, double scale, at::Tensor& dq, at::Tensor& dk,
                      at::Tensor& dv_t) {
@@ -210,12 +209,11 @@ void backward_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
   const T *qp = q.data_ptr<T>(), *kp = k.data_ptr<T>(), *vp = v.data_ptr<T>(), *gp = go.data_ptr<T>();
   const int64_t *ql = q_lens.data_ptr<int64_t>(), *kl = k_lens.data_ptr<int64_t>(), *sp = starts.data_ptr<int64_t>();
   const int8_t* lvp = level.data_ptr<int8_t>();
-  // Per-slot weights P and score gradients DS of every row: scratch reused across calls (per calling
-  // thread), so that no call allocates and page-faults it afresh. Pass 1 zeroes the rows it reads.
-  static thread_local std::vector<A> P_buf, DS_buf;
-  if ((int64_t)P_buf.size() < B * H * L * S) P_buf.resize(B * H * L * S), DS_buf.resize(B * H * L * S);
-  A* const P = P_buf.data();
-  A* const DS = DS_buf.data();
+  // Per-slot weights P and score gradients DS of every row (B*H*L*3w each, in A), allocated per call and
+  // freed at its end (1.5 MiB together at the paper's shape, fp32). Pass 1 zeroes the rows pass 2 reads.
+  const at::Tensor scratch = at::empty({2, B * H * L * S}, q.options().dtype(c10::CppTypeToScalarType<A>::value));
+  A* const P = scratch.data_ptr<A>();
+  A* const DS = P + B * H * L * S;
   T* dqp = dq.data_ptr<T>();
 
   // Pass 1: per query row.
@@ -297,33 +295,33 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
               "mfdr_C::sawa: lengths (B,) and starts (B, L) do not match q");
 }
 
-std::tuple<at::Tensor, at::Tensor> sawa_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+std::tuple<at::Tensor, at::Tensor> sawa_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                 const at::Tensor& q_lens, const at::Tensor& k_lens,
                                                 const at::Tensor& starts, const std::optional<at::Tensor>& force_level,
                                                 int64_t window, int64_t levels, bool joint, double scale) {
   check_inputs(q, k, v, q_lens, k_lens, starts);
-  auto out = cached_empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
+  auto out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
   auto lvl = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kChar));
   at::Tensor force = force_level.has_value() ? force_level->contiguous() : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "mfdr_sawa_forward", [&] {
-    forward_kernel<scalar_t>(q, k, v, q_lens, k_lens, starts, force, window, levels, joint, scale, out, lvl);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "sawa_fwd_cpu", [&] {
+    sawa_fwd_kernel<scalar_t>(q, k, v, q_lens, k_lens, starts, force, window, levels, joint, scale, out, lvl);
   });
   return {out, lvl};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sawa_backward(const at::Tensor& grad_out, const at::Tensor& q,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sawa_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& q,
                                                              const at::Tensor& k, const at::Tensor& v,
                                                              const at::Tensor& q_lens, const at::Tensor& k_lens,
                                                              const at::Tensor& starts, const at::Tensor& level,
                                                              int64_t window, bool joint, double scale) {
   check_inputs(q, k, v, q_lens, k_lens, starts);
   TORCH_CHECK(grad_out.is_contiguous() && grad_out.sizes() == at::IntArrayRef({q.size(0), q.size(1), q.size(2), v.size(3)}),
-              "mfdr_C::sawa_backward: grad_out must be contiguous (B, H, L, dv)");
-  auto dq = cached_empty(q.sizes(), q.options()), dk = cached_empty(k.sizes(), k.options()),
-       dv = cached_empty(v.sizes(), v.options());
+              "mfdr_C::sawa_bwd_cpu: grad_out must be contiguous (B, H, L, dv)");
+  auto dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options()),
+       dv = at::empty(v.sizes(), v.options());
   const at::Tensor lvl = level.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "mfdr_sawa_backward", [&] {
-    backward_kernel<scalar_t>(grad_out, q, k, v, q_lens, k_lens, starts, lvl, window, joint, scale, dq, dk, dv);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "sawa_bwd_cpu", [&] {
+    sawa_bwd_kernel<scalar_t>(grad_out, q, k, v, q_lens, k_lens, starts, lvl, window, joint, scale, dq, dk, dv);
   });
   return {dq, dk, dv};
 }
@@ -332,16 +330,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sawa_backward(const at::Tensor& g
 
 TORCH_LIBRARY_FRAGMENT(mfdr_C, m) {
   m.def(
-      "sawa_forward(Tensor q, Tensor k, Tensor v, Tensor q_lens, Tensor k_lens, Tensor starts, Tensor? force_level, "
+      "sawa_fwd_cpu(Tensor q, Tensor k, Tensor v, Tensor q_lens, Tensor k_lens, Tensor starts, Tensor? force_level, "
       "int window, int levels, bool joint, float scale) -> (Tensor, Tensor)");
   m.def(
-      "sawa_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor q_lens, Tensor k_lens, Tensor starts, "
+      "sawa_bwd_cpu(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor q_lens, Tensor k_lens, Tensor starts, "
       "Tensor level, int window, bool joint, float scale) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(mfdr_C, CPU, m) {
-  m.impl("sawa_forward", &sawa_forward);
-  m.impl("sawa_backward", &sawa_backward);
+  m.impl("sawa_fwd_cpu", &sawa_fwd_cpu);
+  m.impl("sawa_bwd_cpu", &sawa_bwd_cpu);
 }
 
 }  // namespace mfdr

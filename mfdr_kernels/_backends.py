@@ -77,15 +77,6 @@ def implementation(package: str, backend: str):
     return importlib.import_module(f"{package}.{name}")
 
 
-def eager(*tensors) -> bool:
-    """True when an op may take its eager fast path (a plain ``torch.autograd.Function`` around the
-    launchers): not under ``torch.compile``/export, and only plain tensors (no fake or other subclass
-    tensors of a tracer). Otherwise the ``torch.library`` custom op, which tracers see through."""
-    if torch.compiler.is_compiling():
-        return False
-    return all(t is None or type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)
-
-
 def choose(
     op: str,
     requested: str | None,

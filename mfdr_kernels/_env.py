@@ -7,7 +7,6 @@
 | ``MFDR_KERNELS_BUILD_DIR`` | where the on-first-use build of the extension goes | ``~/.cache/mfdr_kernels`` |
 | ``MFDR_KERNELS_VERBOSE_BUILD`` | ``1``: show the compiler output of the on-first-use build | ``0`` |
 | ``TRITON_INTERPRET`` | ``1``: run Triton kernels on the CPU (tests); read, never set, here | ``0`` |
-| ``MFDR_KERNELS_OUTPUT_CACHE_MB`` | MiB of freed output buffers (of 256 KiB or more) the C++ kernels keep for reuse instead of page-faulting fresh memory on every call; ``0`` turns the cache off | ``256`` |
 | ``MFDR_KERNELS_CHECK_FINITE`` | ``1``: every op checks its float inputs for NaN/Inf and raises ValueError naming the argument (costs a pass over the inputs); by default NaN/Inf propagate to the outputs that read them, as in PyTorch | ``0`` |
 | ``MFDR_KERNELS_CHECK_VALUES`` | data-dependent value checks (lengths, window starts, forced levels): ``auto`` checks when the tensors are on the CPU (no cost) and skips them on accelerators (a check there is a device-to-host sync); ``1`` always; ``0`` never. Unchecked values never make a kernel read or write out of bounds (they are clamped) | ``auto`` |
 | ``MFDR_TRITON_AUTOTUNE`` | ``0``: every Triton kernel runs one spill-free config instead of autotuning (fast start on a lent GPU) | ``1`` |
@@ -74,17 +73,6 @@ def verbose_build() -> bool:
 
 def triton_interpret() -> bool:
     return _flag("TRITON_INTERPRET")
-
-
-def output_cache_bytes() -> int:
-    value = os.environ.get("MFDR_KERNELS_OUTPUT_CACHE_MB", "").strip()
-    try:
-        mb = 256.0 if not value else float(value)
-    except ValueError:
-        raise ValueError(f"MFDR_KERNELS_OUTPUT_CACHE_MB must be a number of MiB, got {value!r}") from None
-    if mb < 0:
-        raise ValueError(f"MFDR_KERNELS_OUTPUT_CACHE_MB must be >= 0, got {value!r}")
-    return int(mb * 2**20)
 
 
 def check_finite() -> bool:

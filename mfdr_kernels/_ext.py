@@ -77,7 +77,6 @@ def load() -> bool:
                 if not _env.jit_build_allowed():
                     raise RuntimeError("the extension is not built and MFDR_KERNELS_NO_JIT=1 forbids building it")
                 path = _jit_build()
-            torch.ops.mfdr_C.set_output_cache_limit(_env.output_cache_bytes())
             _state["path"], _state["loaded"] = path, True
         except Exception as exc:  # noqa: BLE001 - any build/load failure means: no cpp backend
             _state["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"

@@ -10,8 +10,11 @@ and host synchronizations (device-to-host reads that stall the stream and forbid
     c.top(10)                       # the most frequent ops
 
 The counter is a ``TorchDispatchMode``: it sees every aten op that reaches the dispatcher below
-autograd, forward and backward alike (custom ops count as one op each; a C++ kernel's internal calls
-do not count). Host syncs are the ops whose result or output shape depends on tensor values.
+autograd, forward and backward alike. The custom ops of this package (``mfdr_kernels::*``) are counted
+through: the ops their Python bodies dispatch count, not the wrapper (the launches a GPU would see: a
+``torch`` backend's many, a C++ or Triton kernel's one). Other custom ops count as one op each; a C++
+kernel's internal calls do not count. Host syncs are the ops whose result or output shape depends on tensor
+values.
 """
 
 from __future__ import annotations
@@ -52,6 +55,17 @@ def _is_sync(name: str, args) -> bool:
     return False
 
 
+def _body(func):
+    """The Python body of a ``mfdr_kernels::`` custom op (what ``torch.library.custom_op`` wrapped), or None."""
+    if getattr(func, "namespace", None) != "mfdr_kernels":
+        return None
+    try:
+        from torch._library.custom_ops import _maybe_get_opdef
+    except ImportError:  # pragma: no cover - a torch without it: the op counts as one
+        return None
+    return getattr(_maybe_get_opdef(func), "_init_fn", None)
+
+
 class DispatchCounter(TorchDispatchMode):
     """Counts dispatched aten ops (``ops``, ``by_op``) and host syncs (``syncs``, ``sync_ops``)."""
 
@@ -61,6 +75,10 @@ class DispatchCounter(TorchDispatchMode):
         self.sync_ops: Counter[str] = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        body = _body(func)
+        if body is not None:  # count what the op's body dispatches, with this mode active again
+            with self:
+                return body(*args, **(kwargs or {}))
         name = func.overloadpacket.__qualname__ if hasattr(func, "overloadpacket") else str(func)
         name = name if "." in name else f"aten.{name}"
         name = f"{func.namespace}.{func._opname}" if hasattr(func, "_opname") else name

@@ -79,8 +79,8 @@ def time_provider(name, x, kernel, gy, frame, hop, dev, rep) -> dict:
     xd, kd = x.detach(), kernel.detach()
     _phase(row, "fwd", lambda: bench(lambda: fn(xd, kd), dev, rep))
     if name == "triton":
-        _phase(row, "kfwd", lambda: bench(lambda: triton_impl.dfc_forward(xd, kd, None, frame, hop), dev, rep))
-        _phase(row, "kbwd", lambda: bench(lambda: triton_impl.dfc_backward(gy, xd, kd, frame, hop), dev, rep))
+        _phase(row, "kfwd", lambda: bench(lambda: triton_impl.dfc_fwd(xd, kd, None, frame, hop), dev, rep))
+        _phase(row, "kbwd", lambda: bench(lambda: triton_impl.dfc_bwd(gy, xd, kd, frame, hop), dev, rep))
 
     def backward():
         y = fn(x, kernel)

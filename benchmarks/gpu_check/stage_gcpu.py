@@ -10,7 +10,7 @@ floor (fp32 and bf16; a dry run: fp32).
 
 Timings (autotuning on; inputs made on the device once per shape): the paper's shape (B = 32, L = 50
 words, D = 256) and a long one (L = 500), fp32. Providers: ``triton`` (the op; the ``kernel`` columns time
-``triton_impl.gcpu_forward`` / ``gcpu_backward`` called directly), the ``torch`` backend, the
+``triton_impl.gcpu_fwd`` / ``gcpu_bwd`` called directly), the ``torch`` backend, the
 ``reference`` backend (a Python loop over the steps) and ``mfdr.GCPU.recurrence`` (the model's unit on
 its own weights, its input-side products included: a Python loop until it calls the op).
 """
@@ -121,12 +121,12 @@ def kernel_only(args, grad, dev, rep, row):
 
     a = {n: (x.detach() if isinstance(x, torch.Tensor) else x) for n, x in args.items()}
     pos = [a[n] for n in ("x_r", "x_z", "x_g", *WEIGHTS, "b_u")]
-    _phase(row, "kfwd", lambda: bench(lambda: triton_impl.gcpu_forward(*pos, a["lengths"], a["h0"]), dev, rep))
+    _phase(row, "kfwd", lambda: bench(lambda: triton_impl.gcpu_fwd(*pos, a["lengths"], a["h0"]), dev, rep))
 
     def backward():
-        H, gates = triton_impl.gcpu_forward(*pos, a["lengths"], a["h0"])
+        H, gates = triton_impl.gcpu_fwd(*pos, a["lengths"], a["h0"])
         W = [a[n] for n in WEIGHTS]
-        return bench(lambda: triton_impl.gcpu_backward(grad, H, gates, *W, a["lengths"], a["h0"]), dev, rep)
+        return bench(lambda: triton_impl.gcpu_bwd(grad, H, gates, *W, a["lengths"], a["h0"]), dev, rep)
 
     _phase(row, "kbwd", backward)
 

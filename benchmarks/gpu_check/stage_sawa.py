@@ -164,11 +164,11 @@ class Launchers:
         return self.q, self.k, self.v, self.q_lens, self.k_lens, self.starts
 
     def forward(self, levels):
-        return lambda: triton_impl.sawa_forward(*self._args(), None, self.window, levels, False, self.scale)
+        return lambda: triton_impl.sawa_fwd(*self._args(), None, self.window, levels, False, self.scale)
 
     def backward(self, levels, dkdv="blocks"):
         _, level = self.forward(levels)()
-        return lambda: triton_impl.sawa_backward(self.grad, *self._args(), level, self.window, False, self.scale,
+        return lambda: triton_impl.sawa_bwd(self.grad, *self._args(), level, self.window, False, self.scale,
                                                  dkdv=dkdv)
 
 
@@ -302,7 +302,7 @@ def tuned_vs_fixed(launchers, dtype):
     for tune in ("1", "0"):
         os.environ["MFDR_TRITON_AUTOTUNE"] = tune
         args = launchers._args()
-        grads[tune] = triton_impl.sawa_backward(launchers.grad, *args, lvl_f, launchers.window, False,
+        grads[tune] = triton_impl.sawa_bwd(launchers.grad, *args, lvl_f, launchers.window, False,
                                                 launchers.scale)
     os.environ["MFDR_TRITON_AUTOTUNE"] = "1"
     errs += [rel(a, b) for a, b in zip(grads["1"], grads["0"], strict=True)]

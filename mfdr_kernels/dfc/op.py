@@ -1,8 +1,14 @@
 """The public DFC op: argument checks, backend choice, ``torch.library`` custom ops and autograd.
 
-Ladder (after Liger): kernels (``csrc/dfc.cpp``, ``triton_impl``) -> launchers (``*_impl.dfc_forward`` /
-``dfc_backward``) -> custom ops ``mfdr_kernels::dfc_forward`` / ``dfc_backward`` with fake kernels
-and registered autograd -> :func:`dynamic_frame_conv` -> ``mfdr.dfc.DynamicFrameConv``.
+The ladder, one name per rung (after Liger; the same scheme in ``sawa/`` and ``gcpu/``)::
+
+    kernel      triton_impl._dfc_fwd_kernel, _dfc_bwd_dx_kernel, _dfc_bwd_dk_kernel (Triton);
+                dfc_fwd_kernel, dfc_bwd_dx_kernel, dfc_bwd_dk_kernel (csrc/dfc.cpp)
+    launcher    dfc_fwd, dfc_bwd in triton_impl, cpp_impl, torch_impl
+    C++ op      torch.ops.mfdr_C.dfc_fwd_cpu, dfc_bwd_cpu (csrc/dfc.cpp; what cpp_impl calls)
+    custom op   mfdr_kernels::dfc_fwd_op, dfc_bwd_op (here: fake kernels, registered autograd)
+    functional  dynamic_frame_conv (here)
+    module      mfdr.dfc.DynamicFrameConv
 
 Every check is on shapes, dtypes and devices, so all of them happen once, in Python, before the op
 (they trace under ``torch.compile``); the backends receive contiguous, consistent tensors. Under
@@ -28,36 +34,28 @@ def _impl(backend: str):
     return _backends.implementation(__package__, backend)
 
 
-@torch.library.custom_op("mfdr_kernels::dfc_forward", mutates_args=())
-def dfc_forward(
+@torch.library.custom_op("mfdr_kernels::dfc_fwd_op", mutates_args=())
+def dfc_fwd_op(
     x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None, frame: int, hop: int, backend: str
 ) -> torch.Tensor:
-    return _forward_body(x, kernel, bias, frame, hop, backend)
-
-
-def _forward_body(x, kernel, bias, frame, hop, backend):
     _checks.finite_if_asked(x=x, kernel=kernel, bias=bias)  # data-dependent: inside the opaque op
-    return _impl(backend).dfc_forward(x, kernel, bias, frame, hop)
+    return _impl(backend).dfc_fwd(x, kernel, bias, frame, hop)
 
 
-@dfc_forward.register_fake
+@dfc_fwd_op.register_fake
 def _(x, kernel, bias, frame, hop, backend):
     B, L, C = x.shape
     return x.new_empty(B, num_frames(L, frame, hop), C)
 
 
-@torch.library.custom_op("mfdr_kernels::dfc_backward", mutates_args=())
-def dfc_backward(
+@torch.library.custom_op("mfdr_kernels::dfc_bwd_op", mutates_args=())
+def dfc_bwd_op(
     grad_y: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, frame: int, hop: int, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward_body(grad_y, x, kernel, frame, hop, backend)
+    return _impl(backend).dfc_bwd(grad_y.contiguous(), x, kernel, frame, hop)
 
 
-def _backward_body(grad_y, x, kernel, frame, hop, backend):
-    return _impl(backend).dfc_backward(grad_y.contiguous(), x, kernel, frame, hop)
-
-
-@dfc_backward.register_fake
+@dfc_bwd_op.register_fake
 def _(grad_y, x, kernel, frame, hop, backend):
     return torch.empty_like(x), torch.empty_like(kernel), x.new_empty(grad_y.shape[1], x.shape[2])
 
@@ -68,30 +66,17 @@ def _setup_context(ctx, inputs, output):
     ctx.args = (frame, hop, backend, 0 if bias is None else bias.dim())
 
 
-def _backward(ctx, grad_y, backward=dfc_backward):
+def _backward(ctx, grad_y):
     x, kernel = ctx.saved_tensors
     frame, hop, backend, bias_dim = ctx.args
-    dx, dk, dbias = backward(grad_y.contiguous(), x, kernel, frame, hop, backend)  # dbias (N, C)
+    dx, dk, dbias = dfc_bwd_op(grad_y.contiguous(), x, kernel, frame, hop, backend)  # dbias (N, C)
     dbias = None if bias_dim == 0 else dbias.sum(0) if bias_dim == 1 else dbias
     return dx, dk, dbias, None, None, None
 
 
-dfc_forward.register_autograd(_backward, setup_context=_setup_context)
-
-
-class _EagerDFC(torch.autograd.Function):
-    """The eager fast path: the custom op's own body, context and backward, without the dispatcher's
-    per-call cost (~0.13 ms per forward+backward on the CPU); tracers get the custom op instead."""
-
-    @staticmethod
-    def forward(ctx, x, kernel, bias, frame, hop, backend):
-        y = _forward_body(x, kernel, bias, frame, hop, backend)
-        _setup_context(ctx, (x, kernel, bias, frame, hop, backend), y)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        return _backward(ctx, grad_y, backward=_backward_body)
+# Every call, eager or traced, goes through the custom op: a plain torch.autograd.Function beside it, which
+# skips the dispatcher, made the MFDR training step no faster (README, "Backends").
+dfc_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _check(x, kernel, bias, frame, hop):
@@ -155,5 +140,4 @@ def dynamic_frame_conv(
         _checks.finite_if_asked(x=x, kernel=kernel, bias=bias)
         return reference.dfc_reference(x, kernel, bias, frame=frame, hop=hop)
     bias = None if bias is None else bias.contiguous()
-    run = _EagerDFC.apply if _backends.eager(x, kernel, bias) else dfc_forward
-    return run(x.contiguous(), kernel.contiguous(), bias, frame, hop, name)
+    return dfc_fwd_op(x.contiguous(), kernel.contiguous(), bias, frame, hop, name)

@@ -19,7 +19,7 @@ def _unfold(x: torch.Tensor, frame: int, hop: int) -> torch.Tensor:
     return x.unfold(1, frame, hop).transpose(2, 3)
 
 
-def dfc_forward(x, kernel, bias, frame, hop):
+def dfc_fwd(x, kernel, bias, frame, hop):
     """Returns ``y (B, N, C)``."""
     xu = _unfold(x, frame, hop)  # (B, N, frame, C)
     y = (xu * kernel).sum(2)  # the product is the unfolded tensor: (B, N, frame, C)
@@ -28,7 +28,7 @@ def dfc_forward(x, kernel, bias, frame, hop):
     return y
 
 
-def dfc_backward(grad_y, x, kernel, frame, hop):
+def dfc_bwd(grad_y, x, kernel, frame, hop):
     """Gradients ``(dx (B, L, C), dkernel (kernel's shape), dbias (N, C))``; ``dbias`` is summed over
     the batch and reduced further to ``(C,)`` by the caller when the bias is shared by the frames."""
     B, L, C = x.shape

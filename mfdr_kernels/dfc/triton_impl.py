@@ -5,19 +5,19 @@
 Three kernels, none of which builds the unfolded ``(B, N, FRAME, C)`` tensor, and none of which
 uses atomics (so results are deterministic and autotuning needs no output reset):
 
-- ``_dfc_forward_kernel``: one program per (sample, block of N, block of C).
-- ``_dfc_backward_dx_kernel``: one program per (sample, block of L, block of C). It *gathers*: row
+- ``_dfc_fwd_kernel``: one program per (sample, block of N, block of C).
+- ``_dfc_bwd_dx_kernel``: one program per (sample, block of L, block of C). It *gathers*: row
   ``l`` of ``dx`` takes ``grad_y[n] * K[n, j]`` from each frame ``n`` with ``n*HOP + j = l``, at
   most one ``n`` per element ``j`` of the frame. Gathering writes each row once; scattering with
   atomics would serialize the overlapping frames (hop < frame), lose determinism and, in fp16/bf16,
   accumulate in the output precision.
-- ``_dfc_backward_dk_kernel``: one program per (block of N, block of C, frame element j), looping
+- ``_dfc_bwd_dk_kernel``: one program per (block of N, block of C, frame element j), looping
   over the batch: the shared kernel's gradient is a sum over the batch held in registers, so no two
   programs write the same element. Programs with ``j == 0`` also write ``dbias (N, C)``.
 
-Accumulation is in float32 (float64 for float64 inputs). Blocks are autotuned on CUDA per size bucket over
-the configs that compile free of spills (``MFDR_TRITON_AUTOTUNE=0``: one of them); under the interpreter
-(~6 ms per program) a single small configuration is used.
+Accumulation is in float32 (float64 for float64 inputs). Blocks (``mfdr_kernels._triton``, the pattern every
+op shares): autotuned on CUDA per size bucket over the configs that compile free of spills
+(``MFDR_TRITON_AUTOTUNE=0``: one of them); under the interpreter (~6 ms per program) one small config.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _env
+from .. import _triton
 
 
 @triton.jit(do_not_specialize=["N", "L"])
-def _dfc_forward_kernel(
+def _dfc_fwd_kernel(
     x, k, bias, y, N, L, C,
     HOP: tl.constexpr, FRAME: tl.constexpr, PER_SAMPLE: tl.constexpr, BIAS_DIM: tl.constexpr,
     ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -57,7 +57,7 @@ def _dfc_forward_kernel(
 
 
 @triton.jit(do_not_specialize=["N", "L"])
-def _dfc_backward_dx_kernel(
+def _dfc_bwd_dx_kernel(
     gy, k, dx, N, L, C,
     HOP: tl.constexpr, FRAME: tl.constexpr, PER_SAMPLE: tl.constexpr, ACC: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -84,7 +84,7 @@ def _dfc_backward_dx_kernel(
 
 
 @triton.jit(do_not_specialize=["B", "N", "L"])
-def _dfc_backward_dk_kernel(
+def _dfc_bwd_dk_kernel(
     gy, x, dk, dbias, B, N, L, C,
     HOP: tl.constexpr, FRAME: tl.constexpr, PER_SAMPLE: tl.constexpr, ACC: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -119,6 +119,30 @@ def _dfc_backward_dk_kernel(
     tl.store(dbias + o_g, acc_b.to(dbias.dtype.element_ty), mask=m & (j == 0))
 
 
+# ----------------------------------------------------------------------------------------------- tuning
+# ``_triton.Tuning``, the pattern every op shares. Candidates: rows x channels x warps x stages; all compiled free of
+# register spills for sm_90 in fp16, bf16 and fp32 (results/compile_check.md) but the dx kernel's 32 x 64
+# (8 bytes in fp16), so one case per kernel. First (``MFDR_TRITON_AUTOTUNE=0``): 8 x 128, coalesced
+# 128-channel rows, few registers. Size buckets: the rows of the whole batch (B·N, or B·L for dx).
+# Interpreter: 16 x 32. Not timed on a GPU yet: ``benchmarks/gpu_check.sh`` prints what the tuners chose.
+
+_CANDIDATES = "4x256x4x3 8x128x4x3 16x64x4x3 16x128x4x3 32x64x4x3 32x128x8x3"
+_SPILL_FREE = "8x128x4x3 4x256x4x3 16x64x4x3 16x128x4x3 32x64x4x3 32x128x8x3"
+_KEY = ["C", "HOP", "FRAME", "PER_SAMPLE"]
+_fwd = _triton.Tuning("dfc fwd", _dfc_fwd_kernel, ("BLOCK_N", "BLOCK_C"), _CANDIDATES, _SPILL_FREE,
+                      [*_KEY, "BIAS_DIM"], "16x32x4")
+_bwd_dx = _triton.Tuning("dfc bwd dx", _dfc_bwd_dx_kernel, ("BLOCK_L", "BLOCK_C"), _CANDIDATES,
+                         _SPILL_FREE.replace(" 32x64x4x3", ""), _KEY, "16x32x4")
+_bwd_dk = _triton.Tuning("dfc bwd dk", _dfc_bwd_dk_kernel, ("BLOCK_N", "BLOCK_C"), _CANDIDATES, _SPILL_FREE, _KEY,
+                         "16x32x4")
+TUNINGS = (_fwd, _bwd_dx, _bwd_dk)
+
+
+def tuned_configs() -> list[str]:
+    """One line per (kernel, size bucket, autotune key) timed so far, with the config it chose."""
+    return [line for t in TUNINGS for line in t.tuned()]
+
+
 # ----------------------------------------------------------------------------------------------- launchers
 
 
@@ -126,52 +150,7 @@ def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _cuda_configs(rows: str) -> list:
-    """The candidate configs (``benchmarks/compile_check.py`` compiles them all for sm_90)."""
-    return [
-        triton.Config({rows: br, "BLOCK_C": bc}, num_warps=w)
-        for br, bc, w in [(4, 256, 4), (8, 128, 4), (16, 64, 4), (16, 128, 4), (32, 64, 4), (32, 128, 8)]
-    ]
-
-
-def _spill_free(rows: str) -> list:
-    """The candidates that compiled free of register spills for sm_90 in every dtype
-    (results/compile_check.md: all but the dx kernel's 32x64 rows x channels, 8 bytes in fp16), the
-    one run with ``MFDR_TRITON_AUTOTUNE=0`` first (8 x 128: coalesced 128-channel rows, few registers)."""
-    configs = [c for c in _cuda_configs(rows) if rows != "BLOCK_L" or (c.kwargs[rows], c.kwargs["BLOCK_C"]) != (32, 64)]
-    return sorted(configs, key=lambda c: (c.kwargs[rows], c.kwargs["BLOCK_C"]) != (8, 128))
-
-
-_tuned: dict = {}  # (kernel name, size bucket) -> triton.autotune object
-
-
-def _launch(name, kernel, rows_key, grid_fn, n_rows, C, args, consts, device, work):
-    """Runs ``kernel``. CUDA: autotuned over the spill-free configs, one tuner per size bucket (the next power
-    of two of ``work``, the rows of the whole batch), or the first of them with ``MFDR_TRITON_AUTOTUNE=0``;
-    the interpreter: one small block configuration."""
-    grid = lambda meta: grid_fn(meta[rows_key], meta["BLOCK_C"])
-    if device.type == "cuda" and not _env.triton_interpret():
-        configs = _spill_free(rows_key)
-        if not _env.triton_autotune():
-            kernel[grid](*args, **consts, **configs[0].all_kwargs())
-            return
-        bucket = (name, triton.next_power_of_2(max(work, 1)))
-        if bucket not in _tuned:
-            _tuned[bucket] = triton.autotune(configs, key=["C", "HOP", "FRAME", "PER_SAMPLE"])(kernel)
-        _tuned[bucket][grid](*args, **consts)
-        return
-    br = min(16, triton.next_power_of_2(max(n_rows, 1)))
-    bc = min(32, triton.next_power_of_2(max(C, 1)))
-    kernel[grid_fn(br, bc)](*args, **consts, **{rows_key: br, "BLOCK_C": bc})
-
-
-def tuned_configs() -> list[str]:
-    """One line per (kernel, size bucket, autotune key) timed so far, with the config it chose."""
-    return [f"dfc {name} (rows <= {work}) key {key}: {cfg}"
-            for (name, work), tuner in _tuned.items() for key, cfg in tuner.cache.items()]
-
-
-def dfc_forward(x, kernel, bias, frame, hop):
+def dfc_fwd(x, kernel, bias, frame, hop):
     """Returns ``y (B, N, C)``; arguments as checked by ``op.py`` (contiguous)."""
     B, L, C = x.shape
     N = (L - frame) // hop + 1
@@ -180,13 +159,12 @@ def dfc_forward(x, kernel, bias, frame, hop):
         return y
     bias_dim = 0 if bias is None else bias.dim()
     consts = dict(HOP=hop, FRAME=frame, PER_SAMPLE=kernel.dim() == 4, BIAS_DIM=bias_dim, ACC=_acc(x.dtype))
-    grid = lambda bn, bc: (B, triton.cdiv(N, bn), triton.cdiv(C, bc))
-    _launch("forward", _dfc_forward_kernel, "BLOCK_N", grid, N, C,
-            (x, kernel, x if bias is None else bias, y, N, L, C), consts, x.device, B * N)
+    grid = lambda meta: (B, triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(C, meta["BLOCK_C"]))
+    _fwd.launch(grid, B * N, (x, kernel, x if bias is None else bias, y, N, L, C), consts)
     return y
 
 
-def dfc_backward(grad_y, x, kernel, frame, hop):
+def dfc_bwd(grad_y, x, kernel, frame, hop):
     """Gradients ``(dx (B, L, C), dkernel (kernel's shape), dbias (N, C) summed over the batch)``."""
     B, L, C = x.shape
     N = grad_y.shape[1]
@@ -197,10 +175,8 @@ def dfc_backward(grad_y, x, kernel, frame, hop):
     if B == 0:
         return dx, dk.zero_(), dbias.zero_()
     consts = dict(HOP=hop, FRAME=frame, PER_SAMPLE=kernel.dim() == 4, ACC=_acc(x.dtype))
-    grid_dx = lambda bl, bc: (B, triton.cdiv(L, bl), triton.cdiv(C, bc))
-    _launch("backward_dx", _dfc_backward_dx_kernel, "BLOCK_L", grid_dx, L, C,
-            (grad_y, kernel, dx, N, L, C), consts, x.device, B * L)
-    grid_dk = lambda bn, bc: (triton.cdiv(N, bn), triton.cdiv(C, bc), frame)
-    _launch("backward_dk", _dfc_backward_dk_kernel, "BLOCK_N", grid_dk, N, C,
-            (grad_y, x, dk, dbias, B, N, L, C), consts, x.device, B * N)
+    grid_dx = lambda meta: (B, triton.cdiv(L, meta["BLOCK_L"]), triton.cdiv(C, meta["BLOCK_C"]))
+    _bwd_dx.launch(grid_dx, B * L, (grad_y, kernel, dx, N, L, C), consts)
+    grid_dk = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(C, meta["BLOCK_C"]), frame)
+    _bwd_dk.launch(grid_dk, B * N, (grad_y, x, dk, dbias, B, N, L, C), consts)
     return dx, dk, dbias

@@ -1,8 +1,14 @@
 """The public GCPU recurrence op: argument checks, backend choice, ``torch.library`` custom ops and autograd.
 
-Ladder (after Liger): kernels (``csrc/gcpu.cpp``, ``triton_impl``) -> launchers (``*_impl.gcpu_forward`` /
-``gcpu_backward``) -> custom ops ``mfdr_kernels::gcpu_forward`` / ``gcpu_backward`` with fake kernels
-and registered autograd -> :func:`gated_context_recurrence` -> ``mfdr.gcpu.GCPU.recurrence``.
+The ladder, one name per rung (after Liger; the same scheme in ``sawa/`` and ``dfc/``)::
+
+    kernel      triton_impl._gcpu_fwd_kernel, _gcpu_bwd_kernel (Triton);
+                gcpu_fwd_kernel, gcpu_bwd_kernel (csrc/gcpu.cpp)
+    launcher    gcpu_fwd, gcpu_bwd in triton_impl, cpp_impl, torch_impl
+    C++ op      torch.ops.mfdr_C.gcpu_fwd_cpu, gcpu_bwd_cpu (csrc/gcpu.cpp; what cpp_impl calls)
+    custom op   mfdr_kernels::gcpu_fwd_op, gcpu_bwd_op (here: fake kernels, registered autograd)
+    functional  gated_context_recurrence (here)
+    module      mfdr.gcpu.GCPU (its ``recurrence``)
 
 Shape, dtype and device checks happen once, in Python, before the op (they trace under
 ``torch.compile``). The one value check (``lengths`` in ``[0, L]``) follows ``MFDR_KERNELS_CHECK_VALUES``
@@ -15,10 +21,10 @@ The launchers of every backend (``torch_impl``, ``cpp_impl``, ``triton_impl``) t
 one dtype and device, ``lengths`` an int64 ``(B,)`` tensor (values clamped to ``[0, L]`` by the kernels)
 and ``h0`` a ``(B, D)`` tensor or None (a zero state)::
 
-    gcpu_forward(x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, b_u, lengths, h0) -> (H, gates)
+    gcpu_fwd(x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, b_u, lengths, h0) -> (H, gates)
         H (B, L, D) in the input dtype; gates (B, L, G, D) in fp32 (fp64 for fp64 inputs), the slots
         [r, z̃, u, g̃] of every step (G = 4; 3 without context, no g̃), finite at padded steps
-    gcpu_backward(grad_H, H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths, h0)
+    gcpu_bwd(grad_H, H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths, h0)
         -> (dx_r, dx_z, dx_g, dW_hr, dW_hz, dW_hg, dW_hu, dW_zu, dW_gu, db_u, dh0), each in its input's
         dtype; dx_g, dW_hg, dW_gu None without context
 
@@ -53,21 +59,17 @@ def _gate_count(context: bool) -> int:
     return 4 if context else 3
 
 
-@torch.library.custom_op("mfdr_kernels::gcpu_forward", mutates_args=())
-def gcpu_forward(
+@torch.library.custom_op("mfdr_kernels::gcpu_fwd_op", mutates_args=())
+def gcpu_fwd_op(
     x_r: torch.Tensor, x_z: torch.Tensor, x_g: torch.Tensor | None, W_hr: torch.Tensor, W_hz: torch.Tensor,
     W_hg: torch.Tensor | None, W_hu: torch.Tensor, W_zu: torch.Tensor, W_gu: torch.Tensor | None,
     b_u: torch.Tensor, lengths: torch.Tensor, h0: torch.Tensor | None, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _forward_body(x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, b_u, lengths, h0, backend)
-
-
-def _forward_body(x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, b_u, lengths, h0, backend):
     _checks.finite_if_asked(x_r=x_r, x_z=x_z, x_g=x_g, W_hr=W_hr, W_hz=W_hz, W_hg=W_hg, W_hu=W_hu, W_zu=W_zu,
                             W_gu=W_gu, b_u=b_u, h0=h0)
     if x_r.numel() == 0:
         return _empty_forward(x_r, x_g is not None)
-    return _impl(backend).gcpu_forward(x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, b_u, lengths, h0)
+    return _impl(backend).gcpu_fwd(x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, b_u, lengths, h0)
 
 
 def _empty_forward(x_r, context):
@@ -76,27 +78,23 @@ def _empty_forward(x_r, context):
     return x_r.new_zeros(B, L, D), x_r.new_zeros(B, L, _gate_count(context), D, dtype=acc)
 
 
-@gcpu_forward.register_fake
+@gcpu_fwd_op.register_fake
 def _(x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, b_u, lengths, h0, backend):
     return _empty_forward(x_r, x_g is not None)
 
 
-@torch.library.custom_op("mfdr_kernels::gcpu_backward", mutates_args=())
-def gcpu_backward(
+@torch.library.custom_op("mfdr_kernels::gcpu_bwd_op", mutates_args=())
+def gcpu_bwd_op(
     grad_H: torch.Tensor, H: torch.Tensor, gates: torch.Tensor, W_hr: torch.Tensor, W_hz: torch.Tensor,
     W_hg: torch.Tensor | None, W_hu: torch.Tensor, W_zu: torch.Tensor, W_gu: torch.Tensor | None,
     lengths: torch.Tensor, h0: torch.Tensor | None, backend: str,
 ) -> list[torch.Tensor]:
-    return _backward_body(grad_H, H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths, h0, backend)
-
-
-def _backward_body(grad_H, H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths, h0, backend):
     """The gradients as a list: ``[dx_r, dx_z, dW_hr, dW_hz, dW_hu, dW_zu, db_u, dh0]`` and, with context,
     ``dx_g, dW_hg, dW_gu`` after them (a custom op cannot return None)."""
     if H.numel() == 0:
         grads = _empty_backward(H, W_hr, W_hg is not None)
     else:
-        dx_r, dx_z, dx_g, dW_hr, dW_hz, dW_hg, dW_hu, dW_zu, dW_gu, db_u, dh0 = _impl(backend).gcpu_backward(
+        dx_r, dx_z, dx_g, dW_hr, dW_hz, dW_hg, dW_hu, dW_zu, dW_gu, db_u, dh0 = _impl(backend).gcpu_bwd(
             grad_H.contiguous(), H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths, h0)
         grads = [dx_r, dx_z, dW_hr, dW_hz, dW_hu, dW_zu, db_u, dh0]
         if W_hg is not None:
@@ -111,7 +109,7 @@ def _empty_backward(H, W_hr, context):
     return grads + ([dx.clone(), dW.clone(), dW.clone()] if context else [])
 
 
-@gcpu_backward.register_fake
+@gcpu_bwd_op.register_fake
 def _(grad_H, H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths, h0, backend):
     return _empty_backward(H, W_hr, W_hg is not None)
 
@@ -119,38 +117,25 @@ def _(grad_H, H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths, h0, backend
 def _setup_context(ctx, inputs, output):
     _x_r, _x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, _b_u, lengths, h0, backend = inputs
     H, gates = output
+    ctx.mark_non_differentiable(gates)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the gates (B, L, G, D): _backward ignores it
     ctx.save_for_backward(H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths, h0)
     ctx.backend = backend
 
 
-def _backward(ctx, grad_H, _grad_gates, backward=gcpu_backward):
-    if grad_H is None:  # the eager path does not materialize zero gradients: none reached H
+def _backward(ctx, grad_H, _grad_gates):
+    if grad_H is None:  # gradients are not materialized: none reached H
         return (None,) * 13
     H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths, h0 = ctx.saved_tensors
-    grads = backward(grad_H.contiguous(), H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths, h0, ctx.backend)
+    grads = gcpu_bwd_op(grad_H.contiguous(), H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths, h0, ctx.backend)
     dx_r, dx_z, dW_hr, dW_hz, dW_hu, dW_zu, db_u, dh0 = grads[:8]
     dx_g, dW_hg, dW_gu = grads[8:] if W_hg is not None else (None, None, None)
     return dx_r, dx_z, dx_g, dW_hr, dW_hz, dW_hg, dW_hu, dW_zu, dW_gu, db_u, None, None if h0 is None else dh0, None
 
 
-gcpu_forward.register_autograd(_backward, setup_context=_setup_context)
-
-
-class _EagerGCPU(torch.autograd.Function):
-    """The eager fast path: the custom op's own body, context and backward, without the dispatcher's
-    per-call cost; tracers get the custom op instead."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        H, gates = _forward_body(*inputs)
-        ctx.mark_non_differentiable(gates)
-        ctx.set_materialize_grads(False)  # no zero-filled gradient for the gates: _backward ignores it
-        _setup_context(ctx, inputs, (H, gates))
-        return H, gates
-
-    @staticmethod
-    def backward(ctx, grad_H, grad_gates):
-        return _backward(ctx, grad_H, grad_gates, backward=_backward_body)
+# Every call, eager or traced, goes through the custom op: a plain torch.autograd.Function beside it, which
+# skips the dispatcher, made the MFDR training step no faster (README, "Backends").
+gcpu_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _check(x_r, x_z, x_g, weights: dict, b_u, lengths, h0):
@@ -235,6 +220,5 @@ def gated_context_recurrence(
     inputs = [None if t is None else t.contiguous() for t in (x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu,
                                                               b_u)]
     h0 = None if h0 is None else h0.contiguous()
-    run = _EagerGCPU.apply if _backends.eager(*inputs, h0) else gcpu_forward
-    H, _gates = run(*inputs, lengths, h0, name)
+    H, _gates = gcpu_fwd_op(*inputs, lengths, h0, name)
     return H

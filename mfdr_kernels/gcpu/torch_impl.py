@@ -29,7 +29,7 @@ def _acc(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     return None if t is None else t.to(dtype)
 
 
-def gcpu_forward(x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, b_u, lengths, h0):
+def gcpu_fwd(x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, b_u, lengths, h0):
     """Returns ``(H (B, L, D) in the input dtype, gates (B, L, G, D) in the accumulation dtype)``."""
     context = x_g is not None
     B, L, D = x_r.shape
@@ -69,7 +69,7 @@ def gcpu_forward(x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, b_u, lengths
     return H, gates
 
 
-def gcpu_backward(grad_H, H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths, h0):
+def gcpu_bwd(grad_H, H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths, h0):
     """Backpropagation through time; returns ``(dx_r, dx_z, dx_g, dW_hr, dW_hz, dW_hg, dW_hu, dW_zu,
     dW_gu, db_u, dh0)``, each in the dtype of its input (the context ones None without context)."""
     context = W_hg is not None

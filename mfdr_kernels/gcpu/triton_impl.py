@@ -53,11 +53,10 @@ operands are the weights in the input dtype and the staged activations cast to i
 cores, as torch's matmuls of the same dtype); fp32 dots follow ``torch.set_float32_matmul_precision``
 (:func:`_precision`). Besides those operands, only the outputs are rounded to the input dtype.
 
-**Tuning.** ``triton.autotune`` over a few configs on CUDA (none timed yet: no GPU in the session that
-wrote this; chosen from offline sm_90 compiles, ``benchmarks/compile_check.py``, see ``_FWD_CONFIGS``);
-``MFDR_TRITON_AUTOTUNE=0`` runs the first (spill-free but for 24 bytes in the bf16 backward at D = 256),
-the interpreter its own small one. Every kernel rewrites all it reads, so re-running one (autotuning)
-needs no reset. ``B`` and ``L`` are not specialized; loops with runtime bounds are ``while`` loops (the
+**Tuning** (section below; the pattern of ``mfdr_kernels._triton``, shared by every op). On CUDA the
+configs that compile free of spills for sm_90, autotuned per size bucket, or one of them with
+``MFDR_TRITON_AUTOTUNE=0``; a single config under the interpreter. Not timed on a GPU yet. ``B`` and ``L``
+are not specialized; loops with runtime bounds are ``while`` loops (the
 triton 3.6 interpreter cannot take a loaded scalar as a ``range`` bound with numpy >= 2.4).
 """
 
@@ -67,7 +66,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _env
+from .. import _triton
 
 # ----------------------------------------------------------------------------------------------------
 # Helpers (inlined into the kernels)
@@ -335,38 +334,40 @@ def _gcpu_bwd_kernel(
 
 
 # ----------------------------------------------------------------------------------------------------
-# Tuning: a few configs on CUDA (MFDR_TRITON_AUTOTUNE=1, the default), else one; one under the interpreter.
+# Tuning (``_triton.Tuning``, the pattern every op shares). Cases: (D > 64, fp32). Configs: BLOCK_B x BLOCK_N x
+# BLOCK_K x warps x stages; BLOCK_B = 16 rows, the fewest ``tl.dot`` takes, so the most programs (each streams
+# all weights every step); fp32 "ieee" dots run on FMA units with their operands in registers, so BLOCK_K <= 32.
+# The spill-free configs of each case: offline sm_90 compiles at D = 64 and 256 in fp32, bf16 and fp16
+# (``benchmarks/compile_check.py --gcpu-dims 64,256``; 16-bit dtypes alike). No backward config tried (16 of
+# them) is spill-free at D = 256 in 16-bit dtypes (16-500 bytes): that case runs the least-spilling candidate
+# (16 bytes). Registers reach the 255 limit in most: the weights' addresses are loop-invariant and stay live
+# across the step loop; harmless with the grid's handful of programs. Size buckets: the B rows the grid covers.
+# Every kernel rewrites all it reads, so autotuning needs no reset. Not timed on a GPU yet.
 
-# BLOCK_B = 16 rows: the fewest ``tl.dot`` takes, so the most programs (each streams all weights every step).
-# Offline sm_90 compiles (``benchmarks/compile_check.py --gcpu-dims 64,256 --dtypes fp32,bf16``; fp32 "ieee"
-# dots run on FMA units with their operands in registers, so BLOCK_K <= 32): the first two forward configs
-# are free of spills at D = 64 and 256 in fp32 and bf16, the other two spill 4-28 bytes in one or two of
-# those. The backward's first config is spill-free but at bf16 D = 256 (24 bytes); no backward config
-# tried (16 of them) was spill-free there (16-500 bytes). Registers reach the 255 limit in most: the weights'
-# addresses are loop-invariant and stay live across the step loop; harmless with the grid's handful of
-# programs. None is timed yet (no GPU in the session that wrote this): the autotuner picks on the first
-# call per key.
-_FWD_CONFIGS = [triton.Config({"BLOCK_B": 16, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=nw, num_stages=ns)
-                for bn, bk, nw, ns in [(64, 32, 8, 3), (64, 32, 8, 2), (32, 32, 8, 2), (32, 32, 4, 2)]]
-_BWD_CONFIGS = [triton.Config({"BLOCK_B": 16, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=nw, num_stages=ns)
-                for bn, bk, nw, ns in [(32, 16, 4, 1), (64, 16, 8, 2), (32, 16, 4, 2), (64, 32, 8, 1)]]
-_INTERPRET_CONFIG = triton.Config({"BLOCK_B": 16, "BLOCK_N": 16, "BLOCK_K": 16})  # D > 16 takes several chunks
+_BLOCKS = ("BLOCK_B", "BLOCK_N", "BLOCK_K")
 _KEY = ["D", "CONTEXT", "HAS_H0", "PREC"]
-_kernels: dict = {}
+_fwd = _triton.Tuning("gcpu fwd", _gcpu_fwd_kernel, _BLOCKS, "16x64x32x8x3 16x64x32x8x2 16x32x32x8x2 16x32x32x4x2", {
+    (False, True): "16x64x32x8x3 16x64x32x8x2 16x32x32x8x2 16x32x32x4x2",
+    (False, False): "16x64x32x8x3 16x64x32x8x2 16x32x32x4x2",
+    (True, True): "16x64x32x8x3 16x64x32x8x2 16x32x32x8x2",
+    (True, False): "16x64x32x8x3 16x64x32x8x2",
+}, _KEY, "16x16x16x4")  # interpreter: D > 16 takes several chunks
+_bwd = _triton.Tuning("gcpu bwd", _gcpu_bwd_kernel, _BLOCKS, "16x32x16x4x1 16x64x16x8x2 16x32x16x4x2 16x64x32x8x1", {
+    (False, True): "16x32x16x4x1 16x64x32x8x1",
+    (False, False): "16x32x16x4x1 16x64x16x8x2",
+    (True, True): "16x32x16x4x1 16x64x16x8x2 16x32x16x4x2 16x64x32x8x1",
+    (True, False): "16x32x16x4x2",
+}, _KEY, "16x16x16x4")
+TUNINGS = (_fwd, _bwd)
 
 
-def _kernel(direction: str):
-    """The forward or backward kernel, autotuned (CUDA, ``MFDR_TRITON_AUTOTUNE``) or with one config."""
-    if _env.triton_interpret():
-        configs = [_INTERPRET_CONFIG]
-    else:
-        configs = _FWD_CONFIGS if direction == "fwd" else _BWD_CONFIGS
-        configs = configs if _env.triton_autotune() else configs[:1]
-    key = (direction, len(configs), configs[0])
-    if key not in _kernels:
-        fn = _gcpu_fwd_kernel if direction == "fwd" else _gcpu_bwd_kernel
-        _kernels[key] = triton.autotune(configs, key=_KEY)(fn)
-    return _kernels[key]
+def tuned_configs() -> list[str]:
+    """One line per (kernel, case, size bucket, autotune key) timed so far, with the config it chose."""
+    return [line for t in TUNINGS for line in t.tuned()]
+
+
+def _case(x: torch.Tensor, D: int) -> tuple[bool, bool]:
+    return D > 64, x.dtype == torch.float32
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -406,7 +407,7 @@ def _grid(B: int):
     return lambda meta: (triton.cdiv(B, meta["BLOCK_B"]),)
 
 
-def gcpu_forward(x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, b_u, lengths, h0):
+def gcpu_fwd(x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, b_u, lengths, h0):
     """Returns ``(H (B, L, D) in the input dtype, gates (B, L, G, D) fp32 (fp64 for fp64))``, slots
     ``[r, z̃, u, g̃]`` (G = 4 with context, 3 without)."""
     B, L, D = x_r.shape
@@ -420,14 +421,13 @@ def gcpu_forward(x_r, x_z, x_g, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, b_u, lengths
     hbuf = torch.empty(2, B, D, dtype=acc, device=x_r.device)  # h_{t-1}, h_t
     rhbuf = torch.empty(B, D, dtype=acc, device=x_r.device)
     g = (x_g, W_hg, W_gu) if context else (x_r, W_hr, W_hr)  # unused stand-ins without context
-    _kernel("fwd")[_grid(B)](
+    _fwd.launch(_grid(B), B, (
         x_r, x_z, g[0], W_hr, W_hz, g[1], W_hu, W_zu, g[2], b_u, _lengths(lengths, B, L, x_r.device),
-        x_r if h0 is None else h0, H, gates, hbuf, rhbuf, B, L, **_consts(x_r, D, context, h0),
-    )
+        x_r if h0 is None else h0, H, gates, hbuf, rhbuf, B, L), _consts(x_r, D, context, h0), _case(x_r, D))
     return H, gates
 
 
-def gcpu_backward(grad_H, H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths, h0):
+def gcpu_bwd(grad_H, H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths, h0):
     """``(dx_r, dx_z, dx_g, dW_hr, dW_hz, dW_hg, dW_hu, dW_zu, dW_gu, db_u, dh0)``, each in its input's
     dtype; dx_g, dW_hg, dW_gu None without context."""
     B, L, D = H.shape
@@ -445,11 +445,10 @@ def gcpu_backward(grad_H, H, gates, W_hr, W_hz, W_hg, W_hu, W_zu, W_gu, lengths,
             if t is not None:
                 t.zero_()
     else:
-        _kernel("bwd")[_grid(B)](
+        _bwd.launch(_grid(B), B, (
             grad_H.contiguous(), H, gates, W_hr, W_hz, W_hg if context else W_hr, W_hu, W_zu,
             W_gu if context else W_hr, _lengths(lengths, B, L, dev), H if h0 is None else h0,
-            dxr, dxz, dxg if context else dxz, dau, rh, hp, scratch, B, L, **_consts(H, D, context, h0),
-        )
+            dxr, dxz, dxg if context else dxz, dau, rh, hp, scratch, B, L), _consts(H, D, context, h0), _case(H, D))
 
     def rows(t):  # (B·L, D) view
         return t.reshape(B * L, D)

@@ -1,4 +1,5 @@
-"""Thin calls into the compiled C++ SAWA kernels (``csrc/sawa.cpp``, ops ``torch.ops.mfdr_C``)."""
+"""Thin calls into the compiled C++ SAWA kernels (``csrc/sawa.cpp``): the launchers ``sawa_fwd`` / ``sawa_bwd``
+of the ``cpp`` backend, calling the C++ ops ``torch.ops.mfdr_C.sawa_fwd_cpu`` / ``sawa_bwd_cpu``."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ import torch
 from .. import _ext
 
 
-def sawa_forward(q, k, v, q_lens, k_lens, starts, force_level, window, levels, joint, scale):
+def sawa_fwd(q, k, v, q_lens, k_lens, starts, force_level, window, levels, joint, scale):
     _ext.load()
-    return torch.ops.mfdr_C.sawa_forward(q, k, v, q_lens, k_lens, starts, force_level, window, levels, joint, scale)
+    return torch.ops.mfdr_C.sawa_fwd_cpu(q, k, v, q_lens, k_lens, starts, force_level, window, levels, joint, scale)
 
 
-def sawa_backward(grad_out, q, k, v, q_lens, k_lens, starts, level, window, joint, scale):
+def sawa_bwd(grad_out, q, k, v, q_lens, k_lens, starts, level, window, joint, scale):
     _ext.load()
-    return torch.ops.mfdr_C.sawa_backward(grad_out, q, k, v, q_lens, k_lens, starts, level, window, joint, scale)
+    return torch.ops.mfdr_C.sawa_bwd_cpu(grad_out, q, k, v, q_lens, k_lens, starts, level, window, joint, scale)

@@ -1,8 +1,14 @@
 """The public SAWA op: argument checks, backend choice, ``torch.library`` custom ops and autograd.
 
-Ladder (after Liger): kernels (``csrc/sawa.cpp``, ``triton_impl``) -> launchers (``*_impl.sawa_forward`` /
-``sawa_backward``) -> custom ops ``mfdr_kernels::sawa_forward`` / ``sawa_backward`` with fake kernels
-and registered autograd -> :func:`sliding_adaptive_window_attention` -> ``mfdr.model.SAWALayer``.
+The ladder, one name per rung (after Liger; the same scheme in ``dfc/`` and ``gcpu/``)::
+
+    kernel      triton_impl._sawa_fwd_kernel, _sawa_bwd_q_kernel, _sawa_bwd_kv_kernel (Triton);
+                sawa_fwd_kernel, sawa_bwd_kernel (csrc/sawa.cpp)
+    launcher    sawa_fwd, sawa_bwd in triton_impl, cpp_impl, torch_impl
+    C++ op      torch.ops.mfdr_C.sawa_fwd_cpu, sawa_bwd_cpu (csrc/sawa.cpp; what cpp_impl calls)
+    custom op   mfdr_kernels::sawa_fwd_op, sawa_bwd_op (here: fake kernels, registered autograd)
+    functional  sliding_adaptive_window_attention (here)
+    module      mfdr.sawa.SAWALayer
 
 Shape, dtype and device checks happen once, in Python, before the op (they trace under
 ``torch.compile``). Value checks (lengths, window starts, forced levels) read the data, so they follow
@@ -67,82 +73,64 @@ def _sanitized(q_lens, k_lens, starts, force_level, L, T, levels):
     return q_lens, k_lens, starts.contiguous(), force_level
 
 
-@torch.library.custom_op("mfdr_kernels::sawa_forward", mutates_args=())
-def sawa_forward(
+@torch.library.custom_op("mfdr_kernels::sawa_fwd_op", mutates_args=())
+def sawa_fwd_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_lens: torch.Tensor, k_lens: torch.Tensor,
     starts: torch.Tensor, force_level: torch.Tensor | None, window: int, levels: int, joint: bool,
     scale: float, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _forward_body(q, k, v, q_lens, k_lens, starts, force_level, window, levels, joint, scale, backend)
-
-
-def _forward_body(q, k, v, q_lens, k_lens, starts, force_level, window, levels, joint, scale, backend):
     B, H, L, _ = q.shape
     _checks.finite_if_asked(q=q, k=k, v=v)
     if q.numel() == 0 or k.numel() == 0:
         return q.new_zeros(B, H, L, v.shape[-1]), torch.zeros(B, H, L, dtype=torch.int8, device=q.device)
-    return _impl(backend).sawa_forward(q, k, v, q_lens, k_lens, starts, force_level, window, levels, joint, scale)
+    return _impl(backend).sawa_fwd(q, k, v, q_lens, k_lens, starts, force_level, window, levels, joint, scale)
 
 
-@sawa_forward.register_fake
+@sawa_fwd_op.register_fake
 def _(q, k, v, q_lens, k_lens, starts, force_level, window, levels, joint, scale, backend):
     B, H, L, _ = q.shape
     return q.new_empty(B, H, L, v.shape[-1]), q.new_empty(B, H, L, dtype=torch.int8)
 
 
-@torch.library.custom_op("mfdr_kernels::sawa_backward", mutates_args=())
-def sawa_backward(
+@torch.library.custom_op("mfdr_kernels::sawa_bwd_op", mutates_args=())
+def sawa_bwd_op(
     grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_lens: torch.Tensor,
     k_lens: torch.Tensor, starts: torch.Tensor, level: torch.Tensor, window: int, joint: bool, scale: float,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward_body(grad_out, q, k, v, q_lens, k_lens, starts, level, window, joint, scale, backend)
-
-
-def _backward_body(grad_out, q, k, v, q_lens, k_lens, starts, level, window, joint, scale, backend):
     if q.numel() == 0 or k.numel() == 0:
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    return _impl(backend).sawa_backward(
+    return _impl(backend).sawa_bwd(
         grad_out.contiguous(), q, k, v, q_lens, k_lens, starts, level.contiguous(), window, joint, scale
     )
 
 
-@sawa_backward.register_fake
+@sawa_bwd_op.register_fake
 def _(grad_out, q, k, v, q_lens, k_lens, starts, level, window, joint, scale, backend):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, q_lens, k_lens, starts, _force, window, _levels, joint, scale, backend = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the levels: _backward ignores it
     ctx.save_for_backward(q, k, v, q_lens, k_lens, starts, output[1])
     ctx.args = (window, joint, scale, backend)
 
 
-def _backward(ctx, grad_out, _grad_level, backward=sawa_backward):
+def _backward(ctx, grad_out, _grad_level):
+    if grad_out is None:  # gradients are not materialized: none reached out
+        return (None,) * 12
     q, k, v, q_lens, k_lens, starts, level = ctx.saved_tensors
     window, joint, scale, backend = ctx.args
-    dq, dk, dv = backward(grad_out.contiguous(), q, k, v, q_lens, k_lens, starts, level, window, joint, scale,
-                          backend)
+    dq, dk, dv = sawa_bwd_op(grad_out.contiguous(), q, k, v, q_lens, k_lens, starts, level, window, joint, scale,
+                             backend)
     return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
-sawa_forward.register_autograd(_backward, setup_context=_setup_context)
-
-
-class _EagerSAWA(torch.autograd.Function):
-    """The eager fast path: the custom op's own body, context and backward, without the dispatcher's
-    per-call cost (~0.13 ms per forward+backward on the CPU); tracers get the custom op instead."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        out, level = _forward_body(*inputs)
-        ctx.mark_non_differentiable(level)
-        _setup_context(ctx, inputs, (out, level))
-        return out, level
-
-    @staticmethod
-    def backward(ctx, grad_out, grad_level):
-        return _backward(ctx, grad_out, grad_level, backward=_backward_body)
+# Every call, eager or traced, goes through the custom op: a plain torch.autograd.Function beside it, which
+# skips the dispatcher, made the MFDR training step no faster (README, "Backends").
+sawa_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _prepare(q, k, v, window, hop, levels, normalize, scale, q_lens, k_lens, window_starts, force_level):
@@ -230,9 +218,8 @@ def sliding_adaptive_window_attention(
         out, level = reference.sawa_reference(q, k, v, window=window, levels=levels, joint=joint, scale=scale,
                                               q_lens=q_lens, k_lens=k_lens, starts=starts, force_level=force_level)
     else:
-        run = _EagerSAWA.apply if _backends.eager(q, k, v) else sawa_forward
-        out, level = run(q.contiguous(), k.contiguous(), v.contiguous(), q_lens, k_lens, starts, force_level,
-                         window, levels, joint, scale, name)
+        out, level = sawa_fwd_op(q.contiguous(), k.contiguous(), v.contiguous(), q_lens, k_lens, starts,
+                                 force_level, window, levels, joint, scale, name)
     return (out, level) if return_level else out
 
 

@@ -63,7 +63,7 @@ def _final_weights(x, exists, ring, level, joint):
     return _softmax_groups(x, active, groups, 1 if joint else 3), active
 
 
-def sawa_forward(q, k, v, q_lens, k_lens, starts, force_level, window, levels, joint, scale):
+def sawa_fwd(q, k, v, q_lens, k_lens, starts, force_level, window, levels, joint, scale):
     """Returns ``(out (B, H, L, dv), level (B, H, L) int8)``."""
     reach = levels if force_level is None else max(levels, int(force_level.max()) if force_level.numel() else 0)
     idx, exists, ring, base = _setup(q, k, q_lens, k_lens, starts, window, reach)
@@ -98,7 +98,7 @@ def _decide(x, exists, ring, base, window, levels, joint):
     return level
 
 
-def sawa_backward(grad_out, q, k, v, q_lens, k_lens, starts, level, window, joint, scale):
+def sawa_bwd(grad_out, q, k, v, q_lens, k_lens, starts, level, window, joint, scale):
     """Gradients ``(dq, dk, dv)`` given the forward's levels (the decisions are not differentiated)."""
     B, H, L, _ = q.shape
     reach = int(level.max()) if level.numel() else 0

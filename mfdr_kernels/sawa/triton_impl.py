@@ -62,8 +62,9 @@ gradients are cast to the input dtype for ``W V``, ``DS K`` and pass 2, as flash
 exact (``"ieee"``), or TF32 after ``torch.set_float32_matmul_precision("high")`` (:func:`_precision`).
 fp64 (interpreter): exact.
 
-**Tuning** (section below). On CUDA the configs that compile free of spills for sm_90, autotuned per
-size bucket, or one of them with ``MFDR_TRITON_AUTOTUNE=0``; a single config under the interpreter.
+**Tuning** (section below; the pattern of ``mfdr_kernels._triton``, shared by every op). On CUDA the configs
+that compile free of spills for sm_90, autotuned per size bucket, or one of them with
+``MFDR_TRITON_AUTOTUNE=0``; a single config under the interpreter.
 ``T`` and ``L`` are not specialized (no recompile per length). Loops with runtime bounds are ``while``
 loops: the triton 3.6 interpreter cannot take a loaded scalar as a ``range`` bound with numpy >= 2.4.
 ``torch.compile`` sees these launchers only through the opaque custom op of ``op.py``.
@@ -75,9 +76,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _env
+from .. import _triton
 
-_INTERPRET = _env.triton_interpret()
 BLOCK_K = 64  # frames per program of backward pass 2 (fixed: the host-side query ranges depend on it)
 DKDV = ("blocks", "atomic")
 
@@ -482,88 +482,49 @@ def _sawa_bwd_kv_kernel(
 
 
 # ----------------------------------------------------------------------------------------------------
-# Tuning. Under the interpreter: one small config. On CUDA: of the candidate configs, only those that
-# compiled free of register spills for sm_90 (``benchmarks/compile_check.py`` -> results/compile_check.md)
-# for the head width (d <= 64, or wider: compiled at d = 256) and the dtype (fp16/bf16, or fp32 "ieee";
-# fp32 wider than 64 was not compiled: the configs spill-free in both neighbouring cases).
-# ``MFDR_TRITON_AUTOTUNE=0`` (``_env.triton_autotune``) runs the first of them; otherwise
-# ``triton.autotune`` times them on first use, one tuner per size bucket (the next power of two of the
-# rows the grid covers: B·H·L queries, B·H·T frames for pass 2), so that a config tuned at B = 2 is not
-# reused at T = 64k. None is timed yet (no GPU in the sessions that wrote this): ``benchmarks/gpu_check.sh``
-# prints what the tuners chose.
+# Tuning (``_triton.Tuning``, the pattern every op shares). Cases: (d > 64, fp32). The spill-free configs
+# are those that compiled free of register spills for sm_90 (``benchmarks/compile_check.py`` ->
+# results/compile_check.md) at the head width (d <= 64, or wider: compiled at d = 256) and the dtype
+# (fp16/bf16, or fp32 "ieee"; fp32 wider than 64 was not compiled: the configs spill-free in both
+# neighbouring cases). Size buckets: the B·H·L queries, B·H·T frames for pass 2. Not timed on a GPU yet:
+# ``benchmarks/gpu_check.sh`` prints what the tuners chose.
 
-
-def _config(spec: str, second: str) -> triton.Config:
-    """``"BQxB2xWARPS[xSTAGES]"`` -> Config(BLOCK_Q=BQ, second=B2) (the format of compile_check --configs)."""
-    bq, b2, nw, *ns = (int(x) for x in spec.split("x"))
-    return triton.Config({"BLOCK_Q": bq, second: b2}, num_warps=nw, num_stages=ns[0] if ns else 1)
-
-
-class _Tuning:
-    """One kernel's block configs. ``configs``: every candidate (compile_check compiles them all);
-    ``spill_free[(d > 64, fp32)]``: the specs to run, the fixed one (``MFDR_TRITON_AUTOTUNE=0``) first."""
-
-    def __init__(self, kernel, second: str, candidates: str, spill_free: dict, key: list, interpret: str,
-                 reset: list | None = None):
-        self.kernel, self.key, self.reset = kernel, key, reset
-        self.configs = [_config(s, second) for s in candidates.split()]
-        self.spill_free = {case: [_config(s, second) for s in specs.split()] for case, specs in spill_free.items()}
-        self.interpret = _config(interpret, second)
-        self.tuners: dict = {}  # (case, size bucket) -> triton.autotune object
-
-    def launch(self, grid, rows: int, args: tuple, consts: dict) -> None:
-        """``kernel[grid](*args, **consts)`` with its config; ``rows``: what the size bucket is taken from."""
-        if _INTERPRET:
-            self.kernel[grid](*args, **consts, **self.interpret.kwargs)
-            return
-        case = (max(consts["D"], consts["DV"]) > 64, args[0].dtype == torch.float32)
-        width = max(16, triton.next_power_of_2(max(consts["D"], consts["DV"])))
-        configs = [c for c in self.spill_free[case] if c.kwargs.get("BLOCK_D", 0) <= width]  # no wider d chunks
-        configs = configs or self.spill_free[case][:1]
-        if not _env.triton_autotune() or len(configs) == 1:
-            self.kernel[grid](*args, **consts, **configs[0].all_kwargs())
-            return
-        bucket = (case, triton.next_power_of_2(max(rows, 1)))
-        if bucket not in self.tuners:
-            self.tuners[bucket] = triton.autotune(configs, key=self.key, reset_to_zero=self.reset)(self.kernel)
-        self.tuners[bucket][grid](*args, **consts)
-
-
+_QUERY_BLOCKS = ("BLOCK_Q", "BLOCK_N")
+_QUERY_KEY = ["W", "D", "DV", "JOINT", "PREC"]
 # Query blocks of 16-64 rows (tl.dot needs >= 16) against chunks of 32-64 frames: at the paper's hop (5)
-# a block of 16 queries spans 105 frames, of 32 queries 185.
-_fwd = _Tuning(_sawa_fwd_kernel, "BLOCK_N", "16x32x4 16x32x8 16x64x8 32x32x4 32x64x8 64x32x8", {
+# a block of 16 queries spans 105 frames, of 32 queries 185. Interpreter: 16 x 16 (every span takes chunks).
+_fwd = _triton.Tuning("sawa fwd", _sawa_fwd_kernel, _QUERY_BLOCKS, "16x32x4 16x32x8 16x64x8 32x32x4 32x64x8 64x32x8", {
     (False, False): "16x32x8 16x32x4 16x64x8 32x32x4 32x64x8 64x32x8",
     (True, False): "16x32x8 16x64x8",
     (False, True): "16x32x8 16x32x4 16x64x8",
     (True, True): "16x32x8 16x64x8",
-}, ["W", "D", "DV", "JOINT", "LEVELS", "FORCED", "PREC"], "16x16x4")  # interpreter: every span takes chunks
+}, [*_QUERY_KEY, "LEVELS", "FORCED"], "16x16x4")
 _BWD_CANDIDATES = "16x32x4 16x32x8 16x64x4 16x64x8 32x64x8"
-_bwd_q = _Tuning(_sawa_bwd_q_kernel, "BLOCK_N", _BWD_CANDIDATES, {
+_bwd_q = _triton.Tuning("sawa bwd pass 1", _sawa_bwd_q_kernel, _QUERY_BLOCKS, _BWD_CANDIDATES, {
     (False, False): "16x32x8 16x32x4 16x64x4 16x64x8 32x64x8",
     (True, False): "16x32x8", (False, True): "16x32x8", (True, True): "16x32x8",
-}, ["W", "D", "DV", "JOINT", "REACH", "ATOMIC", "PREC"], "16x16x4")
-_bwd_q_atomic = _Tuning(_sawa_bwd_q_kernel, "BLOCK_N", _BWD_CANDIDATES, {
+}, [*_QUERY_KEY, "REACH", "ATOMIC"], "16x16x4")
+_bwd_q_atomic = _triton.Tuning("sawa bwd pass 1 atomic", _sawa_bwd_q_kernel, _QUERY_BLOCKS, _BWD_CANDIDATES, {
     (False, False): "16x64x8 16x32x4 16x64x4 32x64x8",
     (True, False): "16x32x8 16x64x8", (False, True): "16x32x8", (True, True): "16x32x8",
-}, ["W", "D", "DV", "JOINT", "REACH", "ATOMIC", "PREC"], "16x16x4",
-    reset=["dk_ptr", "dv_ptr"])  # it accumulates: every timed run starts from 0
+}, [*_QUERY_KEY, "REACH", "ATOMIC"], "16x16x4", reset=["dk_ptr", "dv_ptr"])  # it accumulates: timed runs start at 0
 _KV_SPILL_FREE_FP32 = "32x64x8x3 16x64x4x2 16x128x8x2"
-_bwd_kv = _Tuning(_sawa_bwd_kv_kernel, "BLOCK_D", "16x64x4x2 16x128x8x2 32x128x8x2 32x64x8x3", {
+_bwd_kv = _triton.Tuning("sawa bwd pass 2", _sawa_bwd_kv_kernel, ("BLOCK_Q", "BLOCK_D"),
+                         "16x64x4x2 16x128x8x2 32x128x8x2 32x64x8x3", {
     (False, False): "32x64x8x3 16x64x4x2 16x128x8x2 32x128x8x2",
     (True, False): "32x64x8x3 16x64x4x2 16x128x8x2 32x128x8x2",
     (False, True): _KV_SPILL_FREE_FP32, (True, True): _KV_SPILL_FREE_FP32,
 }, ["W", "D", "DV", "PREC"], "16x16x4")
+TUNINGS = (_fwd, _bwd_q, _bwd_q_atomic, _bwd_kv)
 
 
 def tuned_configs() -> list[str]:
     """One line per (kernel, case, size bucket, autotune key) timed so far, with the config it chose."""
-    lines = []
-    for name, t in (("fwd", _fwd), ("bwd pass 1", _bwd_q), ("bwd pass 1 atomic", _bwd_q_atomic),
-                    ("bwd pass 2", _bwd_kv)):
-        for ((wide, fp32), rows), tuner in t.tuners.items():
-            for key, cfg in tuner.cache.items():
-                lines.append(f"sawa {name} (d > 64: {wide}, fp32: {fp32}, rows <= {rows}) key {key}: {cfg}")
-    return lines
+    return [line for t in TUNINGS for line in t.tuned()]
+
+
+def _case(q: torch.Tensor, D: int, DV: int) -> tuple[bool, bool]:
+    return max(D, DV) > 64, q.dtype == torch.float32
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -611,7 +572,7 @@ def _query_grid(L: int, BH: int):
     return lambda meta: (triton.cdiv(L, meta["BLOCK_Q"]), BH)
 
 
-def sawa_forward(q, k, v, q_lens, k_lens, starts, force_level, window, levels, joint, scale):
+def sawa_fwd(q, k, v, q_lens, k_lens, starts, force_level, window, levels, joint, scale):
     """Returns ``(out (B, H, L, dv), level (B, H, L) int8)``."""
     B, H, L, D = q.shape
     T, DV = k.shape[2], v.shape[3]
@@ -621,7 +582,7 @@ def sawa_forward(q, k, v, q_lens, k_lens, starts, force_level, window, levels, j
     forced = force_level is not None
     _fwd.launch(_query_grid(L, B * H), B * H * L, (
         q, k, v, out, level, force_level if forced else level, q_lens, k_lens, starts, _scale(q, scale),
-        T, L, H), dict(LEVELS=levels, JOINT=joint, FORCED=forced, **_consts(q, window, D, DV)))
+        T, L, H), dict(LEVELS=levels, JOINT=joint, FORCED=forced, **_consts(q, window, D, DV)), _case(q, D, DV))
     return out, level
 
 
@@ -639,7 +600,7 @@ def _query_ranges(starts, q_lens, T, lo, hi, nkb):
     return torch.stack([i0, torch.maximum(i1, i0)], dim=-1).contiguous()
 
 
-def sawa_backward(grad_out, q, k, v, q_lens, k_lens, starts, level, window, joint, scale, dkdv="blocks"):
+def sawa_bwd(grad_out, q, k, v, q_lens, k_lens, starts, level, window, joint, scale, dkdv="blocks"):
     """Gradients ``(dq, dk, dv)`` for the forward's levels. ``dkdv``: "blocks" (default) or "atomic"."""
     if dkdv not in DKDV:
         raise ValueError(f"dkdv must be one of {DKDV}, got {dkdv!r}")
@@ -663,13 +624,15 @@ def sawa_backward(grad_out, q, k, v, q_lens, k_lens, starts, level, window, join
     consts = _consts(q, window, D, DV)
     (_bwd_q_atomic if atomic else _bwd_q).launch(_query_grid(L, B * H), B * H * L, (
         grad_out, q, k, v, level, q_lens, k_lens, starts, _scale(q, scale), dq, p, ds, dk_acc, dv_acc,
-        T, L, H), dict(REACH=reach, SPAN=hi - lo, JOINT=joint, ATOMIC=atomic, **consts))
+        T, L, H), dict(REACH=reach, SPAN=hi - lo, JOINT=joint, ATOMIC=atomic, **consts), _case(q, D, DV))
     if atomic:
         return dq, dk_acc.to(k.dtype), dv_acc.to(v.dtype)
 
     nkb = triton.cdiv(T, BLOCK_K)
     ranges = _query_ranges(starts, q_lens, T, lo, hi, nkb)
     dk, dv = torch.empty_like(k), torch.empty_like(v)
+    width = max(16, triton.next_power_of_2(max(D, DV)))
     _bwd_kv.launch((nkb, B * H), B * H * T, (grad_out, q, p, ds, ranges, starts, k_lens, dk, dv, T, L, H, nkb),
-                   dict(LO=lo, HI=hi, D=D, DV=DV, PREC=consts["PREC"], ACC=consts["ACC"], BLOCK_K=BLOCK_K))
+                   dict(LO=lo, HI=hi, D=D, DV=DV, PREC=consts["PREC"], ACC=consts["ACC"], BLOCK_K=BLOCK_K),
+                   _case(q, D, DV), allow=lambda c: c.kwargs["BLOCK_D"] <= width)  # no d chunks wider than d
     return dq, dk, dv

@@ -5,7 +5,6 @@ import subprocess
 import sys
 import warnings
 
-import pytest
 import torch
 
 from mfdr_kernels import _ext
@@ -75,49 +74,3 @@ def test_builds_on_first_use(tmp_path):
     res = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, env=env,
                          timeout=600)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
-
-
-def test_output_cache_reuses_freed_buffers_and_obeys_its_limit():
-    from mfdr_kernels import sliding_adaptive_window_attention as sawa
-
-    _ext.load()
-    ops = torch.ops.mfdr_C
-    # (B, H, T, d) = 1 MiB: large enough to be cached
-    q, k, v = torch.randn(1, 1, 50, 256), torch.randn(1, 1, 1024, 256), torch.randn(1, 1, 1024, 256)
-    for t in (q, k, v):
-        t.requires_grad_()
-    previous = ops.set_output_cache_limit(64 * 2**20)
-    try:
-        dq, dk, dv = torch.autograd.grad(sawa(q, k, v, window=10, backend="cpp").sum(), (q, k, v))
-        ptr = dk.data_ptr()
-        assert ops.output_cache_held() >= 0
-        del dq, dk, dv  # back to the cache, not to the OS
-        assert ops.output_cache_held() >= 2 * 2**20
-        dq, dk, dv = torch.autograd.grad(sawa(q, k, v, window=10, backend="cpp").sum(), (q, k, v))
-        assert ptr in (dk.data_ptr(), dv.data_ptr())
-        ref = torch.autograd.grad(sawa(q, k, v, window=10, backend="torch").sum(), (q, k, v))
-        for a, b in zip((dq, dk, dv), ref):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-        dk.resize_(2, 1, 1024, 256)  # ordinary storage: resizable
-        dk.add_(1.0)
-        assert dk.shape == (2, 1, 1024, 256)
-        del dq, dk, dv
-        ops.set_output_cache_limit(0)  # off: what it holds is freed
-        assert ops.output_cache_held() == 0
-        out = sawa(q.detach(), k.detach(), v.detach(), window=10, backend="cpp")
-        del out
-        assert ops.output_cache_held() == 0
-    finally:
-        ops.set_output_cache_limit(previous)
-
-
-def test_output_cache_env_flag(monkeypatch):
-    from mfdr_kernels import _env
-
-    monkeypatch.setenv("MFDR_KERNELS_OUTPUT_CACHE_MB", "0")
-    assert _env.output_cache_bytes() == 0
-    monkeypatch.setenv("MFDR_KERNELS_OUTPUT_CACHE_MB", "1.5")
-    assert _env.output_cache_bytes() == 3 * 2**19
-    monkeypatch.setenv("MFDR_KERNELS_OUTPUT_CACHE_MB", "lots")
-    with pytest.raises(ValueError, match="MFDR_KERNELS_OUTPUT_CACHE_MB must be a number"):
-        _env.output_cache_bytes()

@@ -142,5 +142,5 @@ def test_opcheck_bf16(per_sample):
     case = Case(2, 9, 43)
     inputs, gy = make(case, per_sample, "NC")
     x, kernel, b = (inputs[k].requires_grad_() for k in ("x", "kernel", "bias"))
-    torch.library.opcheck(op.dfc_forward, (x, kernel, b, case.frame, case.hop, "cpp"))
-    torch.library.opcheck(op.dfc_backward, (gy, x.detach(), kernel.detach(), case.frame, case.hop, "cpp"))
+    torch.library.opcheck(op.dfc_fwd_op, (x, kernel, b, case.frame, case.hop, "cpp"))
+    torch.library.opcheck(op.dfc_bwd_op, (gy, x.detach(), kernel.detach(), case.frame, case.hop, "cpp"))

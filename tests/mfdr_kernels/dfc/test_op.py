@@ -25,7 +25,7 @@ def _inputs(per_sample=False, bias="C", dtype=torch.float64, B=2, L=9, C=5, fram
                          ids=["shared-nobias", "shared-bias_C", "per_sample-bias_NC"])
 def test_opcheck_forward(backend, per_sample, bias):
     x, kernel, b = _inputs(per_sample, bias)
-    torch.library.opcheck(op.dfc_forward, (x, kernel, b, 3, 2, backend))
+    torch.library.opcheck(op.dfc_fwd_op, (x, kernel, b, 3, 2, backend))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -33,7 +33,7 @@ def test_opcheck_forward(backend, per_sample, bias):
 def test_opcheck_backward(backend, per_sample):
     x, kernel, _ = _inputs(per_sample, None)
     gy = torch.randn(2, 4, 5, dtype=torch.float64)
-    torch.library.opcheck(op.dfc_backward, (gy, x.detach(), kernel.detach(), 3, 2, backend))
+    torch.library.opcheck(op.dfc_bwd_op, (gy, x.detach(), kernel.detach(), 3, 2, backend))
 
 
 # ------------------------------------------------------------------------------------------ torch.compile

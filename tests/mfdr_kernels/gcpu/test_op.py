@@ -30,7 +30,7 @@ def _inputs(B=2, L=4, D=5, context=True, dtype=torch.float64, requires_grad=True
 def test_opcheck_forward(backend, context, with_h0):
     args, h0 = _inputs(context=context)
     lengths = torch.tensor([4, 2])
-    torch.library.opcheck(op.gcpu_forward, (*args, lengths, h0 if with_h0 else None, backend))
+    torch.library.opcheck(op.gcpu_fwd_op, (*args, lengths, h0 if with_h0 else None, backend))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -40,9 +40,9 @@ def test_opcheck_backward(backend, context, with_h0):
     args, h0 = _inputs(context=context, requires_grad=False)
     h0 = h0 if with_h0 else None
     lengths = torch.tensor([4, 2])
-    H, gates = op.gcpu_forward(*args, lengths, h0, backend)
+    H, gates = op.gcpu_fwd_op(*args, lengths, h0, backend)
     W = args[3:9]
-    torch.library.opcheck(op.gcpu_backward, (torch.randn_like(H), H, gates, *W, lengths, h0, backend))
+    torch.library.opcheck(op.gcpu_bwd_op, (torch.randn_like(H), H, gates, *W, lengths, h0, backend))
 
 
 # ------------------------------------------------------------------------------------------ torch.compile

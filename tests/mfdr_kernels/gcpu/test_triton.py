@@ -87,9 +87,9 @@ def _inputs(case: Case, dtype, device="cpu"):
 def _launch(args, grad_H, lengths):
     """Forward and backward through the triton launchers: ``(H, gates, {name: gradient})``."""
     a = args
-    H, gates = triton_impl.gcpu_forward(a["x_r"], a["x_z"], a["x_g"], *(a[n] for n in WEIGHTS), a["b_u"], lengths,
+    H, gates = triton_impl.gcpu_fwd(a["x_r"], a["x_z"], a["x_g"], *(a[n] for n in WEIGHTS), a["b_u"], lengths,
                                         a["h0"])
-    grads = triton_impl.gcpu_backward(grad_H, H, gates, *(a[n] for n in WEIGHTS), lengths, a["h0"])
+    grads = triton_impl.gcpu_bwd(grad_H, H, gates, *(a[n] for n in WEIGHTS), lengths, a["h0"])
     return H, gates, dict(zip(GRADS, grads, strict=True))
 
 
@@ -136,7 +136,7 @@ def test_fp64_matches_reference(case):
     # the saved gates [r, z̃, u, g̃] are those of the torch backend (the backends share the launcher contract):
     # the reference's values at valid steps, 0 at padded ones
     a = dict(args, h0=args["h0"] if case.h0 else torch.zeros(case.B, case.D, dtype=torch.float64))
-    _, want = torch_impl.gcpu_forward(a["x_r"], a["x_z"], a["x_g"], *(a[n] for n in WEIGHTS), a["b_u"], lengths,
+    _, want = torch_impl.gcpu_fwd(a["x_r"], a["x_z"], a["x_g"], *(a[n] for n in WEIGHTS), a["b_u"], lengths,
                                       a["h0"])
     _close("gates", gates, want, 1e-12, 1e-10)
 
@@ -233,22 +233,6 @@ def test_fp32_dot_precision_follows_torch():
         assert triton_impl._precision(torch.float64) == "ieee"
     finally:
         torch.set_float32_matmul_precision(before)
-
-
-def test_autotune_flag_chooses_the_configs(monkeypatch):
-    """On CUDA every config is tried (MFDR_TRITON_AUTOTUNE=1, the default) or only the first, spill-free one
-    (0); the interpreter runs its own small config (16-column chunks: D = 20 takes two)."""
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    monkeypatch.setenv("MFDR_TRITON_AUTOTUNE", "0")
-    assert triton_impl._kernel("fwd").configs == triton_impl._FWD_CONFIGS[:1]
-    assert triton_impl._kernel("bwd").configs == triton_impl._BWD_CONFIGS[:1]
-    monkeypatch.setenv("MFDR_TRITON_AUTOTUNE", "1")
-    assert triton_impl._kernel("fwd").configs == triton_impl._FWD_CONFIGS
-    assert triton_impl._kernel("bwd").configs == triton_impl._BWD_CONFIGS
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert triton_impl._kernel("bwd").configs == [triton_impl._INTERPRET_CONFIG]
-    for c in triton_impl._FWD_CONFIGS + triton_impl._BWD_CONFIGS:  # tl.dot takes >= 16 rows
-        assert c.kwargs["BLOCK_B"] >= 16 and c.kwargs["BLOCK_K"] >= 16 and c.kwargs["BLOCK_N"] >= 16
 
 
 def test_sizes_past_32_bit_scratch_indexing_raise():

@@ -195,7 +195,7 @@ def test_opcheck():
     starts = (torch.arange(6) * 2).expand(2, 6).contiguous()
     for backend in BACKENDS:
         args = (q, k, v, lens, klens, starts, None, 4, 2, False, 0.5, backend)
-        torch.library.opcheck(torch.ops.mfdr_kernels.sawa_forward.default, args)
+        torch.library.opcheck(torch.ops.mfdr_kernels.sawa_fwd_op.default, args)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

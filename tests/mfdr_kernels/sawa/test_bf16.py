@@ -184,4 +184,4 @@ def test_opcheck_bf16():
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     lens, klens = torch.tensor([9, 6]), torch.tensor([47, 30])
     starts = (torch.arange(9) * 5).expand(2, 9).contiguous()
-    torch.library.opcheck(op.sawa_forward, (q, k, v, lens, klens, starts, None, 10, 2, False, 40 ** -0.5, "cpp"))
+    torch.library.opcheck(op.sawa_fwd_op, (q, k, v, lens, klens, starts, None, 10, 2, False, 40 ** -0.5, "cpp"))

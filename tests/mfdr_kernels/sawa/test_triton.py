@@ -200,10 +200,10 @@ def test_atomic_dkdv_matches_blocks(normalize):
     i = torch.arange(case.L)
     starts = torch.where(i < q_lens[:, None], (i * case.hop).clamp(max=case.T), case.T).contiguous()
     args = (q, k, v, q_lens, k_lens, starts)
-    _, level = triton_impl.sawa_forward(*args, None, case.w, case.levels, normalize == "joint", 0.5)
+    _, level = triton_impl.sawa_fwd(*args, None, case.w, case.levels, normalize == "joint", 0.5)
     assert int(level.max()) == 2
-    blocks = triton_impl.sawa_backward(grad, *args, level, case.w, normalize == "joint", 0.5)
-    atomic = triton_impl.sawa_backward(grad, *args, level, case.w, normalize == "joint", 0.5, dkdv="atomic")
+    blocks = triton_impl.sawa_bwd(grad, *args, level, case.w, normalize == "joint", 0.5)
+    atomic = triton_impl.sawa_bwd(grad, *args, level, case.w, normalize == "joint", 0.5, dkdv="atomic")
     for name, a, b in zip(("dq", "dk", "dv"), atomic, blocks, strict=True):
         _close(name, a, b, 1e-12, 1e-10)
 
@@ -221,8 +221,8 @@ def _launcher_fp16(case: Case, force, grad):
     q_lens, k_lens, starts, force = op._sanitized(q_lens, k_lens, starts, force, L, T, case.levels)
     args = (q, k, v, q_lens, k_lens, starts)
     scale, joint = 1 / math.sqrt(case.d), case.normalize == "joint"
-    out, level = triton_impl.sawa_forward(*args, force, case.w, case.levels, joint, scale)
-    return (out, *triton_impl.sawa_backward(grad.half(), *args, level, case.w, joint, scale))
+    out, level = triton_impl.sawa_fwd(*args, force, case.w, case.levels, joint, scale)
+    return (out, *triton_impl.sawa_bwd(grad.half(), *args, level, case.w, joint, scale))
 
 
 @requires_interpreter
@@ -312,9 +312,9 @@ def test_cuda_default_backend_and_atomic_flavour():
     i = torch.arange(case.L, device="cuda")
     starts = torch.where(i < q_lens[:, None], (i * 5).clamp(max=case.T), case.T).contiguous()
     args = (q, k, v, q_lens, k_lens, starts)
-    _, level = triton_impl.sawa_forward(*args, None, case.w, case.levels, True, 0.125)
-    blocks = triton_impl.sawa_backward(grad, *args, level, case.w, True, 0.125)
-    atomic = triton_impl.sawa_backward(grad, *args, level, case.w, True, 0.125, dkdv="atomic")
+    _, level = triton_impl.sawa_fwd(*args, None, case.w, case.levels, True, 0.125)
+    blocks = triton_impl.sawa_bwd(grad, *args, level, case.w, True, 0.125)
+    atomic = triton_impl.sawa_bwd(grad, *args, level, case.w, True, 0.125, dkdv="atomic")
     for name, a, b in zip(("dq", "dk", "dv"), atomic, blocks, strict=True):
         _close(name, a, b, 1e-5, 1e-5)
 
