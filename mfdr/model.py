@@ -343,7 +343,7 @@ class MFDR(nn.Module):
     # -------------------------------------------------------------- save / load
     def save_pretrained(self, path: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` to the directory ``path``."""
-        from safetensors.torch import save_file
+        from ._safetensors import save_file  # deterministic bytes: identical runs, identical files
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)

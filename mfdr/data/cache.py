@@ -46,8 +46,8 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
+from .._safetensors import save_file  # deterministic bytes
 from ..errors import CacheConfigError, DataError, MissingFileError
 
 log = logging.getLogger("mfdr.data")
