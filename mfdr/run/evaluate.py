@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ from .checkpoint import load_checkpoint
 from .distributed import Dist
 from .files import atomic_write_text
 from .rundir import _fold_dirs
+
+log = logging.getLogger("mfdr.run")
 
 
 @torch.no_grad()
@@ -140,19 +143,27 @@ def evaluate_run(run: Path, cfg: RunConfig, *, device=None, progress: bool = Fal
     from ..protocols import DataSource, make_folds
 
     source = DataSource(cfg)
-    results = []
+    results, unfinished = [], []
     for fold in make_folds(source.entries, cfg.data, cfg.train.seed, cfg.model.task):
         best = Path(run) / fold.name / "best"
         if not best.is_dir():
             print(f"{fold.name}: no best/ model, skipped")
             continue
         model, meta = load_model(best, cfg.model, device=device or "cpu")
+        if not (Path(run) / fold.name / "result.json").is_file():  # training stopped before the fold's end
+            unfinished.append(fold.name)
+            log.warning("%s is not finished (no result.json; its best/ is from epoch %s of %d): scoring the model "
+                        "it has so far. Finish it with `mfdr train --out %s --resume`.", fold.name,
+                        meta.get("epoch", "?"), cfg.train.epochs, run)
         pred = predict_dataset(model, source.dataset(fold.test), cfg, progress=progress)
         results.append({"fold": fold.name, "test_groups": fold.test_groups, "n_test": len(fold.test),
                         "best_epoch": meta.get("epoch"), "test": prediction_metrics(pred, cfg)})
     if not results:
         raise InputError(f"{run}: no fold has a trained model (fold-*/best/)")
-    return M.summarize_folds(results, task=cfg.model.task, protocol=cfg.data.protocol, select=cfg.select)
+    summary = M.summarize_folds(results, task=cfg.model.task, protocol=cfg.data.protocol, select=cfg.select)
+    if unfinished:
+        summary["unfinished"] = unfinished
+    return summary
 
 
 def evaluate_model(path: Path, features, base: RunConfig | None = None, *, split: str = "all", device=None,
