@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 # public name -> submodule that defines it
 _LAZY = {
     "MFDR": "model",
-    "SAWALayer": "model",
+    "SAWALayer": "sawa",
     "MFDRConfig": "config",
     "TABLE3": "config",
     "GCPU": "gcpu",

@@ -1,4 +1,5 @@
-"""Dynamic frame convolution (paper §2.3, SPEC §2): the ``DynamicFrameConv`` module.
+"""Dynamic frame convolution (paper §2.3, SPEC §2): the ``DynamicFrameConv`` module, the module rung of the DFC
+op's ladder (``mfdr_kernels/dfc/op.py``).
 
     M (channels, length)   kernel generation map, learnable, "the same size as H"
     Φ = W(M)               kernel generation block: (N, frame, channels), one private depthwise

@@ -1,4 +1,5 @@
 """Gated context perception unit (GCPU, paper Sec. 2.2, SPEC §3) and the context units of its ablations.
+``GCPU`` is the module rung of the GCPU recurrence op's ladder (``mfdr_kernels/gcpu/op.py``).
 
 ``GCPU`` reads two streams per step, the fused word ``z_t`` and its global context ``g_t`` (multi-head
 self-attention over z), and updates its state with the decoupled update gate of equations (1)-(6)::
