@@ -15,7 +15,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from ..errors import MissingFileError
+from ..errors import ConfigError, MissingFileError
 from .model import ALIGN, ATTENTION, CONTEXT, POOLING, TABLE3, TASK, MFDRConfig
 from .run import (
     CLASSIFICATION_METRICS,
@@ -51,10 +51,19 @@ def config_path(config: str | Path) -> Path:
 
 
 def load_run_config(config: str | Path | None = None, overrides=()) -> RunConfig:
-    """A :class:`RunConfig` from a file or shipped name (None: all defaults), with ``--set`` overrides."""
+    """A :class:`RunConfig` from a file or shipped name (None: all defaults), with ``--set`` overrides. A
+    demo config's ``demo:`` section (the corpus ``mfdr demo`` synthesizes) is left out: its run sections
+    serve ``mfdr train``, ``extract``... as any config's."""
     if config is None:
         return RunConfig.from_dict({}, overrides)
-    return RunConfig.load(config_path(config), overrides)
+    path = config_path(config)
+    d = read_file(path)
+    if not (isinstance(d, dict) and "demo" in d):
+        return RunConfig.load(path, overrides)
+    try:
+        return RunConfig.from_dict({k: v for k, v in d.items() if k != "demo"}, overrides)
+    except ConfigError as e:
+        raise type(e)(f"{path}: {e}") from None
 
 
 __all__ = ["ALIGN", "ATTENTION", "CLASSIFICATION_METRICS", "CONTEXT", "EMOTIONS", "POOLING", "REGRESSION_METRICS",

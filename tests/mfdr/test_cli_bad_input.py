@@ -51,6 +51,8 @@ CLI_BAD = [
     ("extract-iemocap-empty", ["extract", "--dataset", "iemocap", "--path", "{d}/empty"],
      "no Session1..Session5 folders found"),
     ("extract-mmsa", ["extract", "--set", "data.dataset=mmsa"], "MMSA pickles already hold features"),
+    ("extract-demo-config", ["extract", "-c", "demo"], "data.path is not set: give the manifest with --path"),
+    ("train-demo-config", ["train", "-c", "demo", "--features", "{d}/empty"], "no feature cache at"),
     ("extract-batch-size-0", ["extract", "--batch-size", "0"], "argument --batch-size: must be >= 1"),
     ("evaluate-missing", ["evaluate", "{d}/none"], "none does not exist"),
     ("evaluate-model-without-features", ["evaluate", "{d}/empty"],
