@@ -183,3 +183,52 @@ def test_same_seed_same_weights_and_metrics(setup, tmp_path):
     a = load_checkpoint(root / "reference" / "fold-0" / "checkpoint.pt")["model"]
     b = load_checkpoint(tmp_path / "other" / "fold-0" / "checkpoint.pt")["model"]
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def _start_paused(config_file: Path, out: Path, tmp_path: Path, env: dict, *extra: str) -> subprocess.Popen:
+    """Start ``mfdr train`` with the hook; SIGKILL it once it pauses (the second step after its first
+    checkpoint); returns the finished process."""
+    marker = tmp_path / f"paused-{len(list(tmp_path.glob('paused-*')))}"
+    proc = subprocess.Popen(train_command(config_file, out, *extra), cwd=tmp_path,
+                            env={**env, "MFDR_TEST_PAUSE_MARKER": str(marker)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not marker.exists():
+            assert proc.poll() is None, f"the run ended before it was killed:\n{proc.stdout.read()}"
+            assert time.monotonic() < deadline, "the run never paused"
+            time.sleep(0.05)
+        assert int(marker.read_text()) == proc.pid
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    return proc
+
+
+def test_sigkill_during_a_resumed_run_then_resume_again(setup, tmp_path):
+    """Killed in epoch 2, resumed, killed again in epoch 3 (during the resumed run), resumed again: the same
+    weights and metrics as an uninterrupted run, and what the killed resume had written (the epoch-2
+    checkpoint, best/, the logs) intact."""
+    root, _, config_file = setup
+    out = tmp_path / "run"
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(HOOK)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "hook"), str(ROOT)])}
+    _start_paused(config_file, out, tmp_path, env)                      # killed in epoch 2
+    assert load_checkpoint(out / "fold-0" / "checkpoint.pt")["epoch"] == 1
+    _start_paused(config_file, out, tmp_path, env, "--resume")          # resumed, killed in epoch 3
+    ck = load_checkpoint(out / "fold-0" / "checkpoint.pt")
+    assert ck["epoch"] == 2 and ck["fold"] == "fold-0"
+    assert len((out / "fold-0" / "metrics.csv").read_text().splitlines()) == 3  # header + epochs 1, 2
+    R.load_model(out / "fold-0" / "best")
+    assert not (out / "fold-0" / "result.json").exists()
+    assert not [p.name for p in (out / "fold-0").iterdir() if ".tmp-" in p.name or p.name.startswith("best.")]
+    resumed = subprocess.run(train_command(config_file, out, "--resume"), cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "fold-0: resuming after epoch 2" in resumed.stdout
+    assert_same_run(root / "reference", out)
