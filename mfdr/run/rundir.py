@@ -227,6 +227,8 @@ def _check_run_dir(out: Path, cfg: RunConfig, folds: list[dict], resume: bool, o
     if not contents:
         return
     state = _marker_state(out)
+    if state == "marked" and [p.name for p in contents] == [MARKER]:  # a run stopped right after it began
+        return
     if state == "none":
         raise RunDirError(f"--out {out} is not empty and is not an mfdr run folder (no {MARKER}): it holds "
                           f"{_listing(contents, out)}. Choose another folder"

@@ -210,3 +210,14 @@ def test_the_continue_hint_works_as_printed(cache, tmp_path, capsys):
     ck = load_checkpoint(out / "fold-1" / "checkpoint.pt")
     assert ck["epoch"] == 3 and ck["config"]["train"]["lr"] == 0.002
     assert (out / "fold-1" / "result.json").is_file() and not (out / "fold-0").exists()
+
+
+def test_a_folder_holding_only_the_marker_starts_a_new_run(cache, tmp_path):
+    """A run killed right after it marked its folder (before config.yaml): the next run starts in it."""
+    out = tmp_path / "run"
+    out.mkdir()
+    rundir.write_marker(out)
+    (out / rundir.LOCK).write_text("pid 1 on elsewhere\n")  # a lock file whose holder is gone (flock released)
+    summary = R.run_training(config(cache, train={"epochs": 1}), out, folds=["fold-0"], progress=False,
+                             figures=False)
+    assert [f["fold"] for f in summary["folds"]] == ["fold-0"] and (out / "config.yaml").is_file()
