@@ -14,6 +14,7 @@ One job a module:
     extract.py       the configured encoders over a dataset, into a feature cache
     predict.py       predictions for new utterances (wav + transcript)
     bench.py         a quick timing per kernel backend (mfdr bench)
+    ablate.py        the paper's Table 3: every ablation row under one protocol, the table (mfdr ablate)
 
     from mfdr.config import load_run_config
     from mfdr.run import run_training
