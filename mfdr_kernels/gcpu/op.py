@@ -42,7 +42,7 @@ from .. import _backends, _checks
 from . import reference
 
 CHECKS = _backends.checks(
-    cpp=(torch.float32, torch.float64),
+    cpp=(torch.float32, torch.float64, torch.bfloat16),
     triton_cuda=(torch.float16, torch.bfloat16, torch.float32),
     triton_cpu=(torch.float32, torch.float64),
 )

@@ -118,12 +118,13 @@ def test_env_forces_backend(monkeypatch):
     assert calls == ["cpp"]
 
 
-def test_cpu_bfloat16_runs_on_torch():
-    args, h0 = _inputs(dtype=torch.bfloat16)
+def test_cpu_float16_runs_on_torch():
+    """The C++ kernel takes float32, float64 and bf16 (test_bf16.py); float16 CPU tensors run the torch backend."""
+    args, h0 = _inputs(dtype=torch.float16)
     x = args[0]
     assert mfdr_kernels._backends.choose("gated_context_recurrence", None, CHECKS, (x, x)) == "torch"
     H = gated_context_recurrence(*args, h0=h0)
-    assert H.dtype == torch.bfloat16
+    assert H.dtype == torch.float16
     want = gated_context_recurrence(*(a.double() for a in args), h0=h0.double(), backend="reference")
     torch.testing.assert_close(H.double(), want, atol=0.05, rtol=0.05)
 
@@ -141,8 +142,8 @@ def test_autocast_casts_the_inputs():
 
 
 def test_explicit_backend_that_cannot_run_says_why():
-    args, h0 = _inputs(dtype=torch.bfloat16)
-    with pytest.raises(RuntimeError, match="cpp.*float32 or float64"):
+    args, h0 = _inputs(dtype=torch.float16)
+    with pytest.raises(RuntimeError, match="cpp.*float32 or float64 or bfloat16, got torch.float16"):
         gated_context_recurrence(*args, h0=h0, backend="cpp")
     with pytest.raises(ValueError, match="backend= must be one of"):
         gated_context_recurrence(*args, h0=h0, backend="cuda")
