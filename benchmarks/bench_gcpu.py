@@ -7,12 +7,14 @@
     python benchmarks/bench_gcpu.py --threads 2     # torch.set_num_threads (default 1, as in the suites)
     pytest benchmarks/test_bench_gcpu.py --benchmark-only   # the same providers in the pytest-benchmark suite
 
-Two levels, float32, padded lengths (each sample's in [L/2, L], one full):
+Two levels, float32 (cpp-bf16: under bf16 autocast), padded lengths (each sample's in [L/2, L], one full):
   stage  ``GCPU.recurrence(z, g, lengths)``, the model's GCPU stage (``bench_model.py``): the input-side
          products for all steps (one matmul per stream) and the recurrence, on the backend under test
   op     ``gated_context_recurrence(x_r, x_z, x_g, ...)`` alone, on given input-side terms
 Providers:
   cpp        the fused C++ kernels (CPU)          triton    the fused Triton kernels (CUDA)
+  cpp-bf16   the fused C++ kernels under ``torch.autocast("cpu", bfloat16)``, the training loop's bf16 (the
+             stage's input-side products in bf16 too); ``fp32_x`` = cpp's time / cpp-bf16's, same run
   torch      the vectorized backend: a Python loop over the steps with hand-written backpropagation
   loop       the reference backend: the readable loop of the equations, autograd through it (eager)
   compiled   ``torch.compile`` (Inductor) of that loop (not in --quick: it compiles for a minute)
@@ -57,7 +59,8 @@ def fused_for(device):
 
 
 def providers_for(device, quick=False):
-    return [fused_for(device), "torch", "loop"] + ([] if quick else ["compiled"])
+    bf16 = ["cpp-bf16"] if torch.device(device).type == "cpu" else []
+    return [fused_for(device), *bf16, "torch", "loop"] + ([] if quick else ["compiled"])
 
 
 class Problem:
@@ -92,7 +95,15 @@ class Problem:
     def forward(self, name, level):
         """``f() -> H`` of a provider at a level."""
         m = self.module
-        backend = {"loop": "reference", "compiled": "reference"}.get(name, name)
+        backend = {"loop": "reference", "compiled": "reference", "cpp-bf16": "cpp"}.get(name, name)
+        if name == "cpp-bf16":  # the same fp32 leaves, cast by autocast (the op's and the linears' policy)
+            fp32 = self.forward("cpp", level)
+
+            def bf16():
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return fp32()
+
+            return bf16
         if name == "compiled":  # the backward-only timing reruns a retained graph: no donated buffers
             torch._functorch.config.donated_buffer = False
         if level == "stage":
@@ -154,6 +165,9 @@ def _measure_level(p: Problem, shape, level, names, device, reps):
             row[f"{mode}_x"] = t[mode]["loop"] / t[mode][n]
         if "compiled" in names:
             row["vs_compiled_x"] = t["fwd+bwd"]["compiled"] / t["fwd+bwd"][n]
+        if n == "cpp-bf16" and "cpp" in names:  # same-run ratio of the bf16 kernels over the float32 ones
+            row.update({f"fp32_{m}x": t[mode]["cpp"] / t[mode][n] for m, mode in (("fwd_", "fwd"), ("bwd_", "bwd"),
+                                                                                  ("", "fwd+bwd"))})
         rows.append(row)
     return rows
 
@@ -169,7 +183,7 @@ def check(device) -> list[dict]:
     this is the correctness half of the GPU check. Weights at nn.Linear's scale (the model's). Raises when
     the rule above fails."""
     fused = fused_for(device)
-    dtypes = [torch.float64, torch.float32]
+    dtypes = [torch.float64, torch.float32, torch.bfloat16]
     if torch.device(device).type == "cuda":
         dtypes = [torch.float32, torch.float16, torch.bfloat16]
     rows = []
@@ -210,7 +224,7 @@ def _with_grads(backend, inputs, lengths, grad_H):
 
 
 COLUMNS = ["shape", "level", "provider", "fwd_ms", "bwd_ms", "fwd+bwd_ms", "fwd_x", "bwd_x", "fwd+bwd_x",
-           "vs_compiled_x", "ops", "peak_mb"]
+           "vs_compiled_x", "fp32_x", "ops", "peak_mb"]
 
 
 def main(argv=None):
@@ -239,8 +253,9 @@ def main(argv=None):
     result = {"machine": _timing.machine(), "dtype": "float32", "rows": rows, "checks": checks}
     _timing.write_json(_timing.results_path(args.out, args.quick, "gcpu.json"), result)
     print(f"machine: {result['machine']}")
-    print("float32; *_x = time of the `loop` provider (the readable reference loop, eager) / time, "
-          "vs_compiled_x = fwd+bwd time of torch.compile of that loop / time, same run\n")
+    print("float32 (cpp-bf16: bf16 autocast); *_x = time of the `loop` provider (the readable reference loop, "
+          "eager) / time, vs_compiled_x = fwd+bwd time of torch.compile of that loop / time, fp32_x = fwd+bwd time "
+          "of cpp / cpp-bf16, same run\n")
     print(_timing.markdown_table(rows, ["device"] + COLUMNS))
     return result
 
