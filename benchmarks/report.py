@@ -386,7 +386,8 @@ def ops_section(ops) -> str:
             f"{ops['meta']['check_values']}` as on a GPU). *Before*: the code before the GPU-readiness work "
             "(value checks reading device data in forward and backward, GCPU as a Python loop of ~70 ops per "
             "step, a per-parameter Adam). Now: lengths and starts clamped instead of read, the fused GCPU op "
-            "(`gated_context_recurrence`), fused Adam; padded frames and tokens zeroed before they meet valid ones (~20 ops). GRU and MGRU keep per-step loops (cuDNN runs "
+            "(`gated_context_recurrence`), fused Adam; padded frames and tokens zeroed before they meet valid ones "
+            "(~20 ops). GRU and MGRU keep per-step loops (cuDNN runs "
             "`torch.gru` as one op on CUDA; MGRU is not fused).\n\n"
             + _table(["config", "forward", "backward", "optimizer", "total ops", "host syncs", "before: ops",
                       "before: syncs"], rows))
