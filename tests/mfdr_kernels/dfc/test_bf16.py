@@ -6,38 +6,14 @@ Flash-attention's rule: against the float64 reference on the same (rounded) inpu
 run in that precision (plus a floor far below the dtype's rounding), for y and each gradient.
 """
 
-import dataclasses
 
 import pytest
 import torch
 
 from mfdr_kernels import dynamic_frame_conv
 from mfdr_kernels.dfc import op
-
-# err(cpp) <= factor * err(torch in the same dtype) + atol, for y and for each gradient
-TOL = {
-    torch.bfloat16: {"factor": 2.0, "atol": 1e-5},
-    torch.float32: {"factor": 2.0, "atol": 1e-6},
-}
-DTYPES = pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-
-
-@dataclasses.dataclass
-class Case:
-    B: int
-    L: int
-    C: int
-    frame: int = 3
-    hop: int = 2
-
-    @property
-    def N(self):
-        return (self.L - self.frame) // self.hop + 1
-
-    @property
-    def id(self):
-        return f"B{self.B}-L{self.L}-C{self.C}-f{self.frame}-h{self.hop}"
-
+from tests.low_precision import DTYPES, TOL, record_backends
+from tests.mfdr_kernels.dfc.test_backends import Case
 
 # channels over the kernels' vector paths: chunks of 32, then 8, then scalars (256, 43 = 32 + 8 + 3, 7);
 # 130 crosses the dK kernel's 128-channel blocks; B = 19 gives long fp32 batch sums
@@ -107,10 +83,7 @@ def test_cpp_rounds_once_to_nearest_even():
 def test_bf16_cpu_tensors_run_the_cpp_kernel(monkeypatch):
     """The default backend of bf16 CPU tensors (what autocast produces) is the C++ kernel, forward and
     backward, not the torch fallback."""
-    calls = []
-    real = op._impl
-    monkeypatch.setattr(op, "_impl", lambda name: calls.append(name) or real(name))
-    monkeypatch.delenv("MFDR_KERNELS_BACKEND", raising=False)
+    calls = record_backends(monkeypatch, op)
     inputs, gy = make(CASES[-1], False, "C")
     x = inputs["x"].requires_grad_()
     y = dynamic_frame_conv(x, inputs["kernel"], bias=inputs["bias"])
@@ -122,10 +95,7 @@ def test_bf16_cpu_tensors_run_the_cpp_kernel(monkeypatch):
 def test_autocast_runs_the_cpp_kernel_in_bf16(monkeypatch):
     """Under CPU autocast (bf16) float32 inputs are cast to bf16 and take the C++ kernel: the same output
     as an explicit bf16 call, float32 gradients for the float32 inputs."""
-    calls = []
-    real = op._impl
-    monkeypatch.setattr(op, "_impl", lambda name: calls.append(name) or real(name))
-    monkeypatch.delenv("MFDR_KERNELS_BACKEND", raising=False)
+    calls = record_backends(monkeypatch, op)
     inputs, gy = make(CASES[0], False, "C")
     x, kernel, bias = (inputs[k].float().requires_grad_() for k in ("x", "kernel", "bias"))
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -15,14 +15,9 @@ import torch
 from mfdr.gcpu import GCPU
 from mfdr_kernels import gated_context_recurrence
 from mfdr_kernels.gcpu import op
+from tests.low_precision import DTYPES, TOL, record_backends
 
 NAMES = ("x_r", "x_z", "x_g", "W_hr", "W_hz", "W_hg", "W_hu", "W_zu", "W_gu", "b_u", "h0")
-# err(cpp) <= factor * err(torch in the same dtype) + atol, for H and for each gradient
-TOL = {
-    torch.bfloat16: {"factor": 2.0, "atol": 1e-5},
-    torch.float32: {"factor": 2.0, "atol": 1e-6},
-}
-DTYPES = pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 
 
 @dataclasses.dataclass
@@ -113,10 +108,7 @@ def test_padded_steps_output_zero_and_carry_the_state():
 def test_bf16_cpu_tensors_run_the_cpp_kernel(monkeypatch):
     """The default backend of bf16 CPU tensors (what autocast produces) is the C++ kernel, forward and
     backward, not the torch fallback."""
-    calls = []
-    real = op._impl
-    monkeypatch.setattr(op, "_impl", lambda name: calls.append(name) or real(name))
-    monkeypatch.delenv("MFDR_KERNELS_BACKEND", raising=False)
+    calls = record_backends(monkeypatch, op)
     case = CASES[1]
     inputs, grad_H = make(case, True)
     x_r = inputs["x_r"].requires_grad_()
@@ -131,10 +123,7 @@ def test_bf16_cpu_tensors_run_the_cpp_kernel(monkeypatch):
 def test_autocast_runs_the_cpp_kernel_in_bf16(monkeypatch, with_h0):
     """Under CPU autocast (bf16) float32 inputs are cast to bf16 and take the C++ kernel: the same H as an
     explicit bf16 call, float32 gradients for the float32 inputs."""
-    calls = []
-    real = op._impl
-    monkeypatch.setattr(op, "_impl", lambda name: calls.append(name) or real(name))
-    monkeypatch.delenv("MFDR_KERNELS_BACKEND", raising=False)
+    calls = record_backends(monkeypatch, op)
     case = CASES[3]
     inputs, grad_H = make(case, True)
     xs = {k: v.float().requires_grad_() for k, v in inputs.items() if v is not None and (with_h0 or k != "h0")}
@@ -153,10 +142,7 @@ def test_gcpu_module_under_autocast(monkeypatch, context):
     """``mfdr.GCPU`` under autocast: the input-side terms come from bf16 linears, the recurrence runs the
     C++ kernel in bf16 on them with the bf16-rounded weights and h0 (the semantics of the fp32 module:
     padded steps zero), close to the fp32 module's H."""
-    calls = []
-    real = op._impl
-    monkeypatch.setattr(op, "_impl", lambda name: calls.append(name) or real(name))
-    monkeypatch.delenv("MFDR_KERNELS_BACKEND", raising=False)
+    calls = record_backends(monkeypatch, op)
     torch.manual_seed(0)
     module = GCPU(64, 4, context=context)
     z, h0 = torch.randn(3, 9, 64), torch.randn(3, 64)

@@ -16,15 +16,10 @@ import torch
 from mfdr_kernels import sliding_adaptive_window_attention as sawa
 from mfdr_kernels.sawa import op
 from mfdr_kernels.sawa.reference import decision_margins
+from tests.low_precision import DTYPES, TOL, record_backends
 
-# err(cpp) <= factor * err(torch in the same dtype) + atol, for the output and for each gradient
-TOL = {
-    torch.bfloat16: {"factor": 2.0, "atol": 1e-5},
-    torch.float32: {"factor": 2.0, "atol": 1e-6},
-}
 # decisions are taken on fp32 scores in both dtypes: rows clear of fp32 rounding must agree
 MARGIN = {torch.bfloat16: 1e-5, torch.float32: 1e-5}
-DTYPES = pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 
 
 @dataclasses.dataclass
@@ -151,10 +146,7 @@ def test_cpp_decisions_agree_where_the_margin_is_clear(case, dtype, reference):
 def test_bf16_cpu_tensors_run_the_cpp_kernel(monkeypatch):
     """The default backend of bf16 CPU tensors (what autocast produces) is the C++ kernel, forward and
     backward, not the torch fallback."""
-    calls = []
-    real = op._impl
-    monkeypatch.setattr(op, "_impl", lambda name: calls.append(name) or real(name))
-    monkeypatch.delenv("MFDR_KERNELS_BACKEND", raising=False)
+    calls = record_backends(monkeypatch, op)
     (q, k, v, do), kw = make(Case(), torch.bfloat16)
     q.requires_grad_()
     out = sawa(q, k, v, **kw)
@@ -166,10 +158,7 @@ def test_bf16_cpu_tensors_run_the_cpp_kernel(monkeypatch):
 def test_autocast_runs_the_cpp_kernel_in_bf16(monkeypatch):
     """Under CPU autocast (bf16) float32 inputs are cast to bf16 and take the C++ kernel: the same output
     as an explicit bf16 call, float32 gradients for the float32 inputs."""
-    calls = []
-    real = op._impl
-    monkeypatch.setattr(op, "_impl", lambda name: calls.append(name) or real(name))
-    monkeypatch.delenv("MFDR_KERNELS_BACKEND", raising=False)
+    calls = record_backends(monkeypatch, op)
     (q, k, v, do), kw = make(Case(d=40, dv=24), torch.float32)
     q.requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
