@@ -12,10 +12,8 @@ epoch-1 checkpoint and the marker exist, then sends SIGKILL from outside.
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ import yaml
 from mfdr import run as R
 from mfdr.config import RunConfig
 from mfdr.run.checkpoint import load_checkpoint
+from tests.processes import kill_when_paused
 
 ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ("neutral", "happy", "angry", "sad")
@@ -137,20 +136,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(setup, tmp_path
     proc = subprocess.Popen(train_command(config_file, out), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     checkpoint = out / "fold-0" / "checkpoint.pt"
-    try:
-        deadline = time.monotonic() + 180
-        while not (marker.exists() and checkpoint.exists()):
-            assert proc.poll() is None, f"the run ended before it was killed:\n{proc.stdout.read()}"
-            assert time.monotonic() < deadline, "the run never reached epoch 2"
-            time.sleep(0.05)
-        assert int(marker.read_text()) == proc.pid
-        proc.send_signal(signal.SIGKILL)  # in epoch 2, after one optimizer step of it
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    # in epoch 2, after one optimizer step of it
+    kill_when_paused(proc, marker, ready=checkpoint.exists, reached="reached epoch 2")
     log = proc.stdout.read()
     assert "fold-0 epoch   1/3" in log and "epoch   2/3" not in log, log
     # What the killed process left: the epoch-1 checkpoint, intact; no result; no temp file
@@ -192,20 +179,7 @@ def _start_paused(config_file: Path, out: Path, tmp_path: Path, env: dict, *extr
     proc = subprocess.Popen(train_command(config_file, out, *extra), cwd=tmp_path,
                             env={**env, "MFDR_TEST_PAUSE_MARKER": str(marker)}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 180
-        while not marker.exists():
-            assert proc.poll() is None, f"the run ended before it was killed:\n{proc.stdout.read()}"
-            assert time.monotonic() < deadline, "the run never paused"
-            time.sleep(0.05)
-        assert int(marker.read_text()) == proc.pid
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when_paused(proc, marker)
     return proc
 
 

@@ -11,10 +11,8 @@ log-mel encoder."""
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ from mfdr.data import FeatureCache, read_manifest
 from mfdr.data.cache import MANIFEST
 from mfdr.features import FbankEncoder, extract_features
 from mfdr.protocols import make_folds
+from tests.processes import kill_when_paused
 
 sf = pytest.importorskip("soundfile")
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,20 +183,7 @@ def run_killed(script: Path, manifest: Path, cache: Path, tmp_path: Path, pause_
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PAUSE_MARKER": str(marker), "PAUSE_AT": str(pause_at)}
     proc = subprocess.Popen([sys.executable, str(script), str(manifest), str(cache)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            assert proc.poll() is None, f"the extraction ended before it was killed:\n{proc.stdout.read()}"
-            assert time.monotonic() < deadline, "the extraction never reached the pause"
-            time.sleep(0.05)
-        assert int(marker.read_text()) == proc.pid
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when_paused(proc, marker, what="extraction", reached="reached the pause", timeout=120)
 
 
 def test_sigkill_during_extraction_and_reextraction(corpus, tmp_path):
