@@ -73,6 +73,18 @@ def error_line(exc: BaseException) -> str:
     return (text[:237] + "...") if len(text) > 240 else text
 
 
+def phase(row: dict, key: str, thunk) -> None:
+    """row[key] = thunk(); an OOM or another failure is recorded (in row["note"]) instead of raised, so a
+    provider that cannot run a shape is reported and the others still run."""
+    try:
+        row[key] = thunk()
+    except torch.OutOfMemoryError:
+        row[key] = "OOM"
+    except Exception as exc:  # noqa: BLE001 - reported in the note column
+        row[key] = "ERR"
+        row.setdefault("note", f"{key}: {error_line(exc)}")
+
+
 def fmt(x, digits: int = 3) -> str:
     """A table cell: strings as they are, floats to ``digits`` decimals (one above 100), None as —."""
     if x is None:

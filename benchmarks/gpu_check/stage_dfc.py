@@ -18,7 +18,7 @@ import sys
 
 # common (this folder) sets TRITON_INTERPRET and sys.path before mfdr_kernels imports triton
 import torch
-from common import DRY_RUN, ROOT, Table, bench, device, error_line, fmt, heading, out_of_time, versions
+from common import DRY_RUN, ROOT, Table, bench, device, error_line, fmt, heading, out_of_time, phase, versions
 
 from mfdr_kernels.dfc import triton_impl
 
@@ -62,14 +62,6 @@ def correctness(dev) -> bool:
     return all_ok
 
 
-def _phase(row, key, thunk):
-    try:
-        row[key] = thunk()
-    except torch.OutOfMemoryError:
-        row[key] = "OOM"
-    except Exception as exc:  # noqa: BLE001 - reported in the note column
-        row[key] = "ERR"
-        row.setdefault("note", f"{key}: {error_line(exc)}")
 
 
 def time_provider(name, x, kernel, gy, frame, hop, dev, rep) -> dict:
@@ -77,10 +69,10 @@ def time_provider(name, x, kernel, gy, frame, hop, dev, rep) -> dict:
     fn = bench_dfc.provider(name, frame, hop)
     row = {}
     xd, kd = x.detach(), kernel.detach()
-    _phase(row, "fwd", lambda: bench(lambda: fn(xd, kd), dev, rep))
+    phase(row, "fwd", lambda: bench(lambda: fn(xd, kd), dev, rep))
     if name == "triton":
-        _phase(row, "kfwd", lambda: bench(lambda: triton_impl.dfc_fwd(xd, kd, None, frame, hop), dev, rep))
-        _phase(row, "kbwd", lambda: bench(lambda: triton_impl.dfc_bwd(gy, xd, kd, frame, hop), dev, rep))
+        phase(row, "kfwd", lambda: bench(lambda: triton_impl.dfc_fwd(xd, kd, None, frame, hop), dev, rep))
+        phase(row, "kbwd", lambda: bench(lambda: triton_impl.dfc_bwd(gy, xd, kd, frame, hop), dev, rep))
 
     def backward():
         y = fn(x, kernel)
@@ -96,8 +88,8 @@ def time_provider(name, x, kernel, gy, frame, hop, dev, rep) -> dict:
             row["peak"] = (torch.cuda.max_memory_allocated() - base) / 2**20
         return ms
 
-    _phase(row, "bwd", backward)
-    _phase(row, "both", both)
+    phase(row, "bwd", backward)
+    phase(row, "both", both)
     return row
 
 

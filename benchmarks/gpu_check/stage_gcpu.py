@@ -23,7 +23,7 @@ import os
 
 # common (this folder) sets TRITON_INTERPRET and sys.path before mfdr_kernels imports triton
 import torch
-from common import DRY_RUN, Table, bench, device, error_line, heading, out_of_time, versions
+from common import DRY_RUN, Table, bench, device, error_line, heading, out_of_time, phase, versions
 
 NOT_AVAILABLE = 3  # exit status the driver reports as "not available"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -90,14 +90,6 @@ def correctness(op, dev) -> bool:
     return all_ok
 
 
-def _phase(row, key, thunk):
-    try:
-        row[key] = thunk()
-    except torch.OutOfMemoryError:
-        row[key] = "OOM"
-    except Exception as exc:  # noqa: BLE001 - reported in the note column
-        row[key] = "ERR"
-        row.setdefault("note", f"{key}: {error_line(exc)}")
 
 
 def time_fn(fwd, leaves, grad, dev, rep, row):
@@ -111,9 +103,9 @@ def time_fn(fwd, leaves, grad, dev, rep, row):
         return bench(lambda: torch.autograd.grad(out, leaves, grad, retain_graph=True, allow_unused=True), dev,
                      rep)
 
-    _phase(row, "fwd", forward)
-    _phase(row, "bwd", backward)
-    _phase(row, "both", lambda: bench(lambda: torch.autograd.grad(fwd(), leaves, grad, allow_unused=True), dev, rep))
+    phase(row, "fwd", forward)
+    phase(row, "bwd", backward)
+    phase(row, "both", lambda: bench(lambda: torch.autograd.grad(fwd(), leaves, grad, allow_unused=True), dev, rep))
 
 
 def kernel_only(args, grad, dev, rep, row):
@@ -121,14 +113,14 @@ def kernel_only(args, grad, dev, rep, row):
 
     a = {n: (x.detach() if isinstance(x, torch.Tensor) else x) for n, x in args.items()}
     pos = [a[n] for n in ("x_r", "x_z", "x_g", *WEIGHTS, "b_u")]
-    _phase(row, "kfwd", lambda: bench(lambda: triton_impl.gcpu_fwd(*pos, a["lengths"], a["h0"]), dev, rep))
+    phase(row, "kfwd", lambda: bench(lambda: triton_impl.gcpu_fwd(*pos, a["lengths"], a["h0"]), dev, rep))
 
     def backward():
         H, gates = triton_impl.gcpu_fwd(*pos, a["lengths"], a["h0"])
         W = [a[n] for n in WEIGHTS]
         return bench(lambda: triton_impl.gcpu_bwd(grad, H, gates, *W, a["lengths"], a["h0"]), dev, rep)
 
-    _phase(row, "kbwd", backward)
+    phase(row, "kbwd", backward)
 
 
 def module_provider(B, L, D, dtype, dev):

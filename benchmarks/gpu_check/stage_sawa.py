@@ -39,7 +39,7 @@ import warnings
 # common (this folder) sets TRITON_INTERPRET and sys.path before mfdr_kernels imports triton
 import torch
 import torch.nn.functional as F
-from common import DRY_RUN, Table, bench, device, error_line, fmt, heading, out_of_time, versions
+from common import DRY_RUN, Table, bench, device, error_line, fmt, heading, out_of_time, phase, versions
 
 from mfdr_kernels import sliding_adaptive_window_attention as sawa
 from mfdr_kernels.sawa import triton_impl
@@ -217,15 +217,6 @@ def providers(shape, label, window, hop, dev):
     return fns
 
 
-def _phase(row, key, thunk):
-    """row[key] = thunk(); an OOM or another failure is recorded (in row["note"]) instead of raised."""
-    try:
-        row[key] = thunk()
-    except torch.OutOfMemoryError:
-        row[key] = "OOM"
-    except Exception as exc:  # noqa: BLE001 - a provider that cannot run this shape is reported, not fatal
-        row[key] = "ERR"
-        row.setdefault("note", f"{key}: {error_line(exc)}")
 
 
 def time_provider(name, fn, inputs, launchers, dev, rep):
@@ -235,13 +226,13 @@ def time_provider(name, fn, inputs, launchers, dev, rep):
     if name.startswith("sawa triton"):
         levels = 0 if "lv0" in name else 2
         if fn is not None:
-            _phase(row, "kfwd", lambda: bench(launchers.forward(levels), dev, rep))
+            phase(row, "kfwd", lambda: bench(launchers.forward(levels), dev, rep))
         dkdv = "atomic" if "atomic" in name else "blocks"
-        _phase(row, "kbwd", lambda: bench(launchers.backward(levels, dkdv), dev, rep))
+        phase(row, "kbwd", lambda: bench(launchers.backward(levels, dkdv), dev, rep))
     if fn is None:
         return row
     qd, kd, vd = q.detach(), k.detach(), v.detach()
-    _phase(row, "fwd", lambda: bench(lambda: fn(qd, kd, vd), dev, rep))  # no autograd bookkeeping
+    phase(row, "fwd", lambda: bench(lambda: fn(qd, kd, vd), dev, rep))  # no autograd bookkeeping
 
     def backward():
         out = fn(q, k, v)
@@ -257,8 +248,8 @@ def time_provider(name, fn, inputs, launchers, dev, rep):
             row["peak"] = (torch.cuda.max_memory_allocated() - base) / 2**20
         return ms
 
-    _phase(row, "bwd", backward)
-    _phase(row, "both", both)
+    phase(row, "bwd", backward)
+    phase(row, "both", both)
     return row
 
 
