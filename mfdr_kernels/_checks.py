@@ -87,6 +87,15 @@ def _plain(x) -> bool:
     return type(x) in (torch.Tensor, torch.nn.Parameter)
 
 
+def cpu_eager(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a plain CPU tensor outside any tracer (``torch.compile``, export, fake tensors)
+    and any ``TorchDispatchMode`` (the op counter): there the model may take CPU-only shortcuts that read
+    values (free on the CPU) or call other ops. Elsewhere it runs what a GPU runs, so that the op counter
+    (:class:`mfdr_kernels.counting.DispatchCounter`) counts, and a trace holds, the GPU's ops."""
+    return (x.device.type == "cpu" and _plain(x) and not torch.compiler.is_compiling()
+            and torch._C._len_torch_dispatch_stack() == 0)
+
+
 def in_range(name: str, x: torch.Tensor, lo: int, hi: int) -> None:
     """Values of ``x`` in [lo, hi] when :func:`values_checked` (``MFDR_KERNELS_CHECK_VALUES``); no
     device-to-host sync otherwise. Callers clamp the values they pass to a kernel regardless."""

@@ -1,5 +1,6 @@
 """The MFDR model (SPEC §4): shapes of every Table 3 ablation, masking, backends, training, save/load."""
 
+import contextlib
 import subprocess
 import sys
 
@@ -129,6 +130,34 @@ def test_non_finite_padding_has_no_influence(name):
         assert torch.equal(out, out0), (fill_audio, fill_text)
         assert grads.keys() == grads0.keys() and all(torch.equal(grads[k], grads0[k]) for k in grads0), \
             (fill_audio, fill_text, [k for k in grads0 if not torch.equal(grads[k], grads0[k])])
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_zero_padding_cpu_path_equals_the_where(autocast):
+    """zero_padding's CPU path (a copy with its padded rows filled) and the sync-free where (GPU, tracing,
+    the op counter) give the same tensor: padded rows 0 whatever they held, out-of-range lengths clamped,
+    the input untouched, under bf16 autocast the autocast dtype; gradients reach valid rows only."""
+    from mfdr.model import zero_padding
+    from mfdr_kernels.counting import DispatchCounter
+
+    x = torch.randn(4, 6, 5, requires_grad=True)
+    with torch.no_grad():
+        x[1, 3:] = float("nan")
+        x[2, 1:] = float("-inf")
+    before = x.detach().clone()
+    lengths = torch.tensor([6, 3, 1, 0])
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
+    with ctx():
+        cpu = zero_padding(x, lengths)
+        with DispatchCounter():
+            where = zero_padding(x, lengths)
+    assert cpu.dtype == where.dtype == (torch.bfloat16 if autocast else torch.float32)
+    assert torch.equal(cpu, where) and torch.isfinite(cpu).all()
+    assert torch.equal(x.detach().nan_to_num(), before.nan_to_num())  # the input is not written
+    assert cpu[1, 3:].eq(0).all() and cpu[3].eq(0).all() and torch.equal(cpu[0], x[0].detach().to(cpu.dtype))
+    (g,) = torch.autograd.grad(cpu.float().sum(), x)
+    valid = (torch.arange(6)[None, :] < lengths[:, None])[..., None]
+    assert torch.equal(g, valid.expand_as(g).float())
 
 
 def test_lengths_default_to_all_valid():
