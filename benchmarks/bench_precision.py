@@ -1,13 +1,17 @@
-"""The MFDR training step in fp32 and under bf16 autocast on this CPU, with 1 and 2 torch threads.
+"""The MFDR training step in fp32 and under bf16 autocast on this CPU: the paper config with 1 and 2 torch
+threads, and the model's width swept at the demo's sequence lengths (what ``train.precision: auto`` decides
+from: ``mfdr.precision.CPU_BF16_MIN_D_MODEL``).
 
-    python benchmarks/bench_precision.py                  # paper config, batch 32; markdown table
+    python benchmarks/bench_precision.py                  # paper config, batch 32; then the d_model sweep
     python benchmarks/bench_precision.py --quick          # tiny model (CI smoke)
     python benchmarks/bench_precision.py --out results/precision.json
 
 A training step = forward under ``mfdr.precision`` (fp32, or ``torch.autocast("cpu", bfloat16)``) +
 backward + the training loop's Adam, with the default kernels (C++ SAWA, DFC and GCPU; bf16 loads and
-stores, fp32 accumulation). The precisions take turns step by step (``_timing.interleaved``), so the
-ratio is a same-run ratio; the thread counts run one after the other (``torch.set_num_threads``).
+stores, fp32 accumulation). The precisions take turns step by step (``_timing.interleaved``), so each
+ratio is a same-run ratio; the thread counts and widths run one after the other (``torch.set_num_threads``).
+The sweep: the demo's config (80-d log-mel, 384-d MiniLM, 200 frames, 20 tokens, batch 16, 1 thread) with
+``d_model`` 32 (the demo's), 64, 128 and 256 (the paper's), ``dfc_hidden = max(16, d_model / 2)``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import _timing  # noqa: E402
 
 from mfdr import MFDR, MFDRConfig  # noqa: E402
 from mfdr.config import TrainConfig  # noqa: E402
-from mfdr.precision import cpu_bf16_units, resolve  # noqa: E402
+from mfdr.precision import CPU_BF16_MIN_D_MODEL, cpu_bf16_units, resolve  # noqa: E402
 from mfdr.run.loop import make_optimizer  # noqa: E402
 
 
@@ -50,32 +54,58 @@ def make_step(cfg: MFDRConfig, batch: int, precision: str):
     return step
 
 
+def demo_sized(d_model: int) -> MFDRConfig:
+    """The demo's config (``mfdr/configs/demo.yaml``) at width ``d_model``, with ``align="stretch"``."""
+    return MFDRConfig(num_classes=4, audio_dim=80, text_dim=384, audio_len=200, text_len=20, d_model=d_model,
+                      heads=4, window=10, hop=5, levels=2, align="stretch", dfc_hops=(2, 3),
+                      dfc_hidden=max(16, d_model // 2))
+
+
+def measure(cfg: MFDRConfig, batch: int, reps: int) -> dict:
+    steps = {name: make_step(cfg, batch, name) for name in ("fp32", "bf16")}
+    t = _timing.interleaved(steps, reps=reps, target_s=0.0, warmup=2)
+    row = {"fp32_ms": 1e3 * t["fp32"]["median"], "bf16_ms": 1e3 * t["bf16"]["median"]}
+    row["speedup"] = row["fp32_ms"] / row["bf16_ms"]
+    return row
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, nargs="*", default=[1, 2])
+    p.add_argument("--widths", type=int, nargs="*", default=[32, 64, 128, 256],
+                   help="d_model values of the sweep at the demo's sizes (none: skip it)")
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    cfg, batch, reps = MFDRConfig(num_classes=4), args.batch, args.reps
+    cfg, batch, reps, widths = MFDRConfig(num_classes=4), args.batch, args.reps, args.widths
     if args.quick:
         cfg = cfg.replace(audio_dim=16, text_dim=16, audio_len=64, text_len=12, d_model=16, heads=2, dfc_hidden=8)
-        batch, reps = 4, 1
-    rows = []
+        batch, reps, widths = 4, 1, widths[:1]
+    rows, sweep = [], []
     print(f"bf16 units: {cpu_bf16_units()}; batch {batch}; paper config = {not args.quick}")
     print("| threads | fp32 step ms | bf16 step ms | bf16 speed-up |\n|---|---|---|---|")
     for threads in args.threads:
         _timing.set_threads(threads)
-        steps = {name: make_step(cfg, batch, name) for name in ("fp32", "bf16")}
-        t = _timing.interleaved(steps, reps=reps, target_s=0.0, warmup=2)
-        row = {"threads": threads, "fp32_ms": 1e3 * t["fp32"]["median"], "bf16_ms": 1e3 * t["bf16"]["median"]}
-        row["speedup"] = row["fp32_ms"] / row["bf16_ms"]
+        row = {"threads": threads, **measure(cfg, batch, reps)}
         rows.append(row)
         print(f"| {threads} | {row['fp32_ms']:.1f} | {row['bf16_ms']:.1f} | {row['speedup']:.2f}x |", flush=True)
+    if widths:
+        _timing.set_threads(1)
+        print(f"\ndemo sizes, batch 16, 1 thread; auto picks bf16 from d_model {CPU_BF16_MIN_D_MODEL}")
+        print("| d_model | fp32 step ms | bf16 step ms | bf16 speed-up | auto |\n|---|---|---|---|---|")
+        for d in widths:
+            cfg_d = demo_sized(d) if not args.quick else cfg.replace(d_model=d, heads=2)
+            row = {"d_model": d, **measure(cfg_d, 16 if not args.quick else batch, 3 * reps),
+                   "auto": resolve("auto", "cpu", d).name if cpu_bf16_units() else "fp32"}
+            sweep.append(row)
+            print(f"| {d} | {row['fp32_ms']:.1f} | {row['bf16_ms']:.1f} | {row['speedup']:.2f}x | {row['auto']} |",
+                  flush=True)
     _timing.write_json(_timing.results_path(args.out, args.quick, "precision.json"),
                        {"machine": _timing.machine(), "batch": batch, "bf16_units": cpu_bf16_units(),
-                        "rows": rows})
+                        "rows": rows, "demo_batch": 16, "sweep": sweep,
+                        "cpu_bf16_min_d_model": CPU_BF16_MIN_D_MODEL})
     return 0
 
 

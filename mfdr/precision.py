@@ -2,7 +2,10 @@
 
 ``auto`` is bf16 where the hardware multiplies bf16 natively — CUDA cards that support it, and CPUs
 with AMX (``amx_bf16``) or AVX-512 BF16 (``avx512_bf16``), detected once per process — and fp32
-elsewhere. bf16 and fp16 run the forward under ``torch.autocast`` (the kernels accumulate in fp32);
+elsewhere; on such a CPU a model narrower than ``CPU_BF16_MIN_D_MODEL`` stays fp32, since its small
+products gain nothing from bf16 and pay for the casts (training step, 1 thread, batch 16 with the demo's
+sequence lengths: bf16 0.83x the fp32 speed at d_model 32, 1.03x at 64, 1.19x at 128, 1.42x at 256;
+``benchmarks/bench_precision.py``). bf16 and fp16 run the forward under ``torch.autocast`` (the kernels accumulate in fp32);
 fp16 adds a gradient scaler. Weights, optimizer state and checkpoints stay fp32 in every mode.
 """
 
@@ -19,6 +22,7 @@ from .config.run import PRECISIONS
 from .errors import ConfigError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+CPU_BF16_MIN_D_MODEL = 128  # auto on a CPU with bf16 units: bf16 from this d_model up (measured above)
 
 
 @functools.cache
@@ -65,8 +69,9 @@ class Precision:
         return {"precision": self.name, "device": self.device_type, "reason": self.reason}
 
 
-def resolve(precision: str, device: torch.device | str) -> Precision:
-    """The precision ``precision`` means on ``device`` (``auto`` decided by the hardware)."""
+def resolve(precision: str, device: torch.device | str, d_model: int | None = None) -> Precision:
+    """The precision ``precision`` means on ``device`` (``auto`` decided by the hardware and, on a CPU,
+    by the model's width ``d_model`` when given)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     device_type = torch.device(device).type
@@ -80,6 +85,9 @@ def resolve(precision: str, device: torch.device | str) -> Precision:
         return Precision("fp32", "cuda", "auto: this CUDA device has no bf16")
     if device_type == "cpu":
         units = cpu_bf16_units()
+        if units and d_model is not None and d_model < CPU_BF16_MIN_D_MODEL:
+            return Precision("fp32", "cpu", f"auto: the CPU has {units}, but bf16 is slower than fp32 for "
+                                            f"d_model {d_model} < {CPU_BF16_MIN_D_MODEL} (measured)")
         if units:
             return Precision("bf16", "cpu", f"auto: the CPU has {units}")
         return Precision("fp32", "cpu", "auto: the CPU has no bf16 units (amx_bf16 / avx512_bf16)")

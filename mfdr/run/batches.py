@@ -42,7 +42,7 @@ def model_inputs(batch: dict, device: torch.device, zero: str | None, forced: bo
 
 
 def precision_of(cfg: RunConfig, device: torch.device) -> Precision:
-    return resolve_precision(cfg.train.precision, device)
+    return resolve_precision(cfg.train.precision, device, cfg.model.d_model)
 
 
 def make_loader(cfg: RunConfig, dataset, batch_size: int, sampler=None):

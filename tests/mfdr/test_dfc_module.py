@@ -54,6 +54,22 @@ def test_gradients_reach_every_parameter():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+def test_phi_stays_fp32_under_cpu_autocast():
+    """On the CPU under bf16 autocast the kernel block runs in fp32 (batch-1 convolutions: oneDNN's bf16
+    ones are slower): Φ equals the fp32 one exactly; the op still runs in bf16 and gradients reach W."""
+    torch.manual_seed(0)
+    m = DynamicFrameConv(12, 8, hidden=6)
+    want = m.phi()
+    x = torch.randn(2, 12, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        phi = m.phi()
+        y = m(x)
+    assert phi.dtype == torch.float32 and torch.equal(phi, want)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert all(p.grad is not None for p in m.kernel_block.parameters())
+
+
 def test_train_mode_recomputes_phi():
     m = DynamicFrameConv(10, 4, hidden=3)
     assert m.phi() is not m.phi()

@@ -23,6 +23,30 @@ def test_auto_follows_the_cpu_units(monkeypatch, units, expected):
     assert p.dtype == (torch.bfloat16 if expected == "bf16" else None)
 
 
+@pytest.mark.parametrize("d_model, expected", [(None, "bf16"), (32, "fp32"), (64, "fp32"), (128, "bf16"),
+                                               (256, "bf16")])
+def test_auto_keeps_small_models_in_fp32_on_the_cpu(monkeypatch, d_model, expected):
+    """bf16 units, but a model narrower than CPU_BF16_MIN_D_MODEL: auto is fp32 and says why; CUDA and
+    explicit precisions do not look at the size."""
+    monkeypatch.setattr(P, "cpu_bf16_units", lambda: "amx_bf16")
+    p = P.resolve("auto", "cpu", d_model)
+    assert p.name == expected
+    if expected == "fp32":
+        assert f"d_model {d_model} < {P.CPU_BF16_MIN_D_MODEL}" in p.reason and "amx_bf16" in p.reason
+    assert P.resolve("bf16", "cpu", 32).name == "bf16"
+
+
+def test_the_run_resolves_auto_with_the_model_width(monkeypatch):
+    from mfdr.config import RunConfig
+    from mfdr.run.batches import precision_of
+
+    monkeypatch.setattr(P, "cpu_bf16_units", lambda: "amx_bf16")
+    small, wide = (RunConfig.from_dict({"model": {"d_model": d, "heads": 4}, "train": {"precision": "auto"}})
+                   for d in (32, 256))
+    assert precision_of(small, torch.device("cpu")).name == "fp32"
+    assert precision_of(wide, torch.device("cpu")).name == "bf16"
+
+
 def test_explicit_precisions():
     assert P.resolve("fp32", "cpu").dtype is None
     assert P.resolve("bf16", "cpu").dtype is torch.bfloat16
