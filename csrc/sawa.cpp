@@ -13,6 +13,10 @@
 //          op validates it), so those queries form a contiguous range found by binary search: no
 //          atomics, no races, deterministic.
 //
+// Layout: q, k, v, grad_out may be any strided (B, H, N, d) views whose last dim is contiguous, e.g. the
+// heads of a (B, N, H*d) projection (x.view(B, N, H, d).transpose(1, 2)) with no copy; dq, dk, dv take the
+// layout of q, k, v (empty_like), so their transposes back are free too. out is contiguous (B, H, L, dv).
+//
 // Dtypes: float and double accumulate in their own type; bf16 loads and stores bf16 and computes in
 // fp32 (vec.h): scores, softmax statistics, weights, P/DS and the sums of dq, dk, dv, each output
 // rounded once. Decisions (levels) are taken on the fp32 scores.
@@ -36,6 +40,16 @@
 
 namespace mfdr {
 namespace {
+
+// Row n of head (b, h) of a (B, H, N, d) tensor with a contiguous last dim: p + b sB + h sH + n sN.
+template <typename T>
+struct Heads {
+  T* p;
+  int64_t sB, sH, sN, H;
+  Heads(const at::Tensor& t, T* ptr) : p(ptr), sB(t.stride(0)), sH(t.stride(1)), sN(t.stride(2)), H(t.size(1)) {}
+  T* head(int64_t bh) const { return p + (bh / H) * sB + (bh % H) * sH; }  // row 0 of head bh = b * H + h
+  T* row(int64_t bh, int64_t n) const { return head(bh) + n * sN; }
+};
 
 // Ring of an offset o = j - s from the window start: 0 for S0, 1 for S1, 2 for S2.
 inline int ring_of(int64_t o, int64_t w) {
@@ -69,14 +83,14 @@ struct Row {
 };
 
 template <typename T, typename A>
-inline void add_range(Row<A>& row, int r, int64_t lo, int64_t hi, int64_t k_len, const T* q, const T* K, int64_t d,
-                      A scale) {
+inline void add_range(Row<A>& row, int r, int64_t lo, int64_t hi, int64_t k_len, const T* q, const T* K, int64_t ldk,
+                      int64_t d, A scale) {
   lo = std::max<int64_t>(lo, 0);
   hi = std::min<int64_t>(hi, k_len);
   for (int64_t j = lo; j < hi; ++j) {
     row.frame.push_back(j);
     row.ring.push_back(r);
-    row.x.push_back(scale * dot<T>(q, K + j * d, d));
+    row.x.push_back(scale * dot<T>(q, K + j * ldk, d));
     row.w.push_back(0);
     row.count[r]++;
   }
@@ -115,11 +129,11 @@ inline void final_weights(Row<A>& row, int level, bool joint, int done) {
 // Builds the row for query (q, s). Decides the level (SPEC §1 "Decisions") unless forced >= 0.
 // Returns the level, or -1 when S0 is empty (zero output).
 template <typename T, typename A>
-int build_row(Row<A>& row, const T* q, const T* K, int64_t d, int64_t s, int64_t k_len, int64_t w, int levels,
-              bool joint, A scale, int forced) {
+int build_row(Row<A>& row, const T* q, const T* K, int64_t ldk, int64_t d, int64_t s, int64_t k_len, int64_t w,
+              int levels, bool joint, A scale, int forced) {
   row.clear();
   const int64_t half = w / 2;
-  add_range<T, A>(row, 0, s, s + w, k_len, q, K, d, scale);
+  add_range<T, A>(row, 0, s, s + w, k_len, q, K, ldk, d, scale);
   if (row.count[0] == 0) return -1;
   // number of existing frames of S1 / S2, known from the ranges alone
   auto exists = [&](int64_t lo, int64_t hi) {
@@ -130,8 +144,8 @@ int build_row(Row<A>& row, const T* q, const T* K, int64_t d, int64_t s, int64_t
   auto add_ring = [&](int r) {
     const int64_t a = (r == 1) ? half : w;
     const int64_t b = (r == 1) ? 0 : half;
-    add_range<T, A>(row, r, s - a, s - b, k_len, q, K, d, scale);
-    add_range<T, A>(row, r, s + w + b, s + w + a, k_len, q, K, d, scale);
+    add_range<T, A>(row, r, s - a, s - b, k_len, q, K, ldk, d, scale);
+    add_range<T, A>(row, r, s + w + b, s + w + a, k_len, q, K, ldk, d, scale);
   };
 
   int level = 0, done = -1;
@@ -172,7 +186,7 @@ void sawa_fwd_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                     int64_t levels, bool joint, double scale, at::Tensor& out, at::Tensor& lvl) {
   using A = acc_t<T>;  // float for float and bf16, double for double
   const int64_t B = q.size(0), H = q.size(1), L = q.size(2), d = q.size(3), Tk = k.size(2), dv = v.size(3);
-  const T *qp = q.data_ptr<T>(), *kp = k.data_ptr<T>(), *vp = v.data_ptr<T>();
+  const Heads<const T> Q(q, q.data_ptr<T>()), K(k, k.data_ptr<T>()), V(v, v.data_ptr<T>());
   const int64_t *ql = q_lens.data_ptr<int64_t>(), *kl = k_lens.data_ptr<int64_t>(), *sp = starts.data_ptr<int64_t>();
   const int8_t* fp = force.defined() ? force.data_ptr<int8_t>() : nullptr;
   T* op = out.data_ptr<T>();
@@ -186,13 +200,13 @@ void sawa_fwd_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
       lp[r] = 0;
       std::fill(o, o + dv, T(0));
       if (i >= ql[b]) continue;
-      const int lev = build_row<T, A>(row, qp + r * d, kp + bh * Tk * d, d, sp[b * L + i],
+      const int lev = build_row<T, A>(row, Q.row(bh, i), K.head(bh), K.sN, d, sp[b * L + i],
                                       std::clamp<int64_t>(kl[b], 0, Tk), w, (int)levels, joint, static_cast<A>(scale),
                                       fp ? std::clamp<int>(fp[r], 0, 2) : -1);
       if (lev < 0) continue;
       lp[r] = (int8_t)lev;
       const size_t n = row.frame.size();  // build_row leaves only the active frames
-      for (size_t t = 0; t < n; ++t) rows[t] = vp + (bh * Tk + row.frame[t]) * dv;
+      for (size_t t = 0; t < n; ++t) rows[t] = V.row(bh, row.frame[t]);
       combine<T>(row.w.data(), rows.data(), (int64_t)n, o, dv);
     }
   });
@@ -206,7 +220,7 @@ void sawa_bwd_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
   using A = acc_t<T>;  // float for float and bf16, double for double
   const int64_t B = q.size(0), H = q.size(1), L = q.size(2), d = q.size(3), Tk = k.size(2), dv = v.size(3);
   const int64_t S = 3 * w;  // slots per row: offsets [-w, 2w)
-  const T *qp = q.data_ptr<T>(), *kp = k.data_ptr<T>(), *vp = v.data_ptr<T>(), *gp = go.data_ptr<T>();
+  const Heads<const T> Q(q, q.data_ptr<T>()), K(k, k.data_ptr<T>()), V(v, v.data_ptr<T>()), G(go, go.data_ptr<T>());
   const int64_t *ql = q_lens.data_ptr<int64_t>(), *kl = k_lens.data_ptr<int64_t>(), *sp = starts.data_ptr<int64_t>();
   const int8_t* lvp = level.data_ptr<int8_t>();
   // Per-slot weights P and score gradients DS of every row (B*H*L*3w each, in A), allocated per call and
@@ -214,7 +228,7 @@ void sawa_bwd_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
   const at::Tensor scratch = at::empty({2, B * H * L * S}, q.options().dtype(c10::CppTypeToScalarType<A>::value));
   A* const P = scratch.data_ptr<A>();
   A* const DS = P + B * H * L * S;
-  T* dqp = dq.data_ptr<T>();
+  const Heads<T> dQ(dq, dq.data_ptr<T>());
 
   // Pass 1: per query row.
   at::parallel_for(0, B * H * L, 16, [&](int64_t begin, int64_t end) {
@@ -223,7 +237,7 @@ void sawa_bwd_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
     std::vector<const T*> rows(S);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / (H * L), bh = r / L, i = r % L;
-      T* dqr = dqp + r * d;
+      T* dqr = dQ.row(bh, i);
       std::fill(dqr, dqr + d, T(0));
       if (i >= ql[b]) continue;  // pass 2 reads valid rows only
       A* Pr = P + r * S;
@@ -231,19 +245,19 @@ void sawa_bwd_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
       std::fill(Pr, Pr + S, A(0));
       std::fill(Dr, Dr + S, A(0));
       const int64_t s = sp[b * L + i];
-      const int lev = build_row<T, A>(row, qp + r * d, kp + bh * Tk * d, d, s, std::clamp<int64_t>(kl[b], 0, Tk), w,
-                                      2, joint, static_cast<A>(scale), std::clamp<int>(lvp[r], 0, 2));
+      const int lev = build_row<T, A>(row, Q.row(bh, i), K.head(bh), K.sN, d, s, std::clamp<int64_t>(kl[b], 0, Tk),
+                                      w, 2, joint, static_cast<A>(scale), std::clamp<int>(lvp[r], 0, 2));
       if (lev < 0) continue;
-      const T* g = gp + r * dv;
+      const T* g = G.row(bh, i);
       const size_t n = row.frame.size();
       A gsum[3] = {0, 0, 0};
       for (size_t t = 0; t < n; ++t) {
-        dot_v[t] = dot<T>(g, vp + (bh * Tk + row.frame[t]) * dv, dv);
+        dot_v[t] = dot<T>(g, V.row(bh, row.frame[t]), dv);
         gsum[joint ? 0 : row.ring[t]] += row.w[t] * dot_v[t];
       }
       for (size_t t = 0; t < n; ++t) {
         ds[t] = row.w[t] * (dot_v[t] - gsum[joint ? 0 : row.ring[t]]) * static_cast<A>(scale);
-        rows[t] = kp + (bh * Tk + row.frame[t]) * d;
+        rows[t] = K.row(bh, row.frame[t]);
         const int64_t slot = row.frame[t] - s + w;
         Pr[slot] = row.w[t];
         Dr[slot] = ds[t];
@@ -255,7 +269,7 @@ void sawa_bwd_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
   // Pass 2: per key block; the queries touching frame j satisfy j - 2w < s_i <= j + w.
   const int64_t KB = 16;
   const int64_t nkb = (Tk + KB - 1) / KB;
-  T *dkp = dk.data_ptr<T>(), *dvp = dv_t.data_ptr<T>();
+  const Heads<T> dK(dk, dk.data_ptr<T>()), dV(dv_t, dv_t.data_ptr<T>());
   at::parallel_for(0, B * H * nkb, 1, [&](int64_t begin, int64_t end) {
     std::vector<A> ck, cv;
     std::vector<const T*> rk, rv;
@@ -271,20 +285,23 @@ void sawa_bwd_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
           const int64_t slot = j - st[i] + w, row_id = bh * L + i;
           if (slot < 0 || slot >= S) continue;
           const A dsv = DS[row_id * S + slot], pv = P[row_id * S + slot];
-          if (dsv != A(0)) ck.push_back(dsv), rk.push_back(qp + row_id * d);
-          if (pv != A(0)) cv.push_back(pv), rv.push_back(gp + row_id * dv);
+          if (dsv != A(0)) ck.push_back(dsv), rk.push_back(Q.row(bh, i));
+          if (pv != A(0)) cv.push_back(pv), rv.push_back(G.row(bh, i));
         }
-        combine<T>(ck.data(), rk.data(), (int64_t)ck.size(), dkp + (bh * Tk + j) * d, d);
-        combine<T>(cv.data(), rv.data(), (int64_t)cv.size(), dvp + (bh * Tk + j) * dv, dv);
+        combine<T>(ck.data(), rk.data(), (int64_t)ck.size(), dK.row(bh, j), d);
+        combine<T>(cv.data(), rv.data(), (int64_t)cv.size(), dV.row(bh, j), dv);
       }
     }
   });
 }
 
+bool last_dim_contiguous(const at::Tensor& t) { return t.size(3) <= 1 || t.stride(3) == 1; }
+
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& q_lens,
                   const at::Tensor& k_lens, const at::Tensor& starts) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "mfdr_C::sawa: q, k, v must be 4-D");
-  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), "mfdr_C::sawa: q, k, v must be contiguous");
+  TORCH_CHECK(last_dim_contiguous(q) && last_dim_contiguous(k) && last_dim_contiguous(v),
+              "mfdr_C::sawa: q, k, v must have a contiguous last dim (any strides before it)");
   TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(),
               "mfdr_C::sawa: q, k, v must share a dtype");
   TORCH_CHECK(q_lens.scalar_type() == at::kLong && k_lens.scalar_type() == at::kLong &&
@@ -315,10 +332,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sawa_bwd_cpu(const at::Tensor& gr
                                                              const at::Tensor& starts, const at::Tensor& level,
                                                              int64_t window, bool joint, double scale) {
   check_inputs(q, k, v, q_lens, k_lens, starts);
-  TORCH_CHECK(grad_out.is_contiguous() && grad_out.sizes() == at::IntArrayRef({q.size(0), q.size(1), q.size(2), v.size(3)}),
-              "mfdr_C::sawa_bwd_cpu: grad_out must be contiguous (B, H, L, dv)");
-  auto dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options()),
-       dv = at::empty(v.sizes(), v.options());
+  TORCH_CHECK(last_dim_contiguous(grad_out) && grad_out.sizes() == at::IntArrayRef({q.size(0), q.size(1), q.size(2), v.size(3)}),
+              "mfdr_C::sawa_bwd_cpu: grad_out must be (B, H, L, dv) with a contiguous last dim");
+  // the gradients in the layout of q, k, v (a head view of a (B, N, H*d) tensor gives one: no copy back)
+  auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
   const at::Tensor lvl = level.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "sawa_bwd_cpu", [&] {
     sawa_bwd_kernel<scalar_t>(grad_out, q, k, v, q_lens, k_lens, starts, lvl, window, joint, scale, dq, dk, dv);

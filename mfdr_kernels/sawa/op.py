@@ -73,6 +73,15 @@ def _sanitized(q_lens, k_lens, starts, force_level, L, T, levels):
     return q_lens, k_lens, starts.contiguous(), force_level
 
 
+def _layout(backend: str, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The layout a backend's kernels read: ``cpp`` takes any ``(B, H, N, d)`` view whose last dim is
+    contiguous (the heads of a ``(B, N, H*d)`` projection, ``x.view(B, N, H, d).transpose(1, 2)``, with no
+    copy; its gradients come back in the same layout), the others contiguous tensors."""
+    if backend == "cpp":
+        return tuple(t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous() for t in tensors)
+    return tuple(t.contiguous() for t in tensors)
+
+
 @torch.library.custom_op("mfdr_kernels::sawa_fwd_op", mutates_args=())
 def sawa_fwd_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_lens: torch.Tensor, k_lens: torch.Tensor,
@@ -101,7 +110,7 @@ def sawa_bwd_op(
     if q.numel() == 0 or k.numel() == 0:
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     return _impl(backend).sawa_bwd(
-        grad_out.contiguous(), q, k, v, q_lens, k_lens, starts, level.contiguous(), window, joint, scale
+        *_layout(backend, grad_out), q, k, v, q_lens, k_lens, starts, level.contiguous(), window, joint, scale
     )
 
 
@@ -123,8 +132,8 @@ def _backward(ctx, grad_out, _grad_level):
         return (None,) * 12
     q, k, v, q_lens, k_lens, starts, level = ctx.saved_tensors
     window, joint, scale, backend = ctx.args
-    dq, dk, dv = sawa_bwd_op(grad_out.contiguous(), q, k, v, q_lens, k_lens, starts, level, window, joint, scale,
-                             backend)
+    dq, dk, dv = sawa_bwd_op(*_layout(backend, grad_out), q, k, v, q_lens, k_lens, starts, level, window, joint,
+                             scale, backend)
     return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
@@ -218,8 +227,8 @@ def sliding_adaptive_window_attention(
         out, level = reference.sawa_reference(q, k, v, window=window, levels=levels, joint=joint, scale=scale,
                                               q_lens=q_lens, k_lens=k_lens, starts=starts, force_level=force_level)
     else:
-        out, level = sawa_fwd_op(q.contiguous(), k.contiguous(), v.contiguous(), q_lens, k_lens, starts,
-                                 force_level, window, levels, joint, scale, name)
+        out, level = sawa_fwd_op(*_layout(name, q, k, v), q_lens, k_lens, starts, force_level, window, levels,
+                                 joint, scale, name)
     return (out, level) if return_level else out
 
 

@@ -186,6 +186,38 @@ def test_noncontiguous_and_expanded_inputs():
         torch.testing.assert_close(sawa(q, k, v, window=4, backend=backend).double(), ref, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_cpp_reads_head_views_without_copies(dtype):
+    """cpp on the heads of (B, N, H*d) projections (x.view(B, N, H, d).transpose(1, 2), as SAWALayer passes
+    them): the same output and gradients, bit for bit, as on contiguous copies, the gradients in the
+    inputs' own layout (their transposes back are free), and no copy of q, k, v or grad_out dispatched."""
+    from mfdr_kernels.counting import DispatchCounter
+
+    g = torch.Generator().manual_seed(7)
+    B, H, L, T, d = 3, 4, 9, 41, 8
+    heads = lambda N, w: torch.randn(B, N, H * w, generator=g).to(dtype).view(B, N, H, w).transpose(1, 2)
+    q, k, v = heads(L, d), heads(T, d), heads(T, 5)
+    q_, k_, v_ = (x.detach().requires_grad_() for x in (q, k, v))
+    grad = torch.randn(B, L, H, 5, generator=g).to(dtype).transpose(1, 2)  # a reshape's gradient, transposed
+    lens, klens = torch.tensor([9, 5, 1]), torch.tensor([41, 30, 12])
+    kw = dict(window=10, hop=4, q_lens=lens, k_lens=klens, backend="cpp")
+
+    copies = lambda counter: {op: n for op, n in counter.by_op.items() if op in ("aten.clone", "aten.copy_")}
+    with DispatchCounter() as viewed:
+        out = sawa(q_, k_, v_, **kw)
+        dq, dk, dv = torch.autograd.grad(out, (q_, k_, v_), grad)
+    assert (dq.stride(), dk.stride(), dv.stride()) == (q.stride(), k.stride(), v.stride())
+    c = [x.contiguous().requires_grad_() for x in (q, k, v)]
+    grad_c = grad.contiguous()
+    with DispatchCounter() as contiguous:  # the op's own copies (window starts): the same in both
+        want = sawa(*c, **kw)
+        wants = torch.autograd.grad(want, c, grad_c)
+    assert copies(viewed) == copies(contiguous), (viewed.by_op, contiguous.by_op)
+    assert torch.equal(out, want)
+    for got, ref in zip((dq, dk, dv), wants):
+        assert torch.equal(got, ref)
+
+
 def test_opcheck():
     q = torch.randn(2, 2, 6, 4, requires_grad=True)
     k = torch.randn(2, 2, 25, 4, requires_grad=True)
