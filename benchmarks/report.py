@@ -42,6 +42,8 @@ SCRIPTS = {
     "gcpu": lambda t, r: ["bench_gcpu.py", "--threads", t, "--out", str(r / "gcpu.json")],
     "sweep": lambda t, r: ["sweep.py", "--threads", t, "--out", str(r / "sweep.json")],
     "ops": lambda t, r: ["op_count.py", "--out", str(r / "op_count.json")],
+    # its own thread counts: 1 and 2 for the paper config, 1 for the d_model sweep
+    "precision": lambda t, r: ["bench_precision.py", "--reps", "11", "--out", str(r / "precision.json")],
     "model": lambda t, r: ["bench_model.py", "--threads", t, "--backends", "reference,torch,default",
                            "--reference-steps", "2", "--steps", "7", "--json", str(r / "model.json")],
 }
@@ -49,7 +51,7 @@ SCRIPTS = {
 MALLOC_KEEP = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
 ENV = {"sawa-malloc": MALLOC_KEEP}
 TARGETS = {"sawa_vs_sdpa_window": 3.0, "sawa_vs_torch": 5.0, "dfc_vs_unfold": 2.0, "growth_time": 20.0,
-           "gcpu_vs_loop": 2.0, "gcpu_vs_compiled": 1.3, "gcpu_ops": 60}
+           "gcpu_vs_loop": 2.0, "gcpu_vs_compiled": 1.3, "gcpu_ops": 60, "bf16_step": 2.0, "bf16_step_aim": 3.0}
 
 
 # --------------------------------------------------------------------------- running
@@ -218,7 +220,18 @@ def machine_section(infos, run_log) -> str:
     return _table(["", ""], rows)
 
 
-def headline_section(sawa, dfc, sweep, pyb, gcpu=None) -> str:
+def precision_headline(prec) -> list:
+    """The CPU mixed-precision issue's ratio: bf16 vs fp32 training step, paper config (target 2x, aim 3x)."""
+    rows = []
+    for r in (prec or {}).get("rows", []):
+        target = f"≥ {TARGETS['bf16_step']:.0f}× (aim {TARGETS['bf16_step_aim']:.0f}×)"
+        rows.append([f"MFDR training step bf16 vs fp32 on this CPU, paper config, batch {prec['batch']}, "
+                     f"{r['threads']} thread(s)", target, _x(r["speedup"]), "–",
+                     verdict(r["speedup"], TARGETS["bf16_step"])])
+    return rows
+
+
+def headline_section(sawa, dfc, sweep, pyb, gcpu=None, prec=None) -> str:
     rows = []
     by = {r["provider"]: r for r in (sawa or {}).get("rows", [])}
     shape = (sawa or {}).get("shape", {})
@@ -242,6 +255,7 @@ def headline_section(sawa, dfc, sweep, pyb, gcpu=None) -> str:
                          f"≥ {TARGETS['dfc_vs_unfold']:.0f}×", _x(val), _x(py),
                          verdict2(val, py, TARGETS["dfc_vs_unfold"])])
     rows += gcpu_headline(gcpu, pyb)
+    rows += precision_headline(prec)
     for g in (sweep or {}).get("growth", []):
         if g["provider"] in ("cpp", "cpp-lv0"):
             lo, hi = (int(t) for t in g["T"].split(" → "))
@@ -250,9 +264,9 @@ def headline_section(sawa, dfc, sweep, pyb, gcpu=None) -> str:
                          f"≤ {TARGETS['growth_time']:.0f}×", _x(g["time_x"]), "–",
                          verdict(g["time_x"], TARGETS["growth_time"], higher_is_better=False)])
     return ("Measured ratios against the targets of the kernel issues. *Interleaved*: `bench_sawa_cpu.py`, "
-            "`bench_dfc.py`, `bench_gcpu.py`, `sweep.py` (providers take turns repetition by repetition in one "
-            "process); *pytest-benchmark*: the suite's medians from the same `make bench`. Ratio = baseline time ÷ our "
-            "time (or, for growth, time at the larger T ÷ time at the smaller).\n\n"
+            "`bench_dfc.py`, `bench_gcpu.py`, `sweep.py`, `bench_precision.py` (providers take turns repetition by "
+            "repetition in one process); *pytest-benchmark*: the suite's medians from the same `make bench`. "
+            "Ratio = baseline time ÷ our time (or, for growth, time at the larger T ÷ time at the smaller).\n\n"
             + _table(["claim", "target", "interleaved", "pytest-benchmark", "verdict"], rows))
 
 
@@ -372,6 +386,26 @@ def model_section(model) -> str:
 # forward+backward+AdamW of the default config, and its host syncs with the CPU's default value checks.
 OPS_BEFORE = {"MFDR": {"forward": 1452, "backward": 2739, "optimizer": 492, "total": 4683, "syncs": 20},
               "w/o Context": {"forward": 1143, "backward": 2409, "optimizer": 402, "total": 3954, "syncs": 18}}
+
+
+def precision_section(prec) -> str:
+    if not prec:
+        return "*not run* (`python benchmarks/report.py --only precision`)"
+    rows = [[r["threads"], _ms(r["fp32_ms"]), _ms(r["bf16_ms"]), _x(r["speedup"])] for r in prec["rows"]]
+    sweep = [[r["d_model"], _ms(r["fp32_ms"]), _ms(r["bf16_ms"]), _x(r["speedup"]), r["auto"]]
+             for r in prec.get("sweep", [])]
+    text = ("From `bench_precision.py`: one training step (forward, backward, the loop's fused Adam) in fp32 and "
+            "under `torch.autocast(\"cpu\", bfloat16)`, the precisions taking turns step by step, with the "
+            f"default kernels (C++ SAWA, DFC, GCPU in bf16). CPU bf16 units: `{prec.get('bf16_units')}`. Paper "
+            f"config, batch {prec['batch']}:\n\n"
+            + _table(["threads", "fp32 step ms", "bf16 step ms", "bf16 speed-up"], rows))
+    if sweep:
+        text += ("\n\nThe model's width at the demo's sizes (80-d log-mel, 384-d MiniLM, 200 frames, 20 tokens, "
+                 f"batch {prec.get('demo_batch', 16)}, 1 thread): what `train.precision: auto` decides from on "
+                 f"such a CPU (bf16 from d_model {prec.get('cpu_bf16_min_d_model')}, "
+                 "`mfdr.precision.CPU_BF16_MIN_D_MODEL`).\n\n"
+                 + _table(["d_model", "fp32 step ms", "bf16 step ms", "bf16 speed-up", "auto"], sweep))
+    return text
 
 
 def ops_section(ops) -> str:
@@ -496,13 +530,15 @@ def render(results: Path, out: Path, run_log: dict) -> str:
         "The machine was shared with other jobs while these ran: expect a few tens of percent of noise in "
         "any single median; the ratios come from runs in which the providers take turns.",
         "## Machine\n\n" + machine_section(infos, run_log),
-        "## Promised ratios\n\n" + headline_section(sawa, dfc, sweep, pyb, gcpu),
+        "## Promised ratios\n\n" + headline_section(sawa, dfc, sweep, pyb, gcpu, _load(results / "precision.json")),
         "## SAWA at the paper's shape (interleaved)\n\n" + sawa_section(sawa),
         "### Allocator sensitivity\n\n" + malloc_section(sawa, _load(results / "sawa_cpu_malloc.json")),
         "## Scaling sweep: SAWA vs dense SDPA as T grows\n\n" + sweep_section(sweep),
         "## DFC (interleaved)\n\n" + dfc_section(dfc),
         "## GCPU recurrence (interleaved)\n\n" + gcpu_section(gcpu),
         "## MFDR training step (interleaved)\n\n" + model_section(model),
+        "## MFDR training step: fp32 vs bf16 on the CPU (interleaved)\n\n"
+        + precision_section(_load(results / "precision.json")),
         "## Dispatched ops and host syncs per training step\n\n" + ops_section(_load(results / "op_count.json")),
         "## pytest-benchmark suite\n\n" + pytest_section(pyb),
         "## GPU\n\n" + gpu_section(results),
