@@ -43,7 +43,7 @@ SCRIPTS = {
     "sweep": lambda t, r: ["sweep.py", "--threads", t, "--out", str(r / "sweep.json")],
     "ops": lambda t, r: ["op_count.py", "--out", str(r / "op_count.json")],
     # its own thread counts: 1 and 2 for the paper config, 1 for the d_model sweep
-    "precision": lambda t, r: ["bench_precision.py", "--reps", "11", "--out", str(r / "precision.json")],
+    "precision": lambda t, r: ["bench_precision.py", "--reps", "21", "--out", str(r / "precision.json")],
     "model": lambda t, r: ["bench_model.py", "--threads", t, "--backends", "reference,torch,default",
                            "--reference-steps", "2", "--steps", "7", "--json", str(r / "model.json")],
 }
@@ -297,11 +297,11 @@ def malloc_section(sawa, kept) -> str:
     return ("The same script run again in a process whose glibc keeps freed memory "
             f"(`{env}`), so that no call page-faults fresh memory for its outputs and gradients. With the "
             "default glibc settings, freed blocks of megabytes go back to the OS and the next call faults "
-            "them in again (18 MiB of gradients per SAWA call at this shape). These `cpp` rows were measured "
-            "with a cache of freed output buffers in the C++ kernels, which is why `cpp` barely changes between "
-            "the two columns while the others gain; the cache is gone (it was worth under 5% of an MFDR "
-            "training step, README \"Backends\"), so a new run shows what `cpp` pays without it. The targets "
-            "above are judged with the default allocator, which is what a user gets.\n\n"
+            "them in again (18 MiB of gradients per SAWA call at this shape). The C++ kernels allocate their "
+            "outputs per call, with no cache of their own (one was worth under 5% of an MFDR training step and "
+            "is gone, README \"Backends\"): the difference between the columns is what each provider pays for "
+            "page faults. The targets above are judged with the default allocator, which is what a user gets."
+            "\n\n"
             + _table(["provider", "fwd+bwd ms (default)", "fwd+bwd ms (memory kept)", "÷ cpp (default)",
                       "÷ cpp (memory kept)"], rows))
 
@@ -421,7 +421,10 @@ def ops_section(ops) -> str:
             "(value checks reading device data in forward and backward, GCPU as a Python loop of ~70 ops per "
             "step, a per-parameter Adam). Now: lengths and starts clamped instead of read, the fused GCPU op "
             "(`gated_context_recurrence`), fused Adam; padded frames and tokens zeroed before they meet valid ones "
-            "(~20 ops). GRU and MGRU keep per-step loops (cuDNN runs "
+            "(~20 ops). Counted with the CPU's kernels (`cpp`), which read the projections' heads in place; "
+            "the Triton kernels take contiguous q, k, v, so a GPU step adds their copies and those of the "
+            "gradients (about 6 ops). The counter sees the GPU's path elsewhere (fused attention, "
+            "`torch.where`; `mfdr_kernels._checks.cpu_eager`). GRU and MGRU keep per-step loops (cuDNN runs "
             "`torch.gru` as one op on CUDA; MGRU is not fused).\n\n"
             + _table(["config", "forward", "backward", "optimizer", "total ops", "host syncs", "before: ops",
                       "before: syncs"], rows))
