@@ -388,7 +388,34 @@ OPS_BEFORE = {"MFDR": {"forward": 1452, "backward": 2739, "optimizer": 492, "tot
               "w/o Context": {"forward": 1143, "backward": 2409, "optimizer": 402, "total": 3954, "syncs": 18}}
 
 
-def precision_section(prec) -> str:
+def bf16_ops_table(results: Path) -> str:
+    """Each op's cpp kernel in bf16 against fp32, forward+backward, from the ops' own interleaved runs."""
+    rows = []
+    sawa = {r["provider"]: r for r in (_load(results / "sawa_cpu.json") or {}).get("rows", [])}
+    if "cpp" in sawa and "cpp-bf16" in sawa:
+        rows.append(["SAWA (B32-H1-L50-T255-d256)", _ms(sawa["cpp"]["fwd+bwd_ms"]), _ms(sawa["cpp-bf16"]["fwd+bwd_ms"]),
+                     _x(sawa["cpp"]["fwd+bwd_ms"] / sawa["cpp-bf16"]["fwd+bwd_ms"]), "sawa_cpu.json"])
+    dfc = defaultdict(dict)
+    for r in (_load(results / "dfc_bf16.json") or {}).get("rows", []):
+        dfc[r["shape"]][r["provider"]] = r["fwd+bwd_ms"]
+    for shape, by in dfc.items():
+        if "cpp" in by and "cpp-bf16" in by:
+            rows.append([f"DFC ({shape})", _ms(by["cpp"]), _ms(by["cpp-bf16"]), _x(by["cpp"] / by["cpp-bf16"]),
+                         "dfc_bf16.json"])
+    gcpu = defaultdict(dict)
+    for r in (_load(results / "gcpu.json") or {}).get("rows", []):
+        gcpu[(r["shape"], r["level"])][r["provider"]] = r["fwd+bwd_ms"]
+    for (shape, level), by in gcpu.items():
+        if "cpp" in by and "cpp-bf16" in by:
+            rows.append([f"GCPU {level} ({shape})", _ms(by["cpp"]), _ms(by["cpp-bf16"]),
+                         _x(by["cpp"] / by["cpp-bf16"]), "gcpu.json"])
+    if not rows:
+        return ""
+    return ("\n\nPer op, the `cpp` kernels in fp32 and in bf16 (forward+backward ms, 1 thread, each op's own "
+            "interleaved run):\n\n" + _table(["op (shape)", "fp32 ms", "bf16 ms", "bf16 speed-up", "from"], rows))
+
+
+def precision_section(prec, results: Path = RESULTS) -> str:
     if not prec:
         return "*not run* (`python benchmarks/report.py --only precision`)"
     rows = [[r["threads"], _ms(r["fp32_ms"]), _ms(r["bf16_ms"]), _x(r["speedup"])] for r in prec["rows"]]
@@ -405,7 +432,7 @@ def precision_section(prec) -> str:
                  f"such a CPU (bf16 from d_model {prec.get('cpu_bf16_min_d_model')}, "
                  "`mfdr.precision.CPU_BF16_MIN_D_MODEL`).\n\n"
                  + _table(["d_model", "fp32 step ms", "bf16 step ms", "bf16 speed-up", "auto"], sweep))
-    return text
+    return text + bf16_ops_table(results)
 
 
 def ops_section(ops) -> str:
@@ -541,7 +568,7 @@ def render(results: Path, out: Path, run_log: dict) -> str:
         "## GCPU recurrence (interleaved)\n\n" + gcpu_section(gcpu),
         "## MFDR training step (interleaved)\n\n" + model_section(model),
         "## MFDR training step: fp32 vs bf16 on the CPU (interleaved)\n\n"
-        + precision_section(_load(results / "precision.json")),
+        + precision_section(_load(results / "precision.json"), results),
         "## Dispatched ops and host syncs per training step\n\n" + ops_section(_load(results / "op_count.json")),
         "## pytest-benchmark suite\n\n" + pytest_section(pyb),
         "## GPU\n\n" + gpu_section(results),
