@@ -140,12 +140,12 @@ inline Vec<float> load(const BF16* p, int64_t m) {
 inline void store(BF16* p, const Vec<float>& v, int64_t m) {
   _mm256_mask_storeu_epi16(p, lanes(m), round_bf16(v));
 }
-// hi = bf16(v) into `hi` (and `hi2` where given), lo = bf16(v - hi) into `lo`
+// hi = bf16(v) into `hi` (and `hi2` where given), lo = bf16(v - hi) into `lo` (where given)
 inline void split_store(BF16* hi, BF16* lo, BF16* hi2, const Vec<float>& v, int64_t m) {
   const __m256i h = round_bf16(v);
   _mm256_mask_storeu_epi16(hi, lanes(m), h);
   if (hi2) _mm256_mask_storeu_epi16(hi2, lanes(m), h);
-  _mm256_mask_storeu_epi16(lo, lanes(m), round_bf16(v - widen(h)));
+  if (lo) _mm256_mask_storeu_epi16(lo, lanes(m), round_bf16(v - widen(h)));
 }
 #else
 inline Vec<float> load(const BF16* p, int64_t m) {
@@ -161,7 +161,7 @@ inline void store(BF16* p, const Vec<float>& v, int64_t m) {
 inline void split_store(BF16* hi, BF16* lo, BF16* hi2, const Vec<float>& v, int64_t m) {
   store(hi, v, m);
   if (hi2) std::memcpy(hi2, hi, m * sizeof(BF16));
-  store(lo, v - load(hi, m), m);
+  if (lo) store(lo, v - load(hi, m), m);
 }
 #endif
 
@@ -222,13 +222,14 @@ struct Operand {
 // bf16(x) and lo = bf16(x - hi): hi + lo holds x to about 16 significant bits, and each bf16 product is
 // exact in fp32, so x @ W on bf16 W (the weights are bf16 tensors) is one bf16 product of [hi, lo] @ [W; W]
 // over twice the K, accumulated in fp32, nearly as exact as in fp32 (hi alone would round the state to 8
-// bits at every step). A weight gradient a^T b, both sides computed: hi_a hi_b + lo_a hi_b + hi_a lo_b.
+// bits at every step). A weight gradient a^T b, both sides computed: hi_a hi_b + lo_a hi_b (a's lo kept,
+// b rounded once: half the rounding error of a plain bf16 product, at 2/3 the cost of adding hi_a lo_b).
 //
 // bf16: the fp32 values (x, where a reader needs them, else null) and their split, rows of bf16 `lda` apart
 // made of chunks `kp` wide (kp even: AMX multiplies pairs of columns; the padding stays 0): hi in chunk 0,
-// lo in chunk `lo_at`, and where `hi_at` is non-zero hi again in that chunk. A product's left-hand operand
-// reads chunks [hi, lo] of its rows. A weight gradient reads the chunks as rows of their own (3 per row, kp
-// apart): a's [hi, lo, hi] against b's [hi, hi, lo], one product over 3x the rows.
+// lo in chunk `lo_at` where it is non-zero, and where `hi_at` is non-zero hi again in that chunk. A product's
+// left-hand operand reads chunks [hi, lo] of its rows. A weight gradient reads the chunks as rows of their own
+// (2 per row, kp apart): a's [hi, lo] against b's [hi, hi], one product over 2x the rows.
 template <>
 struct Operand<BF16> {
   float* x;
@@ -238,7 +239,7 @@ struct Operand<BF16> {
   void put(int64_t i, int64_t c, const Vec<float>& v, int64_t m) const {
     if (x) v.store(x + i * ld + c, m);
     BF16* hi = p + i * lda + c;
-    split_store(hi, hi + lo_at * kp, hi_at ? hi + hi_at * kp : nullptr, v, m);
+    split_store(hi, lo_at ? hi + lo_at * kp : nullptr, hi_at ? hi + hi_at * kp : nullptr, v, m);
   }
   Operand at(int64_t row) const { return {x ? x + row * ld : nullptr, ld, p + row * lda, lda, kp, lo_at, hi_at}; }
 };
@@ -532,7 +533,7 @@ void build(BackwardWeights<T>& W, int64_t D, const at::Tensor& W_hr, const at::T
   }
 }
 
-// The packed operands in `blocks` at `starts`, `widths` columns, rows `lds` apart (for bf16 3 chunks of kps)
+// The packed operands in `blocks` at `starts`, `widths` columns, rows `lds` apart (for bf16 2 chunks of kps)
 template <typename T>
 Packed<T> packed_operands(at::Tensor& blocks, const int64_t* starts, const int64_t* widths, const int64_t* lds,
                           const int64_t* kps) {
@@ -540,9 +541,9 @@ Packed<T> packed_operands(at::Tensor& blocks, const int64_t* starts, const int64
   Operand<T>* ops[6] = {&p.au, &p.azg, &p.ar, &p.rh, &p.hp, &p.zg};
   for (int j = 0; j < 6; ++j) {
     T* base = blocks.mutable_data_ptr<T>() + starts[j];
-    if constexpr (kBF16<T>)  // the d_a's: [hi, lo, hi]; the others: [hi, hi, lo]
-      *ops[j] = j < 3 ? Operand<T>{nullptr, widths[j], base, lds[j], kps[j], 1, 2}
-                      : Operand<T>{nullptr, widths[j], base, lds[j], kps[j], 2, 1};
+    if constexpr (kBF16<T>)  // the d_a's: [hi, lo]; the others: [hi, hi]
+      *ops[j] = j < 3 ? Operand<T>{nullptr, widths[j], base, lds[j], kps[j], 1, 0}
+                      : Operand<T>{nullptr, widths[j], base, lds[j], kps[j], 0, 1};
     else
       *ops[j] = {base, widths[j]};
   }
@@ -771,17 +772,17 @@ std::vector<at::Tensor> gcpu_bwd_cpu(
   const Packing pk(len, d.steps);
   const int64_t S = std::accumulate(len.begin(), len.end(), int64_t(0)), KZ = context ? 2 * D : D;
   // The packed operands: d_au, [d_az (, d_ag)], d_ar, r ⊙ h_{t-1}, h_{t-1}, [z̃ (, g̃)], S rows each: for bf16
-  // rows of 3 chunks (the d_a's chunks padded to an even width), which the weight gradients read as 3S rows
+  // rows of 2 chunks (the d_a's chunks padded to an even width), which the weight gradients read as 2S rows
   const int64_t widths[6] = {D, KZ, D, D, D, KZ};
   int64_t kps[6], lds[6], starts[6], total = 0;
   for (int j = 0; j < 6; ++j) {
     kps[j] = bf16 && j < 3 ? even(widths[j]) : widths[j];
-    lds[j] = (bf16 ? 3 : 1) * kps[j];
+    lds[j] = (bf16 ? 2 : 1) * kps[j];
     starts[j] = total, total += S * lds[j];
   }
   // (zeroed where chunks are padded: the padding meets the weight tiles' zero rows)
   auto blocks = kps[0] != widths[0] ? at::zeros({total}, H.options()) : at::empty({total}, H.options());
-  std::vector<at::Tensor> P(6);  // the weight gradients' operands: (S, width), or (3S, width) for bf16
+  std::vector<at::Tensor> P(6);  // the weight gradients' operands: (S, width), or (2S, width) for bf16
   for (int j = 0; j < 6; ++j)
     P[j] = blocks.narrow(0, starts[j], S * lds[j]).view({S * lds[j] / kps[j], kps[j]}).narrow(1, 0, widths[j]);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, H.scalar_type(), "gcpu_bwd_cpu", [&] {
@@ -794,7 +795,7 @@ std::vector<at::Tensor> gcpu_bwd_cpu(
                        context ? dx_g.mutable_data_ptr<T>() : nullptr,
                        packed_operands<T>(blocks, starts, widths, lds, kps), dh0.mutable_data_ptr<T>());
   });
-  // Weight gradients: one product each over the S valid (sample, step) rows, packed (bf16: over their 3S
+  // Weight gradients: one product each over the S valid (sample, step) rows, packed (bf16: over their 2S
   // chunk rows, rounded once); db_u sums d_au (bf16: hi + lo, in fp32)
   const auto &P_au = P[0], &P_azg = P[1], &P_ar = P[2], &P_rh = P[3], &P_hp = P[4], &P_zg = P[5];
   auto dW_hr = at::mm(P_ar.t(), P_hp);
