@@ -4,7 +4,7 @@
 with AMX (``amx_bf16``) or AVX-512 BF16 (``avx512_bf16``), detected once per process — and fp32
 elsewhere; on such a CPU a model narrower than ``CPU_BF16_MIN_D_MODEL`` stays fp32, since its small
 products gain nothing from bf16 and pay for the casts (training step, 1 thread, batch 16 with the demo's
-sequence lengths, bf16 vs fp32 speed: 0.81x at d_model 32, 0.95x at 64, 1.07x at 128, 1.35x at 256;
+sequence lengths, bf16 vs fp32 speed: 0.81x at d_model 32, 0.99x at 64, 1.07x at 128, 1.33x at 256;
 ``benchmarks/bench_precision.py``; BENCHMARKS.md). bf16 and fp16 run the forward under
 ``torch.autocast`` (the kernels accumulate in fp32);
 fp16 adds a gradient scaler. Weights, optimizer state and checkpoints stay fp32 in every mode.
