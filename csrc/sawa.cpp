@@ -206,7 +206,8 @@ void sawa_fwd_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
       if (lev < 0) continue;
       lp[r] = (int8_t)lev;
       const size_t n = row.frame.size();  // build_row leaves only the active frames
-      for (size_t t = 0; t < n; ++t) rows[t] = V.row(bh, row.frame[t]);
+      const T* Vh = V.head(bh);
+      for (size_t t = 0; t < n; ++t) rows[t] = Vh + row.frame[t] * V.sN;
       combine<T>(row.w.data(), rows.data(), (int64_t)n, o, dv);
     }
   });
@@ -248,16 +249,16 @@ void sawa_bwd_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
       const int lev = build_row<T, A>(row, Q.row(bh, i), K.head(bh), K.sN, d, s, std::clamp<int64_t>(kl[b], 0, Tk),
                                       w, 2, joint, static_cast<A>(scale), std::clamp<int>(lvp[r], 0, 2));
       if (lev < 0) continue;
-      const T* g = G.row(bh, i);
+      const T *g = G.row(bh, i), *Vh = V.head(bh), *Kh = K.head(bh);
       const size_t n = row.frame.size();
       A gsum[3] = {0, 0, 0};
       for (size_t t = 0; t < n; ++t) {
-        dot_v[t] = dot<T>(g, V.row(bh, row.frame[t]), dv);
+        dot_v[t] = dot<T>(g, Vh + row.frame[t] * V.sN, dv);
         gsum[joint ? 0 : row.ring[t]] += row.w[t] * dot_v[t];
       }
       for (size_t t = 0; t < n; ++t) {
         ds[t] = row.w[t] * (dot_v[t] - gsum[joint ? 0 : row.ring[t]]) * static_cast<A>(scale);
-        rows[t] = K.row(bh, row.frame[t]);
+        rows[t] = Kh + row.frame[t] * K.sN;
         const int64_t slot = row.frame[t] - s + w;
         Pr[slot] = row.w[t];
         Dr[slot] = ds[t];
@@ -279,17 +280,19 @@ void sawa_bwd_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
       const int64_t* st = sp + b * L;
       const int64_t i0 = std::upper_bound(st, st + n_q, j0 - 2 * w) - st;
       const int64_t i1 = std::upper_bound(st, st + n_q, j1 - 1 + w) - st;
+      const T *Qh = Q.head(bh), *Gh = G.head(bh);
+      T *dKh = dK.head(bh), *dVh = dV.head(bh);
       for (int64_t j = j0; j < j1; ++j) {
         ck.clear(), cv.clear(), rk.clear(), rv.clear();
         for (int64_t i = i0; i < i1; ++i) {
           const int64_t slot = j - st[i] + w, row_id = bh * L + i;
           if (slot < 0 || slot >= S) continue;
           const A dsv = DS[row_id * S + slot], pv = P[row_id * S + slot];
-          if (dsv != A(0)) ck.push_back(dsv), rk.push_back(Q.row(bh, i));
-          if (pv != A(0)) cv.push_back(pv), rv.push_back(G.row(bh, i));
+          if (dsv != A(0)) ck.push_back(dsv), rk.push_back(Qh + i * Q.sN);
+          if (pv != A(0)) cv.push_back(pv), rv.push_back(Gh + i * G.sN);
         }
-        combine<T>(ck.data(), rk.data(), (int64_t)ck.size(), dK.row(bh, j), d);
-        combine<T>(cv.data(), rv.data(), (int64_t)cv.size(), dV.row(bh, j), dv);
+        combine<T>(ck.data(), rk.data(), (int64_t)ck.size(), dKh + j * dK.sN, d);
+        combine<T>(cv.data(), rv.data(), (int64_t)cv.size(), dVh + j * dV.sN, dv);
       }
     }
   });
