@@ -55,11 +55,12 @@ def multi_head_attention(mha: nn.MultiheadAttention, query: torch.Tensor, keys: 
     parameters and dropout: ``(B, L, D)``. ``valid (B, S)``: True at the keys to attend to (a row with
     none attends to every key, weight 1/S, rather than giving NaN).
 
-    The attention is ``scaled_dot_product_attention`` (fused kernels on a GPU), except on the CPU
-    (:func:`~mfdr_kernels._checks.cpu_eager`), where it is matrix products with fp32 scores and softmax:
+    The attention is ``scaled_dot_product_attention`` (fused kernels on a GPU), except on the CPU, eager
+    (:func:`~mfdr_kernels._checks.cpu_eager`: not under the op counter, which counts the GPU's ops) or
+    compiled, where it is matrix products with fp32 scores and softmax:
     the CPU's fused attention takes 28 ms for forward + backward of the paper's context attention (B 32,
     4 heads, 50 steps) in bf16, 11 ms in fp32, against 7.9 ms for these products (bf16 values, fp32
-    scores: the fused kernel's error; bf16 scores would have 4x it).
+    scores: the fused kernel's error; bf16 scores gave 1.38x it on the output at the paper's shape).
     """
     B, L, D = query.shape
     H = mha.num_heads
@@ -72,7 +73,8 @@ def multi_head_attention(mha: nn.MultiheadAttention, query: torch.Tensor, keys: 
         k, v = F.linear(keys, w[D:], None if b is None else b[D:]).split(D, dim=-1)
     q, k, v = (x.unflatten(-1, (H, d)).transpose(1, 2) for x in (q, k, v))  # (B, H, ., d)
     p = mha.dropout if mha.training else 0.0
-    if not _checks.cpu_eager(query):
+    on_cpu = query.device.type == "cpu" and (torch.compiler.is_compiling() or _checks.cpu_eager(query))
+    if not on_cpu:
         mask = None if valid is None else torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill(
             ~valid, torch.finfo(q.dtype).min)[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)

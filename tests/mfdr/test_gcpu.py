@@ -282,3 +282,25 @@ def test_context_attention_under_bf16_autocast_keeps_fp32_scores():
     assert got.dtype == torch.bfloat16
     err, fused_err = ((x.double() - want).abs().max().item() for x in (got, fused))
     assert err <= 1.1 * fused_err, (err, fused_err)
+
+
+def test_context_attention_compiles_to_the_cpu_products():
+    """torch.compile on the CPU traces the same matrix products as eager (not the CPU's fused attention,
+    whose bf16 backward is slow): one graph, no scaled_dot_product_attention in it, the eager result."""
+    from mfdr.gcpu import multi_head_attention
+
+    torch._dynamo.reset()
+    torch.manual_seed(2)
+    m = GCPU(8, 2).double()
+    z = torch.randn(3, 7, 8, dtype=torch.float64)
+    valid = torch.arange(7)[None, :] < torch.tensor([7, 4, 2])[:, None]
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    f = torch.compile(lambda z: multi_head_attention(m.mha, z, z, valid), backend=backend, fullgraph=True)
+    torch.testing.assert_close(f(z), multi_head_attention(m.mha, z, z, valid), rtol=0, atol=0)
+    targets = [str(n.target) for g in graphs for n in g.graph.nodes]
+    assert len(graphs) == 1 and not any("scaled_dot_product" in t for t in targets), targets
