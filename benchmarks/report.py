@@ -424,7 +424,11 @@ def precision_section(prec, results: Path = RESULTS) -> str:
     text = ("From `bench_precision.py`: one training step (forward, backward, the loop's fused Adam) in fp32 and "
             "under `torch.autocast(\"cpu\", bfloat16)`, the precisions taking turns step by step, with the "
             f"default kernels (C++ SAWA, DFC, GCPU in bf16). CPU bf16 units: `{prec.get('bf16_units')}`. Paper "
-            f"config, batch {prec['batch']}:\n\n"
+            f"config, batch {prec['batch']}. On the 2-core VM these were measured on, the bf16 matrix products' "
+            "single-thread speed alternates between two levels for minutes at a time (the audio projection's "
+            "weight gradient: ~5 or ~10 ms, on either core) while their 2-thread speed stays at the faster "
+            "level, so the 1-thread bf16 step and both ratios move between runs (1 thread 2.10-2.39×, "
+            "2 threads 1.63-1.83× over this release's runs):\n\n"
             + _table(["threads", "fp32 step ms", "bf16 step ms", "bf16 speed-up"], rows))
     if sweep:
         text += ("\n\nThe model's width at the demo's sizes (80-d log-mel, 384-d MiniLM, 200 frames, 20 tokens, "
