@@ -14,6 +14,8 @@ parameter changes (tracked by the parameters' ``_version`` counters and storage)
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -80,12 +82,10 @@ class DynamicFrameConv(nn.Module):
     # ------------------------------------------------------------------ Φ and its cache
     def _generate(self) -> torch.Tensor:
         M = self.kernel_map.unsqueeze(0)  # (1, D, L)
-        if M.device.type == "cpu" and _checks.autocast_dtype(M.device) is not None:
-            # W runs on one (D, L) map: on the CPU, oneDNN's bf16 convolutions of a batch of 1 cost more
-            # than fp32 ones (paper config: 3.3 vs 1.4 ms a training step), so W stays in fp32 there
-            with torch.autocast("cpu", enabled=False):
-                phi = self.kernel_block(M)
-        else:
+        # W runs on one (D, L) map: on the CPU, oneDNN's bf16 convolutions of a batch of 1 cost more than
+        # fp32 ones (paper config: 3.3 vs 1.4 ms a training step), so W stays in fp32 there
+        cpu = M.device.type == "cpu"
+        with torch.autocast("cpu", enabled=False) if cpu else contextlib.nullcontext():
             phi = self.kernel_block(M)  # (1, frame*D, N)
         return phi[0].t().reshape(self.out_length, self.frame, self.channels)  # (N, frame, D)
 

@@ -16,35 +16,14 @@ from mfdr.cli import main
 from mfdr.config import ALIGN, TABLE3, RunConfig, load_run_config
 from mfdr.errors import ConfigError, InputError, RunDirError
 from mfdr.run import ablate as A
+from tests.mfdr.test_train import make_cache
 
-EMOTIONS = ("neutral", "happy", "angry", "sad")
 MODEL = dict(audio_dim=6, text_dim=5, audio_len=40, text_len=12, d_model=16, heads=2, window=4, hop=3,
              dfc_hidden=8, dropout=0.1)
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
                                   reason="espeak-ng is not installed (apt-get install espeak-ng)")
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/mfdr/conftest.py
-
-
-def make_cache(path: Path, n: int = 24, speakers: int = 4) -> Path:
-    """Random utterances whose features carry their label, written with the real CacheWriter."""
-    from mfdr.data import CacheWriter
-
-    g = torch.Generator().manual_seed(0)
-    w = CacheWriter(path, {"audio": {"kind": "random", "dim": 6}, "text": {"kind": "random", "dim": 5},
-                           "dtype": "float32"})
-    entries, audio, text = [], [], []
-    for i in range(n):
-        k = (i // speakers) % 4
-        a, t = torch.randn(20 + i % 21, 6, generator=g), torch.randn(4 + i % 9, 5, generator=g)
-        a[:, k] += 1.5
-        t[:, k] += 1.0
-        entries.append({"id": f"u{i:03d}", "label": EMOTIONS[k], "speaker": f"spk{i % speakers}",
-                        "wav": f"u{i:03d}.wav", "text": "words"})
-        audio.append(a)
-        text.append(t)
-    w.write_shard(entries, audio, text)
-    return path
 
 
 def config(cache: Path | None = None, model=None, **data) -> RunConfig:
@@ -230,7 +209,7 @@ def fold_tests(out: Path) -> dict:
 def finished(tmp_path_factory):
     """One uninterrupted ablation (MFDR and GRU) on a random feature cache."""
     root = tmp_path_factory.mktemp("ablate")
-    cache = make_cache(root / "cache")
+    cache = make_cache(root / "cache", n=24)
     cfg = config(cache)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
