@@ -5,11 +5,14 @@ from: ``mfdr.precision.CPU_BF16_MIN_D_MODEL``).
     python benchmarks/bench_precision.py                  # paper config, batch 32; then the d_model sweep
     python benchmarks/bench_precision.py --quick          # tiny model (CI smoke)
     python benchmarks/bench_precision.py --out results/precision.json
+    python benchmarks/bench_precision.py --compiled       # also the steps through torch.compile (train.compile)
 
 A training step = forward under ``mfdr.precision`` (fp32, or ``torch.autocast("cpu", bfloat16)``) +
 backward + the training loop's Adam, with the default kernels (C++ SAWA, DFC and GCPU; bf16 loads and
 stores, fp32 accumulation). The precisions take turns step by step (``_timing.interleaved``), so each
 ratio is a same-run ratio; the thread counts and widths run one after the other (``torch.set_num_threads``).
+``--compiled`` adds, at each thread count, the same two steps through ``torch.compile(model, fullgraph=True)``
+(what ``train.compile: true`` trains through, default mode on the CPU) to the same turns.
 The sweep: the demo's config (80-d log-mel, 384-d MiniLM, 200 frames, 20 tokens, batch 16, 1 thread) with
 ``d_model`` 32 (the demo's), 64, 128 and 256 (the paper's), ``dfc_hidden = max(16, d_model / 2)``.
 """
@@ -34,18 +37,19 @@ from mfdr.precision import CPU_BF16_MIN_D_MODEL, cpu_bf16_units, resolve  # noqa
 from mfdr.run.loop import make_optimizer  # noqa: E402
 
 
-def make_step(cfg: MFDRConfig, batch: int, precision: str):
+def make_step(cfg: MFDRConfig, batch: int, precision: str, compiled: bool = False):
     from op_count import inputs
 
     torch.manual_seed(0)
     model = MFDR(cfg)
+    net = torch.compile(model, fullgraph=True) if compiled else model
     opt = make_optimizer(model.parameters(), TrainConfig(lr=1e-4), "cpu")
     audio, text, al, tl, y = inputs(cfg, batch)
     prec = resolve(precision, "cpu")
 
     def step():
         with prec.autocast():
-            out = model(audio, text, al, tl)
+            out = net(audio, text, al, tl)
         loss = torch.nn.functional.cross_entropy(out.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -61,11 +65,18 @@ def demo_sized(d_model: int) -> MFDRConfig:
                       dfc_hidden=max(16, d_model // 2))
 
 
-def measure(cfg: MFDRConfig, batch: int, reps: int) -> dict:
+def measure(cfg: MFDRConfig, batch: int, reps: int, compiled: bool = False) -> dict:
+    """Median step times (ms) and ``speedup`` = fp32 / bf16; with ``compiled`` also ``fp32_compiled_ms``,
+    ``bf16_compiled_ms``, their ``compiled_speedup`` and ``compile_gain`` (bf16 eager / bf16 compiled)."""
     steps = {name: make_step(cfg, batch, name) for name in ("fp32", "bf16")}
+    if compiled:
+        steps.update({f"{name}_compiled": make_step(cfg, batch, name, compiled=True) for name in ("fp32", "bf16")})
     t = _timing.interleaved(steps, reps=reps, target_s=0.0, warmup=2)
-    row = {"fp32_ms": 1e3 * t["fp32"]["median"], "bf16_ms": 1e3 * t["bf16"]["median"]}
+    row = {f"{name}_ms": 1e3 * t[name]["median"] for name in steps}
     row["speedup"] = row["fp32_ms"] / row["bf16_ms"]
+    if compiled:
+        row["compiled_speedup"] = row["fp32_compiled_ms"] / row["bf16_compiled_ms"]
+        row["compile_gain"] = row["bf16_ms"] / row["bf16_compiled_ms"]
     return row
 
 
@@ -77,6 +88,7 @@ def main(argv=None) -> int:
     p.add_argument("--widths", type=int, nargs="*", default=[32, 64, 128, 256],
                    help="d_model values of the sweep at the demo's sizes (none: skip it)")
     p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--compiled", action="store_true", help="also the steps through torch.compile (fullgraph)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     cfg, batch, reps, widths = MFDRConfig(num_classes=4), args.batch, args.reps, args.widths
@@ -85,12 +97,19 @@ def main(argv=None) -> int:
         batch, reps, widths = 4, 1, widths[:1]
     rows, sweep = [], []
     print(f"bf16 units: {cpu_bf16_units()}; batch {batch}; paper config = {not args.quick}")
-    print("| threads | fp32 step ms | bf16 step ms | bf16 speed-up |\n|---|---|---|---|")
+    head = "| threads | fp32 step ms | bf16 step ms | bf16 speed-up |"
+    if args.compiled:
+        head += " compiled: fp32 ms | bf16 ms | bf16 speed-up | bf16 compiled vs eager |"
+    print(head + "\n" + "|---" * (head.count("|") - 1) + "|")
     for threads in args.threads:
         _timing.set_threads(threads)
-        row = {"threads": threads, **measure(cfg, batch, reps)}
+        row = {"threads": threads, **measure(cfg, batch, reps, args.compiled)}
         rows.append(row)
-        print(f"| {threads} | {row['fp32_ms']:.1f} | {row['bf16_ms']:.1f} | {row['speedup']:.2f}x |", flush=True)
+        line = f"| {threads} | {row['fp32_ms']:.1f} | {row['bf16_ms']:.1f} | {row['speedup']:.2f}x |"
+        if args.compiled:
+            line += (f" {row['fp32_compiled_ms']:.1f} | {row['bf16_compiled_ms']:.1f} | {row['compiled_speedup']:.2f}x"
+                     f" | {row['compile_gain']:.2f}x |")
+        print(line, flush=True)
     if widths:
         _timing.set_threads(1)
         print(f"\ndemo sizes, batch 16, 1 thread; auto picks bf16 from d_model {CPU_BF16_MIN_D_MODEL}")

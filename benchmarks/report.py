@@ -43,7 +43,7 @@ SCRIPTS = {
     "sweep": lambda t, r: ["sweep.py", "--threads", t, "--out", str(r / "sweep.json")],
     "ops": lambda t, r: ["op_count.py", "--out", str(r / "op_count.json")],
     # its own thread counts: 1 and 2 for the paper config, 1 for the d_model sweep
-    "precision": lambda t, r: ["bench_precision.py", "--reps", "21", "--out", str(r / "precision.json")],
+    "precision": lambda t, r: ["bench_precision.py", "--reps", "21", "--compiled", "--out", str(r / "precision.json")],
     "model": lambda t, r: ["bench_model.py", "--threads", t, "--backends", "reference,torch,default",
                            "--reference-steps", "2", "--steps", "7", "--json", str(r / "model.json")],
 }
@@ -228,6 +228,10 @@ def precision_headline(prec) -> list:
         rows.append([f"MFDR training step bf16 vs fp32 on this CPU, paper config, batch {prec['batch']}, "
                      f"{r['threads']} thread(s)", target, _x(r["speedup"]), "–",
                      verdict(r["speedup"], TARGETS["bf16_step"])])
+    for r in (prec or {}).get("rows", []):
+        if "compiled_speedup" in r:
+            rows.append([f"(context) the same through `torch.compile` (`train.compile: true`), {r['threads']} "
+                         "thread(s)", "–", _x(r["compiled_speedup"]), "–", "no target"])
     return rows
 
 
@@ -418,7 +422,14 @@ def bf16_ops_table(results: Path) -> str:
 def precision_section(prec, results: Path = RESULTS) -> str:
     if not prec:
         return "*not run* (`python benchmarks/report.py --only precision`)"
+    compiled = all("compiled_speedup" in r for r in prec["rows"])
+    head = ["threads", "fp32 step ms", "bf16 step ms", "bf16 speed-up"]
     rows = [[r["threads"], _ms(r["fp32_ms"]), _ms(r["bf16_ms"]), _x(r["speedup"])] for r in prec["rows"]]
+    if compiled:
+        head += ["compiled: fp32 ms", "compiled: bf16 ms", "compiled: bf16 speed-up", "bf16: compiled vs eager"]
+        for row, r in zip(rows, prec["rows"], strict=True):
+            row += [_ms(r["fp32_compiled_ms"]), _ms(r["bf16_compiled_ms"]), _x(r["compiled_speedup"]),
+                    _x(r["compile_gain"])]
     sweep = [[r["d_model"], _ms(r["fp32_ms"]), _ms(r["bf16_ms"]), _x(r["speedup"]), r["auto"]]
              for r in prec.get("sweep", [])]
     text = ("From `bench_precision.py`: one training step (forward, backward, the loop's fused Adam) in fp32 and "
@@ -428,8 +439,10 @@ def precision_section(prec, results: Path = RESULTS) -> str:
             "single-thread speed alternates between two levels for minutes at a time (the audio projection's "
             "weight gradient: ~5 or ~10 ms, on either core) while their 2-thread speed stays at the faster "
             "level, so the 1-thread bf16 step and both ratios move between runs (1 thread 2.10-2.39×, "
-            "2 threads 1.63-1.83× over this release's runs):\n\n"
-            + _table(["threads", "fp32 step ms", "bf16 step ms", "bf16 speed-up"], rows))
+            "2 threads 1.63-1.83× over this release's runs)"
+            + (". *compiled*: the same steps through `torch.compile(model, fullgraph=True)` (what "
+               "`train.compile: true` trains through; default mode), taking the same turns" if compiled else "")
+            + ":\n\n" + _table(head, rows))
     if sweep:
         text += ("\n\nThe model's width at the demo's sizes (80-d log-mel, 384-d MiniLM, 200 frames, 20 tokens, "
                  f"batch {prec.get('demo_batch', 16)}, 1 thread): what `train.precision: auto` decides from on "

@@ -18,3 +18,19 @@ def test_script_quick_run(tmp_path):
     for row in data["rows"] + data["sweep"]:
         assert row["fp32_ms"] > 0 and row["bf16_ms"] > 0
         assert abs(row["speedup"] - row["fp32_ms"] / row["bf16_ms"]) < 1e-9
+
+
+def test_script_compiled_run(tmp_path):
+    """``--compiled``: the compiled steps take the same turns; the report renders their columns."""
+    import report
+
+    out = tmp_path / "precision.json"
+    assert bench_precision.main(["--quick", "--threads", "1", "--widths", "--compiled", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    (row,) = data["rows"]
+    assert row["fp32_compiled_ms"] > 0 and row["bf16_compiled_ms"] > 0
+    assert abs(row["compiled_speedup"] - row["fp32_compiled_ms"] / row["bf16_compiled_ms"]) < 1e-9
+    assert abs(row["compile_gain"] - row["bf16_ms"] / row["bf16_compiled_ms"]) < 1e-9
+    text = report.precision_section(data, tmp_path)
+    assert "compiled: bf16 speed-up" in text and f"{row['compiled_speedup']:.2f}×" in text
+    assert any("torch.compile" in r[0] for r in report.precision_headline(data))
