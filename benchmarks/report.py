@@ -435,11 +435,11 @@ def precision_section(prec, results: Path = RESULTS) -> str:
     text = ("From `bench_precision.py`: one training step (forward, backward, the loop's fused Adam) in fp32 and "
             "under `torch.autocast(\"cpu\", bfloat16)`, the precisions taking turns step by step, with the "
             f"default kernels (C++ SAWA, DFC, GCPU in bf16). CPU bf16 units: `{prec.get('bf16_units')}`. Paper "
-            f"config, batch {prec['batch']}. On the 2-core VM these were measured on, the bf16 matrix products' "
-            "single-thread speed alternates between two levels for minutes at a time (the audio projection's "
-            "weight gradient: ~5 or ~10 ms, on either core) while their 2-thread speed stays at the faster "
-            "level, so the 1-thread bf16 step and both ratios move between runs (1 thread 2.10-2.39×, "
-            "2 threads 1.63-1.83× over this release's runs)"
+            f"config, batch {prec['batch']}. On the 2-core VM these were measured on, the matrix units' speed "
+            "changes from minute to minute (a 1024² bf16 product on one thread: 490 to 1125 GFLOP/s in runs "
+            "seconds apart on the same core; the two cores do not slow each other down), and the bf16 step, "
+            "about 40% of it in matrix products, moves with it, so the ratios move between runs (1 thread "
+            "1.80-2.41×, 2 threads 1.63-1.85× over this release's runs)"
             + (". *compiled*: the same steps through `torch.compile(model, fullgraph=True)` (what "
                "`train.compile: true` trains through; default mode), taking the same turns" if compiled else "")
             + ":\n\n" + _table(head, rows))
