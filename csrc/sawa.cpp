@@ -5,9 +5,13 @@
 // half-windows S1 and S2 (the paper's "expansion by index slicing"). Nothing of size L x T and no
 // re-windowed copy of K is built; per query the scratch is 3w scores.
 //
-// Forward  grid: at::parallel_for over B*H*L rows.
-// Backward pass 1 (B*H*L rows): recompute the row's weights w_j for the saved level, dq, and the
-//          per-slot weights P = w_j and score gradients DS = scale * dL/dx_j into (B,H,L,3w) buffers.
+// Forward  grid: at::parallel_for over B*H*L rows. Besides out and the levels it returns the weights per
+//          slot, P (B,H,L,3w) in the accumulation type: P[.., j - s_i + w] = w_j for the frames j the row
+//          attends to, 0 elsewhere (the softmax's output, kept for the backward as flash attention keeps
+//          its statistics; 0.75 MiB at the paper's shape). Recomputing it in the backward instead (the
+//          scores, softmaxes and decisions again) made forward+backward 1.16-1.26x slower.
+// Backward pass 1 (B*H*L rows): from P, dq and the score gradients DS = scale * dL/dx_j, per slot into
+//          a (B,H,L,3w) buffer.
 // Backward pass 2 (B*H*key blocks): dk_j = sum_i DS_ij q_i, dv_j = sum_i P_ij do_i over the queries
 //          whose span holds frame j. Window starts are non-decreasing over the valid queries (the
 //          op validates it), so those queries form a contiguous range found by binary search: no
@@ -183,7 +187,7 @@ int build_row(Row<A>& row, const T* q, const T* K, int64_t ldk, int64_t d, int64
 template <typename T>
 void sawa_fwd_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& q_lens,
                     const at::Tensor& k_lens, const at::Tensor& starts, const at::Tensor& force, int64_t w,
-                    int64_t levels, bool joint, double scale, at::Tensor& out, at::Tensor& lvl) {
+                    int64_t levels, bool joint, double scale, at::Tensor& out, at::Tensor& lvl, at::Tensor& weights) {
   using A = acc_t<T>;  // float for float and bf16, double for double
   const int64_t B = q.size(0), H = q.size(1), L = q.size(2), d = q.size(3), Tk = k.size(2), dv = v.size(3);
   const Heads<const T> Q(q, q.data_ptr<T>()), K(k, k.data_ptr<T>()), V(v, v.data_ptr<T>());
@@ -191,23 +195,31 @@ void sawa_fwd_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const int8_t* fp = force.defined() ? force.data_ptr<int8_t>() : nullptr;
   T* op = out.data_ptr<T>();
   int8_t* lp = lvl.data_ptr<int8_t>();
+  const int64_t S = 3 * w;
+  A* const P = weights.data_ptr<A>();
   at::parallel_for(0, B * H * L, 16, [&](int64_t begin, int64_t end) {
     Row<A> row(w);
     std::vector<const T*> rows(3 * w);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / (H * L), bh = r / L, i = r % L;
       T* o = op + r * dv;
+      A* Pr = P + r * S;
       lp[r] = 0;
       std::fill(o, o + dv, T(0));
+      std::fill(Pr, Pr + S, A(0));
       if (i >= ql[b]) continue;
-      const int lev = build_row<T, A>(row, Q.row(bh, i), K.head(bh), K.sN, d, sp[b * L + i],
+      const int64_t s = sp[b * L + i];
+      const int lev = build_row<T, A>(row, Q.row(bh, i), K.head(bh), K.sN, d, s,
                                       std::clamp<int64_t>(kl[b], 0, Tk), w, (int)levels, joint, static_cast<A>(scale),
                                       fp ? std::clamp<int>(fp[r], 0, 2) : -1);
       if (lev < 0) continue;
       lp[r] = (int8_t)lev;
       const size_t n = row.frame.size();  // build_row leaves only the active frames
       const T* Vh = V.head(bh);
-      for (size_t t = 0; t < n; ++t) rows[t] = Vh + row.frame[t] * V.sN;
+      for (size_t t = 0; t < n; ++t) {
+        rows[t] = Vh + row.frame[t] * V.sN;
+        Pr[row.frame[t] - s + w] = row.w[t];
+      }
       combine<T>(row.w.data(), rows.data(), (int64_t)n, o, dv);
     }
   });
@@ -216,54 +228,53 @@ void sawa_fwd_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 template <typename T>
 void sawa_bwd_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                      const at::Tensor& q_lens, const at::Tensor& k_lens, const at::Tensor& starts,
-                     const at::Tensor& level, int64_t w, bool joint, double scale, at::Tensor& dq, at::Tensor& dk,
+                     const at::Tensor& weights, int64_t w, bool joint, double scale, at::Tensor& dq, at::Tensor& dk,
                      at::Tensor& dv_t) {
   using A = acc_t<T>;  // float for float and bf16, double for double
   const int64_t B = q.size(0), H = q.size(1), L = q.size(2), d = q.size(3), Tk = k.size(2), dv = v.size(3);
   const int64_t S = 3 * w;  // slots per row: offsets [-w, 2w)
   const Heads<const T> Q(q, q.data_ptr<T>()), K(k, k.data_ptr<T>()), V(v, v.data_ptr<T>()), G(go, go.data_ptr<T>());
   const int64_t *ql = q_lens.data_ptr<int64_t>(), *kl = k_lens.data_ptr<int64_t>(), *sp = starts.data_ptr<int64_t>();
-  const int8_t* lvp = level.data_ptr<int8_t>();
-  // Per-slot weights P and score gradients DS of every row (B*H*L*3w each, in A), allocated per call and
-  // freed at its end (1.5 MiB together at the paper's shape, fp32). Pass 1 zeroes the rows pass 2 reads.
-  const at::Tensor scratch = at::empty({2, B * H * L * S}, q.options().dtype(c10::CppTypeToScalarType<A>::value));
-  A* const P = scratch.data_ptr<A>();
-  A* const DS = P + B * H * L * S;
+  // The score gradients DS of every row per slot (B*H*L*3w, in A), allocated per call and freed at its end
+  // (0.75 MiB at the paper's shape, fp32). Pass 1 zeroes the rows pass 2 reads.
+  const at::Tensor scratch = at::empty({B * H * L * S}, q.options().dtype(c10::CppTypeToScalarType<A>::value));
+  const A* const P = weights.data_ptr<A>();
+  A* const DS = scratch.data_ptr<A>();
   const Heads<T> dQ(dq, dq.data_ptr<T>());
 
   // Pass 1: per query row.
   at::parallel_for(0, B * H * L, 16, [&](int64_t begin, int64_t end) {
-    Row<A> row(w);
     std::vector<A> dot_v(S), ds(S);
+    std::vector<int64_t> slot_of(S);
+    std::vector<int> ring(S);
     std::vector<const T*> rows(S);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / (H * L), bh = r / L, i = r % L;
       T* dqr = dQ.row(bh, i);
       std::fill(dqr, dqr + d, T(0));
       if (i >= ql[b]) continue;  // pass 2 reads valid rows only
-      A* Pr = P + r * S;
+      const A* Pr = P + r * S;
       A* Dr = DS + r * S;
-      std::fill(Pr, Pr + S, A(0));
       std::fill(Dr, Dr + S, A(0));
-      const int64_t s = sp[b * L + i];
-      const int lev = build_row<T, A>(row, Q.row(bh, i), K.head(bh), K.sN, d, s, std::clamp<int64_t>(kl[b], 0, Tk),
-                                      w, 2, joint, static_cast<A>(scale), std::clamp<int>(lvp[r], 0, 2));
-      if (lev < 0) continue;
+      const int64_t s = sp[b * L + i], k_len = std::clamp<int64_t>(kl[b], 0, Tk);
       const T *g = G.row(bh, i), *Vh = V.head(bh), *Kh = K.head(bh);
-      const size_t n = row.frame.size();
+      int64_t n = 0;
       A gsum[3] = {0, 0, 0};
-      for (size_t t = 0; t < n; ++t) {
-        dot_v[t] = dot<T>(g, Vh + row.frame[t] * V.sN, dv);
-        gsum[joint ? 0 : row.ring[t]] += row.w[t] * dot_v[t];
+      for (int64_t slot = 0; slot < S; ++slot) {
+        const int64_t j = s - w + slot;  // (a frame outside [0, k_len) is read from no P the forward wrote)
+        if (Pr[slot] == A(0) || j < 0 || j >= k_len) continue;
+        slot_of[n] = slot;
+        ring[n] = joint ? 0 : ring_of(slot - w, w);
+        dot_v[n] = dot<T>(g, Vh + j * V.sN, dv);
+        gsum[ring[n]] += Pr[slot] * dot_v[n];
+        rows[n] = Kh + j * K.sN;
+        ++n;
       }
-      for (size_t t = 0; t < n; ++t) {
-        ds[t] = row.w[t] * (dot_v[t] - gsum[joint ? 0 : row.ring[t]]) * static_cast<A>(scale);
-        rows[t] = Kh + row.frame[t] * K.sN;
-        const int64_t slot = row.frame[t] - s + w;
-        Pr[slot] = row.w[t];
-        Dr[slot] = ds[t];
+      for (int64_t t = 0; t < n; ++t) {
+        ds[t] = Pr[slot_of[t]] * (dot_v[t] - gsum[ring[t]]) * static_cast<A>(scale);
+        Dr[slot_of[t]] = ds[t];
       }
-      combine<T>(ds.data(), rows.data(), (int64_t)n, dqr, d);
+      combine<T>(ds.data(), rows.data(), n, dqr, d);
     }
   });
 
@@ -276,7 +287,7 @@ void sawa_bwd_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
     std::vector<const T*> rk, rv;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t bh = r / nkb, b = bh / H, j0 = (r % nkb) * KB, j1 = std::min(j0 + KB, Tk);
-      const int64_t n_q = std::clamp<int64_t>(ql[b], 0, L);
+      const int64_t n_q = std::clamp<int64_t>(ql[b], 0, L), k_len = std::clamp<int64_t>(kl[b], 0, Tk);
       const int64_t* st = sp + b * L;
       const int64_t i0 = std::upper_bound(st, st + n_q, j0 - 2 * w) - st;
       const int64_t i1 = std::upper_bound(st, st + n_q, j1 - 1 + w) - st;
@@ -284,7 +295,7 @@ void sawa_bwd_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
       T *dKh = dK.head(bh), *dVh = dV.head(bh);
       for (int64_t j = j0; j < j1; ++j) {
         ck.clear(), cv.clear(), rk.clear(), rv.clear();
-        for (int64_t i = i0; i < i1; ++i) {
+        for (int64_t i = i0; i < i1 && j < k_len; ++i) {  // frames past k_len: zero gradients
           const int64_t slot = j - st[i] + w, row_id = bh * L + i;
           if (slot < 0 || slot >= S) continue;
           const A dsv = DS[row_id * S + slot], pv = P[row_id * S + slot];
@@ -315,33 +326,40 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
               "mfdr_C::sawa: lengths (B,) and starts (B, L) do not match q");
 }
 
-std::tuple<at::Tensor, at::Tensor> sawa_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sawa_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                 const at::Tensor& q_lens, const at::Tensor& k_lens,
                                                 const at::Tensor& starts, const std::optional<at::Tensor>& force_level,
                                                 int64_t window, int64_t levels, bool joint, double scale) {
   check_inputs(q, k, v, q_lens, k_lens, starts);
   auto out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
   auto lvl = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kChar));
+  auto weights = at::empty({q.size(0), q.size(1), q.size(2), 3 * window},
+                           q.options().dtype(q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
   at::Tensor force = force_level.has_value() ? force_level->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "sawa_fwd_cpu", [&] {
-    sawa_fwd_kernel<scalar_t>(q, k, v, q_lens, k_lens, starts, force, window, levels, joint, scale, out, lvl);
+    sawa_fwd_kernel<scalar_t>(q, k, v, q_lens, k_lens, starts, force, window, levels, joint, scale, out, lvl, weights);
   });
-  return {out, lvl};
+  return {out, lvl, weights};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sawa_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& q,
                                                              const at::Tensor& k, const at::Tensor& v,
                                                              const at::Tensor& q_lens, const at::Tensor& k_lens,
-                                                             const at::Tensor& starts, const at::Tensor& level,
+                                                             const at::Tensor& starts, const at::Tensor& weights,
                                                              int64_t window, bool joint, double scale) {
   check_inputs(q, k, v, q_lens, k_lens, starts);
   TORCH_CHECK(last_dim_contiguous(grad_out) && grad_out.sizes() == at::IntArrayRef({q.size(0), q.size(1), q.size(2), v.size(3)}),
               "mfdr_C::sawa_bwd_cpu: grad_out must be (B, H, L, dv) with a contiguous last dim");
+  const int64_t S = 3 * window;
+  TORCH_CHECK(weights.is_contiguous() && weights.device().is_cpu() &&
+                  weights.scalar_type() == (q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat) &&
+                  weights.sizes() == at::IntArrayRef({q.size(0), q.size(1), q.size(2), S}),
+              "mfdr_C::sawa_bwd_cpu: weights must be the forward's (B, H, L, 3 window) per-slot weights (contiguous, "
+              "float64 for float64 inputs, else float32)");
   // the gradients in the layout of q, k, v (a head view of a (B, N, H*d) tensor gives one: no copy back)
   auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
-  const at::Tensor lvl = level.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "sawa_bwd_cpu", [&] {
-    sawa_bwd_kernel<scalar_t>(grad_out, q, k, v, q_lens, k_lens, starts, lvl, window, joint, scale, dq, dk, dv);
+    sawa_bwd_kernel<scalar_t>(grad_out, q, k, v, q_lens, k_lens, starts, weights, window, joint, scale, dq, dk, dv);
   });
   return {dq, dk, dv};
 }
@@ -351,10 +369,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sawa_bwd_cpu(const at::Tensor& gr
 TORCH_LIBRARY_FRAGMENT(mfdr_C, m) {
   m.def(
       "sawa_fwd_cpu(Tensor q, Tensor k, Tensor v, Tensor q_lens, Tensor k_lens, Tensor starts, Tensor? force_level, "
-      "int window, int levels, bool joint, float scale) -> (Tensor, Tensor)");
+      "int window, int levels, bool joint, float scale) -> (Tensor, Tensor, Tensor)");
   m.def(
       "sawa_bwd_cpu(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor q_lens, Tensor k_lens, Tensor starts, "
-      "Tensor level, int window, bool joint, float scale) -> (Tensor, Tensor, Tensor)");
+      "Tensor weights, int window, bool joint, float scale) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(mfdr_C, CPU, m) {

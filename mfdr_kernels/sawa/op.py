@@ -7,6 +7,10 @@ The ladder, one name per rung (after Liger; the same scheme in ``dfc/`` and ``gc
     launcher    sawa_fwd, sawa_bwd in triton_impl, cpp_impl, torch_impl
     C++ op      torch.ops.mfdr_C.sawa_fwd_cpu, sawa_bwd_cpu (csrc/sawa.cpp; what cpp_impl calls)
     custom op   mfdr_kernels::sawa_fwd_op, sawa_bwd_op (here: fake kernels, registered autograd)
+
+A backend whose backward reads more than the inputs and the levels returns it from its ``sawa_fwd`` launcher
+as a third value, which the custom op saves and hands to ``sawa_bwd`` as ``saved`` (:func:`_saved`): the
+``cpp`` backend's per-slot softmax weights. The other launchers return ``(out, level)`` and ignore ``saved``.
     functional  sliding_adaptive_window_attention (here)
     module      mfdr.sawa.SAWALayer
 
@@ -82,58 +86,73 @@ def _layout(backend: str, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(t.contiguous() for t in tensors)
 
 
+def _saved(q: torch.Tensor, window: int, backend: str, make=None) -> torch.Tensor:
+    """The forward's third output, what the backend's backward reads besides the inputs and the levels
+    (``make``: ``q.new_empty`` by default): for ``cpp`` the weights per slot of each query's span
+    ``[s - ω, s + 2ω)``, ``(B, H, L, 3ω)`` in the kernels' accumulation dtype (0.75 MiB at the paper's shape;
+    recomputing them in the backward made forward+backward 1.16-1.26x slower); for the others an empty tensor."""
+    if backend != "cpp":
+        return q.new_empty(0)
+    B, H, L, _ = q.shape
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return (make or q.new_empty)(B, H, L, 3 * window, dtype=acc)
+
+
 @torch.library.custom_op("mfdr_kernels::sawa_fwd_op", mutates_args=())
 def sawa_fwd_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_lens: torch.Tensor, k_lens: torch.Tensor,
     starts: torch.Tensor, force_level: torch.Tensor | None, window: int, levels: int, joint: bool,
     scale: float, backend: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, H, L, _ = q.shape
     _checks.finite_if_asked(q=q, k=k, v=v)
     if q.numel() == 0 or k.numel() == 0:
-        return q.new_zeros(B, H, L, v.shape[-1]), torch.zeros(B, H, L, dtype=torch.int8, device=q.device)
-    return _impl(backend).sawa_fwd(q, k, v, q_lens, k_lens, starts, force_level, window, levels, joint, scale)
+        return (q.new_zeros(B, H, L, v.shape[-1]), torch.zeros(B, H, L, dtype=torch.int8, device=q.device),
+                _saved(q, window, backend, q.new_zeros))
+    res = _impl(backend).sawa_fwd(q, k, v, q_lens, k_lens, starts, force_level, window, levels, joint, scale)
+    return res if len(res) == 3 else (*res, _saved(q, window, backend))
 
 
 @sawa_fwd_op.register_fake
 def _(q, k, v, q_lens, k_lens, starts, force_level, window, levels, joint, scale, backend):
     B, H, L, _ = q.shape
-    return q.new_empty(B, H, L, v.shape[-1]), q.new_empty(B, H, L, dtype=torch.int8)
+    return q.new_empty(B, H, L, v.shape[-1]), q.new_empty(B, H, L, dtype=torch.int8), _saved(q, window, backend)
 
 
 @torch.library.custom_op("mfdr_kernels::sawa_bwd_op", mutates_args=())
 def sawa_bwd_op(
     grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_lens: torch.Tensor,
-    k_lens: torch.Tensor, starts: torch.Tensor, level: torch.Tensor, window: int, joint: bool, scale: float,
-    backend: str,
+    k_lens: torch.Tensor, starts: torch.Tensor, level: torch.Tensor, saved: torch.Tensor, window: int, joint: bool,
+    scale: float, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if q.numel() == 0 or k.numel() == 0:
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     return _impl(backend).sawa_bwd(
-        *_layout(backend, grad_out), q, k, v, q_lens, k_lens, starts, level.contiguous(), window, joint, scale
+        *_layout(backend, grad_out), q, k, v, q_lens, k_lens, starts, level.contiguous(), window, joint, scale,
+        saved=saved,
     )
 
 
 @sawa_bwd_op.register_fake
-def _(grad_out, q, k, v, q_lens, k_lens, starts, level, window, joint, scale, backend):
+def _(grad_out, q, k, v, q_lens, k_lens, starts, level, saved, window, joint, scale, backend):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, q_lens, k_lens, starts, _force, window, _levels, joint, scale, backend = inputs
-    ctx.mark_non_differentiable(output[1])
+    ctx.mark_non_differentiable(output[1], output[2])
     ctx.set_materialize_grads(False)  # no zero-filled gradient for the levels: _backward ignores it
-    ctx.save_for_backward(q, k, v, q_lens, k_lens, starts, output[1])
+    ctx.save_for_backward(q, k, v, q_lens, k_lens, starts, output[1], output[2])
     ctx.args = (window, joint, scale, backend)
 
 
-def _backward(ctx, grad_out, _grad_level):
+def _backward(ctx, grad_out, _grad_level, _grad_saved):
     if grad_out is None:  # gradients are not materialized: none reached out
         return (None,) * 12
-    q, k, v, q_lens, k_lens, starts, level = ctx.saved_tensors
+    q, k, v, q_lens, k_lens, starts, level, saved = ctx.saved_tensors
     window, joint, scale, backend = ctx.args
-    dq, dk, dv = sawa_bwd_op(*_layout(backend, grad_out), q, k, v, q_lens, k_lens, starts, level, window, joint,
-                             scale, backend)
+    dq, dk, dv = sawa_bwd_op(*_layout(backend, grad_out), q, k, v, q_lens, k_lens, starts, level, saved, window,
+                             joint, scale, backend)
     return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
@@ -227,8 +246,8 @@ def sliding_adaptive_window_attention(
         out, level = reference.sawa_reference(q, k, v, window=window, levels=levels, joint=joint, scale=scale,
                                               q_lens=q_lens, k_lens=k_lens, starts=starts, force_level=force_level)
     else:
-        out, level = sawa_fwd_op(*_layout(name, q, k, v), q_lens, k_lens, starts, force_level, window, levels,
-                                 joint, scale, name)
+        out, level, _ = sawa_fwd_op(*_layout(name, q, k, v), q_lens, k_lens, starts, force_level, window, levels,
+                                    joint, scale, name)
     return (out, level) if return_level else out
 
 

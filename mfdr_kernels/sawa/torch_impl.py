@@ -98,8 +98,9 @@ def _decide(x, exists, ring, base, window, levels, joint):
     return level
 
 
-def sawa_bwd(grad_out, q, k, v, q_lens, k_lens, starts, level, window, joint, scale):
-    """Gradients ``(dq, dk, dv)`` given the forward's levels (the decisions are not differentiated)."""
+def sawa_bwd(grad_out, q, k, v, q_lens, k_lens, starts, level, window, joint, scale, saved=None):
+    """Gradients ``(dq, dk, dv)`` given the forward's levels (the decisions are not differentiated); ``saved``
+    is unused (the weights are recomputed from the inputs)."""
     B, H, L, _ = q.shape
     reach = int(level.max()) if level.numel() else 0
     idx, exists, ring, _ = _setup(q, k, q_lens, k_lens, starts, window, reach)

@@ -600,8 +600,9 @@ def _query_ranges(starts, q_lens, T, lo, hi, nkb):
     return torch.stack([i0, torch.maximum(i1, i0)], dim=-1).contiguous()
 
 
-def sawa_bwd(grad_out, q, k, v, q_lens, k_lens, starts, level, window, joint, scale, dkdv="blocks"):
-    """Gradients ``(dq, dk, dv)`` for the forward's levels. ``dkdv``: "blocks" (default) or "atomic"."""
+def sawa_bwd(grad_out, q, k, v, q_lens, k_lens, starts, level, window, joint, scale, dkdv="blocks", saved=None):
+    """Gradients ``(dq, dk, dv)`` for the forward's levels. ``dkdv``: "blocks" (default) or "atomic";
+    ``saved`` is unused (the kernels recompute the weights)."""
     if dkdv not in DKDV:
         raise ValueError(f"dkdv must be one of {DKDV}, got {dkdv!r}")
     B, H, L, D = q.shape

@@ -248,3 +248,48 @@ def test_torch_compile_fullgraph(backend):
     g2 = torch.autograd.grad(f(q, k, v).sum(), (q, k, v))
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[4], CASES[6], CASES[8]], ids=lambda c: c.id)
+def test_cpp_saves_the_weights_per_slot(case):
+    """The cpp forward's third output, which its backward reads instead of recomputing the softmaxes: row i's
+    weight of frame s_i - ω + slot at ``slot``, the dense attention map's entries on the span, 0 elsewhere."""
+    from mfdr_kernels.sawa import op
+
+    q, k, v, _, kw = make(case, torch.float64, requires_grad=False)
+    window, levels, joint, scale, q_lens, k_lens, starts, _ = op._prepare(
+        q, k, v, kw["window"], kw.get("hop"), kw["levels"], kw["normalize"], None, kw.get("q_lens"),
+        kw.get("k_lens"), kw.get("window_starts"), None)
+    q_lens, k_lens, starts, _ = op._sanitized(q_lens, k_lens, starts, None, case.L, case.T, levels)
+    _, level, weights = op.sawa_fwd_op(q, k, v, q_lens, k_lens, starts, None, window, levels, joint, scale, "cpp")
+    att, want_level = op.sawa_attention_map(q, k, return_level=True, **kw)
+    assert torch.equal(level, want_level)
+    slots = torch.arange(3 * window)
+    frame = starts[:, None, :, None] - window + slots  # (B, 1, L, 3ω)
+    inside = (frame >= 0) & (frame < case.T)
+    want = torch.where(inside, att.gather(3, frame.clamp(0, case.T - 1).expand(-1, case.H, -1, -1)), 0.0)
+    assert weights.shape == (case.B, case.H, case.L, 3 * window) and weights.dtype == torch.float64
+    torch.testing.assert_close(weights, want, atol=1e-12, rtol=1e-12)
+
+
+def test_cpp_backward_checks_and_clamps_the_saved_weights():
+    """The C++ backward takes the weights from its caller: a wrong shape or dtype is refused by name, and
+    weights on frames outside [0, k_len) (which no forward writes) are never read there."""
+    from mfdr_kernels import _ext
+
+    _ext.load()
+    q, k, v, do, _ = make(Case(), torch.float32, requires_grad=False)
+    lens, klens = torch.tensor([9, 9]), torch.tensor([47, 20])
+    starts = (torch.arange(9) * 5).expand(2, 9).contiguous()
+    args = (do, q, k, v, lens, klens, starts)
+    for bad in (torch.zeros(2, 2, 9, 29), torch.zeros(2, 2, 9, 30, dtype=torch.float64),
+                torch.zeros(2, 2, 9, 60)[..., ::2]):
+        with pytest.raises(RuntimeError, match="weights must be the forward's"):
+            torch.ops.mfdr_C.sawa_bwd_cpu(*args, bad, 10, False, 0.5)
+    dq, dk, dv = torch.ops.mfdr_C.sawa_bwd_cpu(*args, torch.ones(2, 2, 9, 30), 10, False, 0.5)
+    assert all(t.isfinite().all() for t in (dq, dk, dv))
+    assert not dk[1, :, 20:].any() and not dv[1, :, 20:].any()  # past k_len: no query reads them
+    with pytest.raises(ValueError, match="saved="):
+        from mfdr_kernels.sawa import cpp_impl
+
+        cpp_impl.sawa_bwd(*args, torch.zeros(2, 2, 9, dtype=torch.int8), 10, False, 0.5)
