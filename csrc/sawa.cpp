@@ -187,7 +187,8 @@ int build_row(Row<A>& row, const T* q, const T* K, int64_t ldk, int64_t d, int64
 template <typename T>
 void sawa_fwd_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& q_lens,
                     const at::Tensor& k_lens, const at::Tensor& starts, const at::Tensor& force, int64_t w,
-                    int64_t levels, bool joint, double scale, at::Tensor& out, at::Tensor& lvl, at::Tensor& weights) {
+                    int64_t levels, bool joint, double scale, at::Tensor& out, at::Tensor& lvl,
+                    at::Tensor& weights) {
   using A = acc_t<T>;  // float for float and bf16, double for double
   const int64_t B = q.size(0), H = q.size(1), L = q.size(2), d = q.size(3), Tk = k.size(2), dv = v.size(3);
   const Heads<const T> Q(q, q.data_ptr<T>()), K(k, k.data_ptr<T>()), V(v, v.data_ptr<T>());
@@ -326,10 +327,10 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
               "mfdr_C::sawa: lengths (B,) and starts (B, L) do not match q");
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sawa_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                const at::Tensor& q_lens, const at::Tensor& k_lens,
-                                                const at::Tensor& starts, const std::optional<at::Tensor>& force_level,
-                                                int64_t window, int64_t levels, bool joint, double scale) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sawa_fwd_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& q_lens, const at::Tensor& k_lens,
+    const at::Tensor& starts, const std::optional<at::Tensor>& force_level, int64_t window, int64_t levels, bool joint,
+    double scale) {
   check_inputs(q, k, v, q_lens, k_lens, starts);
   auto out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
   auto lvl = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kChar));
@@ -348,7 +349,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sawa_bwd_cpu(const at::Tensor& gr
                                                              const at::Tensor& starts, const at::Tensor& weights,
                                                              int64_t window, bool joint, double scale) {
   check_inputs(q, k, v, q_lens, k_lens, starts);
-  TORCH_CHECK(last_dim_contiguous(grad_out) && grad_out.sizes() == at::IntArrayRef({q.size(0), q.size(1), q.size(2), v.size(3)}),
+  TORCH_CHECK(last_dim_contiguous(grad_out) &&
+                  grad_out.sizes() == at::IntArrayRef({q.size(0), q.size(1), q.size(2), v.size(3)}),
               "mfdr_C::sawa_bwd_cpu: grad_out must be (B, H, L, dv) with a contiguous last dim");
   const int64_t S = 3 * window;
   TORCH_CHECK(weights.is_contiguous() && weights.device().is_cpu() &&
