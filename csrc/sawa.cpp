@@ -200,7 +200,7 @@ void sawa_fwd_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   A* const P = weights.data_ptr<A>();
   at::parallel_for(0, B * H * L, 16, [&](int64_t begin, int64_t end) {
     Row<A> row(w);
-    std::vector<const T*> rows(3 * w);
+    std::vector<const T*> rows(S);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / (H * L), bh = r / L, i = r % L;
       T* o = op + r * dv;
@@ -312,6 +312,9 @@ void sawa_bwd_kernel(const at::Tensor& go, const at::Tensor& q, const at::Tensor
 
 bool last_dim_contiguous(const at::Tensor& t) { return t.size(3) <= 1 || t.stride(3) == 1; }
 
+// The dtype of the saved weights: the kernels' accumulation type (float64 for float64, else float32)
+at::ScalarType weights_dtype(const at::Tensor& q) { return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& q_lens,
                   const at::Tensor& k_lens, const at::Tensor& starts) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "mfdr_C::sawa: q, k, v must be 4-D");
@@ -334,8 +337,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sawa_fwd_cpu(
   check_inputs(q, k, v, q_lens, k_lens, starts);
   auto out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
   auto lvl = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kChar));
-  auto weights = at::empty({q.size(0), q.size(1), q.size(2), 3 * window},
-                           q.options().dtype(q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+  auto weights = at::empty({q.size(0), q.size(1), q.size(2), 3 * window}, q.options().dtype(weights_dtype(q)));
   at::Tensor force = force_level.has_value() ? force_level->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "sawa_fwd_cpu", [&] {
     sawa_fwd_kernel<scalar_t>(q, k, v, q_lens, k_lens, starts, force, window, levels, joint, scale, out, lvl, weights);
@@ -354,7 +356,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sawa_bwd_cpu(const at::Tensor& gr
               "mfdr_C::sawa_bwd_cpu: grad_out must be (B, H, L, dv) with a contiguous last dim");
   const int64_t S = 3 * window;
   TORCH_CHECK(weights.is_contiguous() && weights.device().is_cpu() &&
-                  weights.scalar_type() == (q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat) &&
+                  weights.scalar_type() == weights_dtype(q) &&
                   weights.sizes() == at::IntArrayRef({q.size(0), q.size(1), q.size(2), S}),
               "mfdr_C::sawa_bwd_cpu: weights must be the forward's (B, H, L, 3 window) per-slot weights (contiguous, "
               "float64 for float64 inputs, else float32)");
