@@ -13,6 +13,10 @@ stores, fp32 accumulation). The precisions take turns step by step (``_timing.in
 ratio is a same-run ratio; the thread counts and widths run one after the other (``torch.set_num_threads``).
 ``--compiled`` adds, at each thread count, the same two steps through ``torch.compile(model, fullgraph=True)``
 (what ``train.compile: true`` trains through, default mode on the CPU) to the same turns.
+The matrix units' speed at the time: a 1024² product in bf16 (8 of them per turn) and one in fp32 take the
+same turns as the steps (``bf16_gemm_tflops``, ``fp32_gemm_tflops``), so that each ratio comes with the speed
+the CPU's bf16 units and fp32 vector units ran at while it was measured (on a shared VM the bf16 units' speed
+changes from minute to minute, and the bf16 step with it).
 The sweep: the demo's config (80-d log-mel, 384-d MiniLM, 200 frames, 20 tokens, batch 16, 1 thread) with
 ``d_model`` 32 (the demo's), 64, 128 and 256 (the paper's), ``dfc_hidden = max(16, d_model / 2)``.
 """
@@ -65,14 +69,34 @@ def demo_sized(d_model: int) -> MFDRConfig:
                       dfc_hidden=max(16, d_model // 2))
 
 
-def measure(cfg: MFDRConfig, batch: int, reps: int, compiled: bool = False) -> dict:
+def gemm_probe(dtype: torch.dtype, n: int = 1024):
+    """``(fn, flop)``: ``fn()`` multiplies two n x n matrices of ``dtype`` (8 times in bf16, about as long as one
+    fp32 product on a CPU with bf16 matrix units), ``flop`` the floating-point operations of one call."""
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=g).to(dtype) for _ in range(2))
+    calls = 8 if dtype == torch.bfloat16 else 1
+
+    def fn():
+        for _ in range(calls):
+            torch.mm(a, b)
+
+    return fn, 2 * n**3 * calls
+
+
+def measure(cfg: MFDRConfig, batch: int, reps: int, compiled: bool = False, probe: bool = False) -> dict:
     """Median step times (ms) and ``speedup`` = fp32 / bf16; with ``compiled`` also ``fp32_compiled_ms``,
-    ``bf16_compiled_ms``, their ``compiled_speedup`` and ``compile_gain`` (bf16 eager / bf16 compiled)."""
+    ``bf16_compiled_ms``, their ``compiled_speedup`` and ``compile_gain`` (bf16 eager / bf16 compiled); with
+    ``probe`` the median speed of a 1024² product in bf16 and in fp32 taking the same turns
+    (``bf16_gemm_tflops``, ``fp32_gemm_tflops``)."""
     steps = {name: make_step(cfg, batch, name) for name in ("fp32", "bf16")}
     if compiled:
         steps.update({f"{name}_compiled": make_step(cfg, batch, name, compiled=True) for name in ("fp32", "bf16")})
-    t = _timing.interleaved(steps, reps=reps, target_s=0.0, warmup=2)
+    probes = {f"{name}_gemm": gemm_probe(dtype) for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))
+              } if probe else {}
+    t = _timing.interleaved({**steps, **{name: fn for name, (fn, _) in probes.items()}}, reps=reps, target_s=0.0,
+                            warmup=2)
     row = {f"{name}_ms": 1e3 * t[name]["median"] for name in steps}
+    row.update({f"{name}_tflops": flop / t[name]["median"] / 1e12 for name, (_, flop) in probes.items()})
     row["speedup"] = row["fp32_ms"] / row["bf16_ms"]
     if compiled:
         row["compiled_speedup"] = row["fp32_compiled_ms"] / row["bf16_compiled_ms"]
@@ -97,15 +121,16 @@ def main(argv=None) -> int:
         batch, reps, widths = 4, 1, widths[:1]
     rows, sweep = [], []
     print(f"bf16 units: {cpu_bf16_units()}; batch {batch}; paper config = {not args.quick}")
-    head = "| threads | fp32 step ms | bf16 step ms | bf16 speed-up |"
+    head = "| threads | fp32 step ms | bf16 step ms | bf16 speed-up | bf16 1024² TFLOP/s | fp32 1024² TFLOP/s |"
     if args.compiled:
         head += " compiled: fp32 ms | bf16 ms | bf16 speed-up | bf16 compiled vs eager |"
     print(head + "\n" + "|---" * (head.count("|") - 1) + "|")
     for threads in args.threads:
         _timing.set_threads(threads)
-        row = {"threads": threads, **measure(cfg, batch, reps, args.compiled)}
+        row = {"threads": threads, **measure(cfg, batch, reps, args.compiled, probe=True)}
         rows.append(row)
-        line = f"| {threads} | {row['fp32_ms']:.1f} | {row['bf16_ms']:.1f} | {row['speedup']:.2f}x |"
+        line = (f"| {threads} | {row['fp32_ms']:.1f} | {row['bf16_ms']:.1f} | {row['speedup']:.2f}x | "
+                f"{row['bf16_gemm_tflops']:.2f} | {row['fp32_gemm_tflops']:.3f} |")
         if args.compiled:
             line += (f" {row['fp32_compiled_ms']:.1f} | {row['bf16_compiled_ms']:.1f} | {row['compiled_speedup']:.2f}x"
                      f" | {row['compile_gain']:.2f}x |")

@@ -425,6 +425,11 @@ def precision_section(prec, results: Path = RESULTS) -> str:
     compiled = all("compiled_speedup" in r for r in prec["rows"])
     head = ["threads", "fp32 step ms", "bf16 step ms", "bf16 speed-up"]
     rows = [[r["threads"], _ms(r["fp32_ms"]), _ms(r["bf16_ms"]), _x(r["speedup"])] for r in prec["rows"]]
+    probed = all("bf16_gemm_tflops" in r for r in prec["rows"])
+    if probed:
+        head += ["bf16 1024² product TFLOP/s", "fp32 1024² product TFLOP/s"]
+        for row, r in zip(rows, prec["rows"], strict=True):
+            row += [f"{r['bf16_gemm_tflops']:.2f}", f"{r['fp32_gemm_tflops']:.3f}"]
     if compiled:
         head += ["compiled: fp32 ms", "compiled: bf16 ms", "compiled: bf16 speed-up", "bf16: compiled vs eager"]
         for row, r in zip(rows, prec["rows"], strict=True):
@@ -436,10 +441,12 @@ def precision_section(prec, results: Path = RESULTS) -> str:
             "under `torch.autocast(\"cpu\", bfloat16)`, the precisions taking turns step by step, with the "
             f"default kernels (C++ SAWA, DFC, GCPU in bf16). CPU bf16 units: `{prec.get('bf16_units')}`. Paper "
             f"config, batch {prec['batch']}. On the 2-core VM these were measured on, the matrix units' speed "
-            "changes from minute to minute (a 1024² bf16 product on one thread: 490 to 1125 GFLOP/s in runs "
+            "changes from minute to minute (a 1024² bf16 product on one thread: 0.49 to 1.13 TFLOP/s in runs "
             "seconds apart on the same core; the two cores do not slow each other down), and the bf16 step, "
             "about 40% of it in matrix products, moves with it, so the ratios move between runs (1 thread "
-            "1.80-2.41×, 2 threads 1.63-1.85× over this release's runs)"
+            "1.79-2.45×, 2 threads 1.63-2.14× over this release's runs)"
+            + ("; the *1024² product* columns give the speed a 1024² product in bf16 and in fp32 ran at, taking "
+               "the same turns as the steps" if probed else "")
             + (". *compiled*: the same steps through `torch.compile(model, fullgraph=True)` (what "
                "`train.compile: true` trains through; default mode), taking the same turns" if compiled else "")
             + ":\n\n" + _table(head, rows))

@@ -18,6 +18,27 @@ def test_script_quick_run(tmp_path):
     for row in data["rows"] + data["sweep"]:
         assert row["fp32_ms"] > 0 and row["bf16_ms"] > 0
         assert abs(row["speedup"] - row["fp32_ms"] / row["bf16_ms"]) < 1e-9
+    # the matrix-unit probe takes the paper config's turns (not the sweep's), and the report shows it
+    (row,) = data["rows"]
+    assert row["bf16_gemm_tflops"] > 0 and row["fp32_gemm_tflops"] > 0
+    assert "bf16_gemm_tflops" not in data["sweep"][0]
+    import report
+
+    text = report.precision_section(data, tmp_path)
+    assert "bf16 1024² product TFLOP/s" in text and f"| {row['bf16_gemm_tflops']:.2f} |" in text
+
+
+def test_gemm_probe_counts_the_products_it_runs():
+    """The probe's flop count is that of the n x n products it dispatches: 8 in bf16, 1 in fp32."""
+    import torch
+
+    from mfdr_kernels.counting import DispatchCounter
+
+    for dtype, calls in ((torch.bfloat16, 8), (torch.float32, 1)):
+        fn, flop = bench_precision.gemm_probe(dtype, n=8)
+        with DispatchCounter() as c:
+            fn()
+        assert c.ops == c.by_op["aten.mm"] == calls and flop == calls * 2 * 8**3
 
 
 def test_script_compiled_run(tmp_path):
