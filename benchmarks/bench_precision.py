@@ -83,20 +83,22 @@ def gemm_probe(dtype: torch.dtype, n: int = 1024):
     return fn, 2 * n**3 * calls
 
 
-def measure(cfg: MFDRConfig, batch: int, reps: int, compiled: bool = False, probe: bool = False) -> dict:
+def measure(cfg: MFDRConfig, batch: int, reps: int, compiled: bool = False, probe: int = 0) -> dict:
     """Median step times (ms) and ``speedup`` = fp32 / bf16; with ``compiled`` also ``fp32_compiled_ms``,
     ``bf16_compiled_ms``, their ``compiled_speedup`` and ``compile_gain`` (bf16 eager / bf16 compiled); with
-    ``probe`` the median speed of a 1024² product in bf16 and in fp32 taking the same turns
-    (``bf16_gemm_tflops``, ``fp32_gemm_tflops``)."""
+    ``probe`` = n the median speed of an n x n product in bf16 and in fp32 taking the same turns
+    (``bf16_gemm_tflops``, ``fp32_gemm_tflops``, ``gemm_n``)."""
     steps = {name: make_step(cfg, batch, name) for name in ("fp32", "bf16")}
     if compiled:
         steps.update({f"{name}_compiled": make_step(cfg, batch, name, compiled=True) for name in ("fp32", "bf16")})
-    probes = {f"{name}_gemm": gemm_probe(dtype) for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))
-              } if probe else {}
+    probes = {f"{name}_gemm": gemm_probe(dtype, probe) for name, dtype in (("bf16", torch.bfloat16),
+                                                                           ("fp32", torch.float32))} if probe else {}
     t = _timing.interleaved({**steps, **{name: fn for name, (fn, _) in probes.items()}}, reps=reps, target_s=0.0,
                             warmup=2)
     row = {f"{name}_ms": 1e3 * t[name]["median"] for name in steps}
     row.update({f"{name}_tflops": flop / t[name]["median"] / 1e12 for name, (_, flop) in probes.items()})
+    if probe:
+        row["gemm_n"] = probe
     row["speedup"] = row["fp32_ms"] / row["bf16_ms"]
     if compiled:
         row["compiled_speedup"] = row["fp32_compiled_ms"] / row["bf16_compiled_ms"]
@@ -115,19 +117,19 @@ def main(argv=None) -> int:
     p.add_argument("--compiled", action="store_true", help="also the steps through torch.compile (fullgraph)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    cfg, batch, reps, widths = MFDRConfig(num_classes=4), args.batch, args.reps, args.widths
-    if args.quick:
+    cfg, batch, reps, widths, probe = MFDRConfig(num_classes=4), args.batch, args.reps, args.widths, 1024
+    if args.quick:  # (a small probe: a CPU without bf16 units multiplies bf16 slowly)
         cfg = cfg.replace(audio_dim=16, text_dim=16, audio_len=64, text_len=12, d_model=16, heads=2, dfc_hidden=8)
-        batch, reps, widths = 4, 1, widths[:1]
+        batch, reps, widths, probe = 4, 1, widths[:1], 64
     rows, sweep = [], []
     print(f"bf16 units: {cpu_bf16_units()}; batch {batch}; paper config = {not args.quick}")
-    head = "| threads | fp32 step ms | bf16 step ms | bf16 speed-up | bf16 1024² TFLOP/s | fp32 1024² TFLOP/s |"
+    head = f"| threads | fp32 step ms | bf16 step ms | bf16 speed-up | bf16 {probe}² TFLOP/s | fp32 {probe}² TFLOP/s |"
     if args.compiled:
         head += " compiled: fp32 ms | bf16 ms | bf16 speed-up | bf16 compiled vs eager |"
     print(head + "\n" + "|---" * (head.count("|") - 1) + "|")
     for threads in args.threads:
         _timing.set_threads(threads)
-        row = {"threads": threads, **measure(cfg, batch, reps, args.compiled, probe=True)}
+        row = {"threads": threads, **measure(cfg, batch, reps, args.compiled, probe=probe)}
         rows.append(row)
         line = (f"| {threads} | {row['fp32_ms']:.1f} | {row['bf16_ms']:.1f} | {row['speedup']:.2f}x | "
                 f"{row['bf16_gemm_tflops']:.2f} | {row['fp32_gemm_tflops']:.3f} |")

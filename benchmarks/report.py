@@ -427,7 +427,8 @@ def precision_section(prec, results: Path = RESULTS) -> str:
     rows = [[r["threads"], _ms(r["fp32_ms"]), _ms(r["bf16_ms"]), _x(r["speedup"])] for r in prec["rows"]]
     probed = all("bf16_gemm_tflops" in r for r in prec["rows"])
     if probed:
-        head += ["bf16 1024² product TFLOP/s", "fp32 1024² product TFLOP/s"]
+        n = prec["rows"][0].get("gemm_n", 1024)
+        head += [f"bf16 {n}² product TFLOP/s", f"fp32 {n}² product TFLOP/s"]
         for row, r in zip(rows, prec["rows"], strict=True):
             row += [f"{r['bf16_gemm_tflops']:.2f}", f"{r['fp32_gemm_tflops']:.3f}"]
     if compiled:
@@ -445,7 +446,7 @@ def precision_section(prec, results: Path = RESULTS) -> str:
             "seconds apart on the same core; the two cores do not slow each other down), and the bf16 step, "
             "about 40% of it in matrix products, moves with it, so the ratios move between runs (1 thread "
             "1.79-2.45×, 2 threads 1.63-2.14× over this release's runs)"
-            + ("; the *1024² product* columns give the speed a 1024² product in bf16 and in fp32 ran at, taking "
+            + ("; the *product* columns give the speed a square product in bf16 and in fp32 ran at, taking "
                "the same turns as the steps" if probed else "")
             + (". *compiled*: the same steps through `torch.compile(model, fullgraph=True)` (what "
                "`train.compile: true` trains through; default mode), taking the same turns" if compiled else "")

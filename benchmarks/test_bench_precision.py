@@ -25,7 +25,7 @@ def test_script_quick_run(tmp_path):
     import report
 
     text = report.precision_section(data, tmp_path)
-    assert "bf16 1024² product TFLOP/s" in text and f"| {row['bf16_gemm_tflops']:.2f} |" in text
+    assert row["gemm_n"] == 64 and "bf16 64² product TFLOP/s" in text and f"| {row['bf16_gemm_tflops']:.2f} |" in text
 
 
 def test_gemm_probe_counts_the_products_it_runs():
