@@ -445,7 +445,7 @@ def precision_section(prec, results: Path = RESULTS) -> str:
             "changes from minute to minute (a 1024² bf16 product on one thread: 0.49 to 1.13 TFLOP/s in runs "
             "seconds apart on the same core; the two cores do not slow each other down), and the bf16 step, "
             "about 40% of it in matrix products, moves with it, so the ratios move between runs (1 thread "
-            "1.79-2.45×, 2 threads 1.63-2.14× over this release's runs)"
+            "1.79-2.47×, 2 threads 1.63-2.18× over this release's runs)"
             + ("; the *product* columns give the speed a square product in bf16 and in fp32 ran at, taking "
                "the same turns as the steps" if probed else "")
             + (". *compiled*: the same steps through `torch.compile(model, fullgraph=True)` (what "
