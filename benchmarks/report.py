@@ -442,7 +442,7 @@ def precision_section(prec, results: Path = RESULTS) -> str:
             "under `torch.autocast(\"cpu\", bfloat16)`, the precisions taking turns step by step, with the "
             f"default kernels (C++ SAWA, DFC, GCPU in bf16). CPU bf16 units: `{prec.get('bf16_units')}`. Paper "
             f"config, batch {prec['batch']}. On the 2-core VM these were measured on, the matrix units' speed "
-            "changes from minute to minute (a 1024² bf16 product on one thread: 0.38 to 1.13 TFLOP/s in runs "
+            "changes from minute to minute (a 1024² bf16 product on one thread: 0.38 to 1.10 TFLOP/s in runs "
             "seconds apart on the same core, and the two cores' speeds differ up to 2.9× at the same moment), "
             "and the bf16 step, "
             "about 40% of it in matrix products, moves with it, so the ratios move between runs (1 thread "
