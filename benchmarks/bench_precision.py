@@ -91,10 +91,10 @@ def measure(cfg: MFDRConfig, batch: int, reps: int, compiled: bool = False, prob
     steps = {name: make_step(cfg, batch, name) for name in ("fp32", "bf16")}
     if compiled:
         steps.update({f"{name}_compiled": make_step(cfg, batch, name, compiled=True) for name in ("fp32", "bf16")})
-    probes = {f"{name}_gemm": gemm_probe(dtype, probe) for name, dtype in (("bf16", torch.bfloat16),
-                                                                           ("fp32", torch.float32))} if probe else {}
-    t = _timing.interleaved({**steps, **{name: fn for name, (fn, _) in probes.items()}}, reps=reps, target_s=0.0,
-                            warmup=2)
+    probes = {f"{name}_gemm": gemm_probe(dtype, probe)
+              for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)) if probe}
+    fns = {**steps, **{name: fn for name, (fn, _) in probes.items()}}
+    t = _timing.interleaved(fns, reps=reps, target_s=0.0, warmup=2)
     row = {f"{name}_ms": 1e3 * t[name]["median"] for name in steps}
     row.update({f"{name}_tflops": flop / t[name]["median"] / 1e12 for name, (_, flop) in probes.items()})
     if probe:
