@@ -9,8 +9,11 @@ from: ``mfdr.precision.CPU_BF16_MIN_D_MODEL``).
 
 A training step = forward under ``mfdr.precision`` (fp32, or ``torch.autocast("cpu", bfloat16)``) +
 backward + the training loop's Adam, with the default kernels (C++ SAWA, DFC and GCPU; bf16 loads and
-stores, fp32 accumulation). The precisions take turns step by step (``_timing.interleaved``), so each
-ratio is a same-run ratio; the thread counts and widths run one after the other (``torch.set_num_threads``).
+stores, fp32 accumulation). The precisions take turns step by step (``_timing.interleaved``, ``--reps``
+turns, about 40 s at the paper config): step times are the means over the turns, a speed-up the ratio of
+two of them (the time the turns' fp32 steps took over the time their bf16 steps took), with the quartiles
+of the turns' own ratios (``speedup_iqr``) and every turn's ratio (``speedup_turns``) in the results file;
+the thread counts and widths run one after the other (``torch.set_num_threads``).
 ``--compiled`` adds, at each thread count, the same two steps through ``torch.compile(model, fullgraph=True)``
 (what ``train.compile: true`` trains through, default mode on the CPU) to the same turns.
 The matrix units' speed at the time: a 1024² product in bf16 (8 of them per turn) and one in fp32 take the
@@ -24,6 +27,7 @@ The sweep: the demo's config (80-d log-mel, 384-d MiniLM, 200 frames, 20 tokens,
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -84,10 +88,10 @@ def gemm_probe(dtype: torch.dtype, n: int = 1024):
 
 
 def measure(cfg: MFDRConfig, batch: int, reps: int, compiled: bool = False, probe: int = 0) -> dict:
-    """Median step times (ms) and ``speedup`` = fp32 / bf16; with ``compiled`` also ``fp32_compiled_ms``,
-    ``bf16_compiled_ms``, their ``compiled_speedup`` and ``compile_gain`` (bf16 eager / bf16 compiled); with
-    ``probe`` = n the median speed of an n x n product in bf16 and in fp32 taking the same turns
-    (``bf16_gemm_tflops``, ``fp32_gemm_tflops``, ``gemm_n``)."""
+    """Mean step times (ms) and ``speedup`` = fp32 / bf16 (see ``speedup``); with ``compiled`` also
+    ``fp32_compiled_ms``, ``bf16_compiled_ms``, their ``compiled_speedup`` and ``compile_gain`` (bf16 eager /
+    bf16 compiled); with ``probe`` = n the mean speed of an n x n product in bf16 and in fp32 taking the same
+    turns (``bf16_gemm_tflops``, ``fp32_gemm_tflops``, ``gemm_n``)."""
     steps = {name: make_step(cfg, batch, name) for name in ("fp32", "bf16")}
     if compiled:
         steps.update({f"{name}_compiled": make_step(cfg, batch, name, compiled=True) for name in ("fp32", "bf16")})
@@ -95,15 +99,29 @@ def measure(cfg: MFDRConfig, batch: int, reps: int, compiled: bool = False, prob
               for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)) if probe}
     fns = {**steps, **{name: fn for name, (fn, _) in probes.items()}}
     t = _timing.interleaved(fns, reps=reps, target_s=0.0, warmup=2)
-    row = {f"{name}_ms": 1e3 * t[name]["median"] for name in steps}
-    row.update({f"{name}_tflops": flop / t[name]["median"] / 1e12 for name, (_, flop) in probes.items()})
+    mean = {name: statistics.fmean(v["times"]) for name, v in t.items()}
+    row = {f"{name}_ms": 1e3 * mean[name] for name in steps}
+    row.update({f"{name}_tflops": flop / mean[name] / 1e12 for name, (_, flop) in probes.items()})
     if probe:
         row["gemm_n"] = probe
-    row["speedup"] = row["fp32_ms"] / row["bf16_ms"]
+    row.update(speedup(t["fp32"]["times"], t["bf16"]["times"], "speedup"))
     if compiled:
-        row["compiled_speedup"] = row["fp32_compiled_ms"] / row["bf16_compiled_ms"]
-        row["compile_gain"] = row["bf16_ms"] / row["bf16_compiled_ms"]
+        row.update(speedup(t["fp32_compiled"]["times"], t["bf16_compiled"]["times"], "compiled_speedup"))
+        row.update(speedup(t["bf16"]["times"], t["bf16_compiled"]["times"], "compile_gain"))
     return row
+
+
+def speedup(slow: list, fast: list, key: str) -> dict:
+    """Two steps timed in the same turns: ``key`` = the time of all of ``slow``'s over all of ``fast``'s (the
+    ratio of the mean step times: what a training run of these steps would take), ``key_iqr`` the quartiles of
+    the turns' own ratios ``slow[i] / fast[i]``, ``key_turns`` those ratios.
+
+    The mean, not the median: on a VM whose matrix units are fast one second and slow (2-3x) the next, a
+    step's times are bimodal, and a median jumps from one mode to the other as the share of fast seconds
+    in the run passes one half; the mean moves with that share."""
+    r = [a / b for a, b in zip(slow, fast, strict=True)]
+    q = statistics.quantiles(r, n=4, method="inclusive") if len(r) > 1 else [r[0]] * 3
+    return {key: sum(slow) / sum(fast), f"{key}_iqr": [q[0], q[2]], f"{key}_turns": r}
 
 
 def main(argv=None) -> int:
@@ -113,7 +131,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, nargs="*", default=[1, 2])
     p.add_argument("--widths", type=int, nargs="*", default=[32, 64, 128, 256],
                    help="d_model values of the sweep at the demo's sizes (none: skip it)")
-    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--reps", type=int, default=41,
+                   help="turns at each thread count and at each width of the sweep")
     p.add_argument("--compiled", action="store_true", help="also the steps through torch.compile (fullgraph)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -123,7 +142,8 @@ def main(argv=None) -> int:
         batch, reps, widths, probe = 4, 1, widths[:1], 64
     rows, sweep = [], []
     print(f"bf16 units: {cpu_bf16_units()}; batch {batch}; paper config = {not args.quick}")
-    head = f"| threads | fp32 step ms | bf16 step ms | bf16 speed-up | bf16 {probe}² TFLOP/s | fp32 {probe}² TFLOP/s |"
+    head = (f"| threads | fp32 step ms | bf16 step ms | bf16 speed-up (quartiles) | bf16 {probe}² TFLOP/s "
+            f"| fp32 {probe}² TFLOP/s |")
     if args.compiled:
         head += " compiled: fp32 ms | bf16 ms | bf16 speed-up | bf16 compiled vs eager |"
     print(head + "\n" + "|---" * (head.count("|") - 1) + "|")
@@ -131,7 +151,9 @@ def main(argv=None) -> int:
         _timing.set_threads(threads)
         row = {"threads": threads, **measure(cfg, batch, reps, args.compiled, probe=probe)}
         rows.append(row)
-        line = (f"| {threads} | {row['fp32_ms']:.1f} | {row['bf16_ms']:.1f} | {row['speedup']:.2f}x | "
+        lo, hi = row["speedup_iqr"]
+        line = (f"| {threads} | {row['fp32_ms']:.1f} | {row['bf16_ms']:.1f} | {row['speedup']:.2f}x "
+                f"({lo:.2f}-{hi:.2f}) | "
                 f"{row['bf16_gemm_tflops']:.2f} | {row['fp32_gemm_tflops']:.3f} |")
         if args.compiled:
             line += (f" {row['fp32_compiled_ms']:.1f} | {row['bf16_compiled_ms']:.1f} | {row['compiled_speedup']:.2f}x"
@@ -143,7 +165,7 @@ def main(argv=None) -> int:
         print("| d_model | fp32 step ms | bf16 step ms | bf16 speed-up | auto |\n|---|---|---|---|---|")
         for d in widths:
             cfg_d = demo_sized(d) if not args.quick else cfg.replace(d_model=d, heads=2)
-            row = {"d_model": d, **measure(cfg_d, 16 if not args.quick else batch, 3 * reps),
+            row = {"d_model": d, **measure(cfg_d, 16 if not args.quick else batch, reps),
                    "auto": resolve("auto", "cpu", d).name if cpu_bf16_units() else "fp32"}
             sweep.append(row)
             print(f"| {d} | {row['fp32_ms']:.1f} | {row['bf16_ms']:.1f} | {row['speedup']:.2f}x | {row['auto']} |",

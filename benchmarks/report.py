@@ -43,7 +43,7 @@ SCRIPTS = {
     "sweep": lambda t, r: ["sweep.py", "--threads", t, "--out", str(r / "sweep.json")],
     "ops": lambda t, r: ["op_count.py", "--out", str(r / "op_count.json")],
     # its own thread counts: 1 and 2 for the paper config, 1 for the d_model sweep
-    "precision": lambda t, r: ["bench_precision.py", "--reps", "21", "--compiled", "--out", str(r / "precision.json")],
+    "precision": lambda t, r: ["bench_precision.py", "--compiled", "--out", str(r / "precision.json")],
     "model": lambda t, r: ["bench_model.py", "--threads", t, "--backends", "reference,torch,default",
                            "--reference-steps", "2", "--steps", "7", "--json", str(r / "model.json")],
 }
@@ -419,12 +419,18 @@ def bf16_ops_table(results: Path) -> str:
             "interleaved run):\n\n" + _table(["op (shape)", "fp32 ms", "bf16 ms", "bf16 speed-up", "from"], rows))
 
 
+def _x_iqr(row: dict, key: str) -> str:
+    """``row[key]`` as a ratio, with its quartiles over the turns where the results file has them."""
+    iqr = row.get(f"{key}_iqr")
+    return _x(row[key]) + (f" ({iqr[0]:.2f}–{iqr[1]:.2f})" if iqr else "")
+
+
 def precision_section(prec, results: Path = RESULTS) -> str:
     if not prec:
         return "*not run* (`python benchmarks/report.py --only precision`)"
     compiled = all("compiled_speedup" in r for r in prec["rows"])
     head = ["threads", "fp32 step ms", "bf16 step ms", "bf16 speed-up"]
-    rows = [[r["threads"], _ms(r["fp32_ms"]), _ms(r["bf16_ms"]), _x(r["speedup"])] for r in prec["rows"]]
+    rows = [[r["threads"], _ms(r["fp32_ms"]), _ms(r["bf16_ms"]), _x_iqr(r, "speedup")] for r in prec["rows"]]
     probed = all("bf16_gemm_tflops" in r for r in prec["rows"])
     if probed:
         n = prec["rows"][0].get("gemm_n", 1024)
@@ -434,12 +440,14 @@ def precision_section(prec, results: Path = RESULTS) -> str:
     if compiled:
         head += ["compiled: fp32 ms", "compiled: bf16 ms", "compiled: bf16 speed-up", "bf16: compiled vs eager"]
         for row, r in zip(rows, prec["rows"], strict=True):
-            row += [_ms(r["fp32_compiled_ms"]), _ms(r["bf16_compiled_ms"]), _x(r["compiled_speedup"]),
-                    _x(r["compile_gain"])]
-    sweep = [[r["d_model"], _ms(r["fp32_ms"]), _ms(r["bf16_ms"]), _x(r["speedup"]), r["auto"]]
+            row += [_ms(r["fp32_compiled_ms"]), _ms(r["bf16_compiled_ms"]), _x_iqr(r, "compiled_speedup"),
+                    _x_iqr(r, "compile_gain")]
+    sweep = [[r["d_model"], _ms(r["fp32_ms"]), _ms(r["bf16_ms"]), _x_iqr(r, "speedup"), r["auto"]]
              for r in prec.get("sweep", [])]
     text = ("From `bench_precision.py`: one training step (forward, backward, the loop's fused Adam) in fp32 and "
-            "under `torch.autocast(\"cpu\", bfloat16)`, the precisions taking turns step by step, with the "
+            "under `torch.autocast(\"cpu\", bfloat16)`, the precisions taking turns step by step; step times are "
+            "means over the turns and a speed-up is the ratio of two of them (in brackets the quartiles of the "
+            "turns' own ratios); with the "
             f"default kernels (C++ SAWA, DFC, GCPU in bf16). CPU bf16 units: `{prec.get('bf16_units')}`. Paper "
             f"config, batch {prec['batch']}. On the 2-core VM these were measured on, the matrix units' speed "
             "changes from minute to minute (a 1024² bf16 product on one thread: 0.38 to 1.10 TFLOP/s in runs "

@@ -1,6 +1,7 @@
 """bench_precision.py runs (CI smoke, tiny model): both tables, and the results file only where asked."""
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -18,6 +19,8 @@ def test_script_quick_run(tmp_path):
     for row in data["rows"] + data["sweep"]:
         assert row["fp32_ms"] > 0 and row["bf16_ms"] > 0
         assert abs(row["speedup"] - row["fp32_ms"] / row["bf16_ms"]) < 1e-9
+        # --quick takes one turn: the quartiles of the turns' ratios are that turn's ratio, the speed-up
+        assert len(row["speedup_turns"]) == 1 and row["speedup_iqr"] == [row["speedup"]] * 2
     # the matrix-unit probe takes the paper config's turns (not the sweep's), and the report shows it
     (row,) = data["rows"]
     assert row["bf16_gemm_tflops"] > 0 and row["fp32_gemm_tflops"] > 0
@@ -26,6 +29,20 @@ def test_script_quick_run(tmp_path):
 
     text = report.precision_section(data, tmp_path)
     assert row["gemm_n"] == 64 and "bf16 64² product TFLOP/s" in text and f"| {row['bf16_gemm_tflops']:.2f} |" in text
+
+
+def test_speedup_is_the_ratio_of_the_turns_total_times():
+    """All the fp32 steps' time over all the bf16 steps' (what a run of them takes), not the median of the
+    turns' ratios: here bf16 ran its last two turns in a slow phase, which a median of ratios (3x) hides."""
+    fp32 = [3.0, 3.0, 3.0, 12.0, 9.0]
+    bf16 = [1.0, 1.0, 1.0, 6.0, 6.0]
+    r = bench_precision.speedup(fp32, bf16, "speedup")
+    assert r["speedup"] == 2.0 and r["speedup_turns"] == [3.0, 3.0, 3.0, 2.0, 1.5]
+    assert statistics.median(r["speedup_turns"]) == 3.0 and r["speedup_iqr"] == [2.0, 3.0]
+    import report
+
+    assert report._x_iqr({"speedup": 2.0, "speedup_iqr": [1.5, 3.0]}, "speedup") == "2.00× (1.50–3.00)"
+    assert report._x_iqr({"speedup": 2.0}, "speedup") == "2.00×"  # results files from before the quartiles
 
 
 def test_gemm_probe_counts_the_products_it_runs():
