@@ -6,6 +6,7 @@ from: ``mfdr.precision.CPU_BF16_MIN_D_MODEL``).
     python benchmarks/bench_precision.py --quick          # tiny model (CI smoke)
     python benchmarks/bench_precision.py --out results/precision.json
     python benchmarks/bench_precision.py --compiled       # also the steps through torch.compile (train.compile)
+    python benchmarks/bench_precision.py --sample-units 600 --out units.json   # the units' speed, every second
 
 A training step = forward under ``mfdr.precision`` (fp32, or ``torch.autocast("cpu", bfloat16)``) +
 backward + the training loop's Adam, with the default kernels (C++ SAWA, DFC and GCPU; bf16 loads and
@@ -20,6 +21,9 @@ The matrix units' speed at the time: a 1024² product in bf16 (8 of them per tur
 same turns as the steps (``bf16_gemm_tflops``, ``fp32_gemm_tflops``), so that each ratio comes with the speed
 the CPU's bf16 units and fp32 vector units ran at while it was measured (on a shared VM the bf16 units' speed
 changes from minute to minute, and the bf16 step with it).
+With two or more thread counts, the projections' product (the step's largest) in bf16 and in fp32 at each
+thread count, all taking turns (``product_scaling``): what a second thread adds to the matrix units and to
+the vector units at the same moments.
 The sweep: the demo's config (80-d log-mel, 384-d MiniLM, 200 frames, 20 tokens, batch 16, 1 thread) with
 ``d_model`` 32 (the demo's), 64, 128 and 256 (the paper's), ``dfc_hidden = max(16, d_model / 2)``.
 """
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -124,6 +129,49 @@ def speedup(slow: list, fast: list, key: str) -> dict:
     return {key: sum(slow) / sum(fast), f"{key}_iqr": [q[0], q[2]], f"{key}_turns": r}
 
 
+def product_scaling(threads: list, reps: int, shape=(8160, 768, 256)) -> dict:
+    """The audio projections' product (M x K by K x N: 32 x 255 frames of 768-d features into 256, the
+    largest of the step) in bf16 and in fp32 at each thread count, the thread counts and dtypes taking turns
+    (``torch.set_num_threads`` before each call): how much a second thread adds to each kind of unit at the
+    same moments. Returns ``{"shape", "rows": [{"threads", "bf16_tflops", "fp32_tflops"}], "gains"}``, speeds
+    from the mean times, ``gains[dtype]`` = mean time at the first thread count / at the last."""
+    M, K, N = shape
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(M, K, generator=g), torch.randn(K, N, generator=g)
+    operands = {"fp32": (a, b), "bf16": (a.bfloat16(), b.bfloat16())}
+    fns = {(t, dt): (lambda t=t, x=x: (_timing.set_threads(t), torch.mm(*x)))
+           for t in threads for dt, x in operands.items()}
+    before = torch.get_num_threads()
+    try:
+        times = _timing.interleaved(fns, reps=reps, target_s=0.0, warmup=2)
+    finally:
+        _timing.set_threads(before)
+    mean = {key: statistics.fmean(v["times"]) for key, v in times.items()}
+    flop = 2 * M * K * N
+    rows = [{"threads": t, **{f"{dt}_tflops": flop / mean[(t, dt)] / 1e12 for dt in operands}} for t in threads]
+    gains = {dt: mean[(threads[0], dt)] / mean[(threads[-1], dt)] for dt in operands}
+    return {"shape": list(shape), "rows": rows, "gains": gains}
+
+
+def sample_units(seconds: float, n: int = 1024, every: float = 1.0) -> list[dict]:
+    """The square products' speeds (``gemm_probe``) once every ``every`` seconds for ``seconds``, at the current
+    thread count: ``[{"t", "bf16_tflops", "fp32_tflops"}]``, ``t`` seconds from the start. What a shared machine
+    does to its matrix units between the turns of a run."""
+    probes = {name: gemm_probe(dtype, n) for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
+    for fn, _ in probes.values():
+        fn()
+    samples, start = [], time.perf_counter()
+    while not samples or time.perf_counter() - start < seconds:
+        row = {"t": time.perf_counter() - start}
+        for name, (fn, flop) in probes.items():
+            t0 = time.perf_counter()
+            fn()
+            row[f"{name}_tflops"] = flop / (time.perf_counter() - t0) / 1e12
+        samples.append(row)
+        time.sleep(max(0.0, row["t"] + every - (time.perf_counter() - start)))
+    return samples
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
@@ -134,8 +182,20 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=41,
                    help="turns at each thread count and at each width of the sweep")
     p.add_argument("--compiled", action="store_true", help="also the steps through torch.compile (fullgraph)")
+    p.add_argument("--sample-units", type=float, default=0, metavar="SECONDS",
+                   help="only sample the square products' speeds every second for SECONDS at the last thread count")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.sample_units:
+        _timing.set_threads(args.threads[-1] if args.threads else None)
+        samples = sample_units(args.sample_units, 64 if args.quick else 1024)
+        for minute in range(int(samples[-1]["t"] // 60) + 1):
+            bf = sorted(r["bf16_tflops"] for r in samples if minute * 60 <= r["t"] < minute * 60 + 60)
+            print(f"minute {minute}: bf16 TFLOP/s median {statistics.median(bf):.2f}, range {bf[0]:.2f}-{bf[-1]:.2f}"
+                  f" ({len(bf)} samples)")
+        _timing.write_json(_timing.results_path(args.out, args.quick, "units.json"),
+                           {"machine": _timing.machine(), "threads": torch.get_num_threads(), "samples": samples})
+        return 0
     cfg, batch, reps, widths, probe = MFDRConfig(num_classes=4), args.batch, args.reps, args.widths, 1024
     if args.quick:  # (a small probe: a CPU without bf16 units multiplies bf16 slowly)
         cfg = cfg.replace(audio_dim=16, text_dim=16, audio_len=64, text_len=12, d_model=16, heads=2, dfc_hidden=8)
@@ -159,6 +219,13 @@ def main(argv=None) -> int:
             line += (f" {row['fp32_compiled_ms']:.1f} | {row['bf16_compiled_ms']:.1f} | {row['compiled_speedup']:.2f}x"
                      f" | {row['compile_gain']:.2f}x |")
         print(line, flush=True)
+    scaling = None
+    if len(args.threads) > 1:
+        scaling = product_scaling(args.threads, reps, shape=(64, 64, 64) if args.quick else (8160, 768, 256))
+        M, K, N = scaling["shape"]
+        print(f"\nthe {M}x{K} by {K}x{N} product, thread counts taking turns: " + "; ".join(
+            f"{r['threads']} thread(s) bf16 {r['bf16_tflops']:.2f} fp32 {r['fp32_tflops']:.3f} TFLOP/s"
+            for r in scaling["rows"]) + "; gain " + ", ".join(f"{dt} {g:.2f}x" for dt, g in scaling["gains"].items()))
     if widths:
         _timing.set_threads(1)
         print(f"\ndemo sizes, batch 16, 1 thread; auto picks bf16 from d_model {CPU_BF16_MIN_D_MODEL}")
@@ -172,7 +239,7 @@ def main(argv=None) -> int:
                   flush=True)
     _timing.write_json(_timing.results_path(args.out, args.quick, "precision.json"),
                        {"machine": _timing.machine(), "batch": batch, "bf16_units": cpu_bf16_units(),
-                        "rows": rows, "demo_batch": 16, "sweep": sweep,
+                        "rows": rows, "product_scaling": scaling, "demo_batch": 16, "sweep": sweep,
                         "cpu_bf16_min_d_model": CPU_BF16_MIN_D_MODEL})
     return 0
 

@@ -442,6 +442,7 @@ def precision_section(prec, results: Path = RESULTS) -> str:
         for row, r in zip(rows, prec["rows"], strict=True):
             row += [_ms(r["fp32_compiled_ms"]), _ms(r["bf16_compiled_ms"]), _x_iqr(r, "compiled_speedup"),
                     _x_iqr(r, "compile_gain")]
+    scaling = prec.get("product_scaling")
     sweep = [[r["d_model"], _ms(r["fp32_ms"]), _ms(r["bf16_ms"]), _x_iqr(r, "speedup"), r["auto"]]
              for r in prec.get("sweep", [])]
     text = ("From `bench_precision.py`: one training step (forward, backward, the loop's fused Adam) in fp32 and "
@@ -450,16 +451,28 @@ def precision_section(prec, results: Path = RESULTS) -> str:
             "turns' own ratios); with the "
             f"default kernels (C++ SAWA, DFC, GCPU in bf16). CPU bf16 units: `{prec.get('bf16_units')}`. Paper "
             f"config, batch {prec['batch']}. On the 2-core VM these were measured on, the matrix units' speed "
-            "changes from minute to minute (a 1024² bf16 product on one thread: 0.38 to 1.10 TFLOP/s in runs "
-            "seconds apart on the same core, and the two cores' speeds differ up to 2.9× at the same moment), "
-            "and the bf16 step, "
-            "about 40% of it in matrix products, moves with it, so the ratios move between runs (1 thread "
-            "1.79-2.47×, 2 threads 1.63-2.18× over this release's runs)"
+            "jumps from second to second between two levels (a 1024² bf16 product on 2 threads, sampled every "
+            "second for 10 minutes: 0.3-0.45 or 0.8-1.05 TFLOP/s, the fast seconds 32-74% of each minute), and "
+            "the bf16 step, about 40% of it in matrix products, moves with it; hence means over 41 turns, and "
+            "still the ratios move between runs (this release's six runs of the script: 1 thread 1.84-2.32×, "
+            "2 threads 1.69-2.01×)"
             + ("; the *product* columns give the speed a square product in bf16 and in fp32 ran at, taking "
                "the same turns as the steps" if probed else "")
             + (". *compiled*: the same steps through `torch.compile(model, fullgraph=True)` (what "
                "`train.compile: true` trains through; default mode), taking the same turns" if compiled else "")
             + ":\n\n" + _table(head, rows))
+    if scaling:
+        M, K, N = scaling["shape"]
+        first, last = scaling["rows"][0]["threads"], scaling["rows"][-1]["threads"]
+        text += (f"\n\nWhat more threads add to each kind of unit: the step's largest product ({M}×{K} by {K}×{N}, "
+                 "the audio projections) in bf16 and in fp32 at each thread count, thread counts and dtypes taking "
+                 "turns call by call (mean speeds). Where the bf16 product gains less from a second thread than "
+                 "the fp32 one, the bf16 step's speed-up shrinks with the thread count.\n\n"
+                 + _table(["threads", "bf16 TFLOP/s", "fp32 TFLOP/s", "bf16 ÷ fp32 speed"],
+                          [[r["threads"], f"{r['bf16_tflops']:.2f}", f"{r['fp32_tflops']:.3f}",
+                            _x(r["bf16_tflops"] / r["fp32_tflops"])] for r in scaling["rows"]])
+                 + f"\n\nGain from {first} to {last} threads: bf16 {_x(scaling['gains']['bf16'])}, fp32 "
+                 f"{_x(scaling['gains']['fp32'])}.")
     if sweep:
         text += ("\n\nThe model's width at the demo's sizes (80-d log-mel, 384-d MiniLM, 200 frames, 20 tokens, "
                  f"batch {prec.get('demo_batch', 16)}, 1 thread): what `train.precision: auto` decides from on "

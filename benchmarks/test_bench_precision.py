@@ -14,7 +14,7 @@ def test_script_quick_run(tmp_path):
     out = tmp_path / "precision.json"
     assert bench_precision.main(["--quick", "--threads", "1", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert [r["threads"] for r in data["rows"]] == [1]
+    assert [r["threads"] for r in data["rows"]] == [1] and data["product_scaling"] is None  # one thread count
     assert len(data["sweep"]) == 1 and data["sweep"][0]["auto"] in ("fp32", "bf16")
     for row in data["rows"] + data["sweep"]:
         assert row["fp32_ms"] > 0 and row["bf16_ms"] > 0
@@ -45,6 +45,38 @@ def test_speedup_is_the_ratio_of_the_turns_total_times():
     assert report._x_iqr({"speedup": 2.0}, "speedup") == "2.00×"  # results files from before the quartiles
 
 
+def test_product_scaling_takes_turns_at_each_thread_count():
+    """Each turn runs the product in both dtypes at every thread count (4 mm per turn, after 2 warm-up calls
+    each); the thread count is back to what it was."""
+    import torch
+
+    from mfdr_kernels.counting import DispatchCounter
+
+    before = torch.get_num_threads()
+    with DispatchCounter() as c:
+        sc = bench_precision.product_scaling([1, 2], reps=3, shape=(8, 6, 4))
+    assert c.by_op["aten.mm"] == 4 * 3 + 4 * 2 and torch.get_num_threads() == before
+    assert sc["shape"] == [8, 6, 4] and [r["threads"] for r in sc["rows"]] == [1, 2]
+    assert all(r["bf16_tflops"] > 0 and r["fp32_tflops"] > 0 for r in sc["rows"])
+    for dt in ("bf16", "fp32"):  # mean time at 1 thread over mean time at 2 = speed at 2 over speed at 1
+        assert abs(sc["gains"][dt] - sc["rows"][1][f"{dt}_tflops"] / sc["rows"][0][f"{dt}_tflops"]) < 1e-9
+
+
+
+def test_script_two_thread_counts(tmp_path):
+    """With two thread counts the script records the product's scaling; the report renders it."""
+    import report
+
+    out = tmp_path / "precision.json"
+    assert bench_precision.main(["--quick", "--threads", "1", "2", "--widths", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    sc = data["product_scaling"]
+    assert [r["threads"] for r in data["rows"]] == [1, 2] == [r["threads"] for r in sc["rows"]]
+    assert sc["shape"] == [64, 64, 64]
+    text = report.precision_section(data, tmp_path)
+    assert "64×64 by 64×64" in text and f"bf16 {sc['gains']['bf16']:.2f}×" in text
+
+
 def test_gemm_probe_counts_the_products_it_runs():
     """The probe's flop count is that of the n x n products it dispatches: 8 in bf16, 1 in fp32."""
     import torch
@@ -72,3 +104,13 @@ def test_script_compiled_run(tmp_path):
     text = report.precision_section(data, tmp_path)
     assert "compiled: bf16 speed-up" in text and f"{row['compiled_speedup']:.2f}×" in text
     assert any("torch.compile" in r[0] for r in report.precision_headline(data))
+
+
+def test_sample_units(tmp_path):
+    """``--sample-units``: the products' speeds about once a second, written where asked."""
+    out = tmp_path / "units.json"
+    assert bench_precision.main(["--quick", "--threads", "1", "--sample-units", "1.5", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    ts = [r["t"] for r in data["samples"]]
+    assert data["threads"] == 1 and len(ts) == 2 and ts[1] - ts[0] >= 0.9  # (a second apart, at least)
+    assert all(r["bf16_tflops"] > 0 and r["fp32_tflops"] > 0 for r in data["samples"])
