@@ -21,6 +21,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -392,6 +393,50 @@ OPS_BEFORE = {"MFDR": {"forward": 1452, "backward": 2739, "optimizer": 492, "tot
               "w/o Context": {"forward": 1143, "backward": 2409, "optimizer": 402, "total": 3954, "syncs": 18}}
 
 
+def precision_series(results: Path) -> dict:
+    """``{threads: [speed-up, ...]}`` over the earlier runs of ``bench_precision.py`` kept in
+    ``results/precision_series/`` (one results file per run; the name says when it ran)."""
+    runs = {}
+    for path in sorted((results / "precision_series").glob("*.json")):
+        for r in (_load(path) or {}).get("rows", []):
+            runs.setdefault(r["threads"], []).append(r["speedup"])
+    return runs
+
+
+def _series_text(series: dict) -> str:
+    if not series:
+        return ""
+    n = max(len(v) for v in series.values())
+    ranges = ", ".join(f"{t} thread{'s' if t > 1 else ''} {min(v):.2f}–{max(v):.2f}×"
+                       for t, v in sorted(series.items()))
+    return f" (over the {n} earlier runs in `results/precision_series/`: {ranges})"
+
+
+def units_section(results: Path) -> str:
+    """The matrix units' speed sampled every second (``bench_precision.py --sample-units``), minute by minute."""
+    units = _load(results / "units.json")
+    if not units or not units.get("samples"):
+        return ""
+    samples = units["samples"]
+    bf = [r["bf16_tflops"] for r in samples]
+    mid = (min(bf) + max(bf)) / 2
+    rows = []
+    for minute in range(int(samples[-1]["t"] // 60) + 1):
+        rs = [r for r in samples if minute * 60 <= r["t"] < minute * 60 + 60]
+        if not rs:
+            continue
+        b = sorted(r["bf16_tflops"] for r in rs)
+        rows.append([minute, len(rs), f"{statistics.median(b):.2f}", f"{b[0]:.2f}–{b[-1]:.2f}",
+                     f"{sum(x > mid for x in b) / len(b):.0%}",
+                     f"{statistics.median(r['fp32_tflops'] for r in rs):.3f}"])
+    return (f"\n\nThe matrix units between the turns: the 1024² products alone, once a second for "
+            f"{len(samples)} seconds at {units['threads']} thread(s) (`bench_precision.py --sample-units`, "
+            "`results/units.json`). *Fast*: the share of seconds above the midpoint of the slowest and the fastest "
+            f"bf16 sample ({mid:.2f} TFLOP/s).\n\n"
+            + _table(["minute", "samples", "bf16 TFLOP/s (median)", "bf16 range", "fast", "fp32 TFLOP/s (median)"],
+                     rows))
+
+
 def bf16_ops_table(results: Path) -> str:
     """Each op's cpp kernel in bf16 against fp32, forward+backward, from the ops' own interleaved runs."""
     rows = []
@@ -442,7 +487,7 @@ def precision_section(prec, results: Path = RESULTS) -> str:
         for row, r in zip(rows, prec["rows"], strict=True):
             row += [_ms(r["fp32_compiled_ms"]), _ms(r["bf16_compiled_ms"]), _x_iqr(r, "compiled_speedup"),
                     _x_iqr(r, "compile_gain")]
-    scaling = prec.get("product_scaling")
+    scaling, series = prec.get("product_scaling"), precision_series(results)
     sweep = [[r["d_model"], _ms(r["fp32_ms"]), _ms(r["bf16_ms"]), _x_iqr(r, "speedup"), r["auto"]]
              for r in prec.get("sweep", [])]
     text = ("From `bench_precision.py`: one training step (forward, backward, the loop's fused Adam) in fp32 and "
@@ -451,11 +496,9 @@ def precision_section(prec, results: Path = RESULTS) -> str:
             "turns' own ratios); with the "
             f"default kernels (C++ SAWA, DFC, GCPU in bf16). CPU bf16 units: `{prec.get('bf16_units')}`. Paper "
             f"config, batch {prec['batch']}. On the 2-core VM these were measured on, the matrix units' speed "
-            "jumps from second to second between two levels (a 1024² bf16 product on 2 threads, sampled every "
-            "second for 10 minutes: 0.3-0.45 or 0.8-1.05 TFLOP/s, the fast seconds 32-74% of each minute), and "
-            "the bf16 step, about 40% of it in matrix products, moves with it; hence means over 41 turns, and "
-            "still the ratios move between runs (this release's six runs of the script: 1 thread 1.84-2.32×, "
-            "2 threads 1.69-2.01×)"
+            "jumps from second to second between two levels (table below the next), and the bf16 step, about 40% "
+            "of it in matrix products, moves with it; hence means over the turns, and still the ratios move "
+            "between runs" + _series_text(series)
             + ("; the *product* columns give the speed a square product in bf16 and in fp32 ran at, taking "
                "the same turns as the steps" if probed else "")
             + (". *compiled*: the same steps through `torch.compile(model, fullgraph=True)` (what "
@@ -479,7 +522,7 @@ def precision_section(prec, results: Path = RESULTS) -> str:
                  f"such a CPU (bf16 from d_model {prec.get('cpu_bf16_min_d_model')}, "
                  "`mfdr.precision.CPU_BF16_MIN_D_MODEL`).\n\n"
                  + _table(["d_model", "fp32 step ms", "bf16 step ms", "bf16 speed-up", "auto"], sweep))
-    return text + bf16_ops_table(results)
+    return text + units_section(results) + bf16_ops_table(results)
 
 
 def ops_section(ops) -> str:

@@ -114,3 +114,20 @@ def test_sample_units(tmp_path):
     ts = [r["t"] for r in data["samples"]]
     assert data["threads"] == 1 and len(ts) == 2 and ts[1] - ts[0] >= 0.9  # (a second apart, at least)
     assert all(r["bf16_tflops"] > 0 and r["fp32_tflops"] > 0 for r in data["samples"])
+
+
+def test_report_renders_the_series_and_the_units(tmp_path):
+    """Earlier runs in results/precision_series give the ranges in the text; units.json the minute table."""
+    import report
+
+    (tmp_path / "precision_series").mkdir()
+    for i, (one, two) in enumerate([(2.2, 1.9), (1.8, 2.05), (2.4, 1.7)]):
+        rows = [{"threads": 1, "speedup": one}, {"threads": 2, "speedup": two}]
+        (tmp_path / "precision_series" / f"run{i}.json").write_text(json.dumps({"rows": rows}))
+    samples = [{"t": float(t), "bf16_tflops": 0.4 if t % 3 else 1.0, "fp32_tflops": 0.2} for t in range(90)]
+    (tmp_path / "units.json").write_text(json.dumps({"threads": 2, "samples": samples}))
+    prec = {"batch": 32, "rows": [{"threads": 2, "fp32_ms": 100.0, "bf16_ms": 50.0, "speedup": 2.0}]}
+    text = report.precision_section(prec, tmp_path)
+    assert "over the 3 earlier runs in `results/precision_series/`: 1 thread 1.80–2.40×, 2 threads 1.70–2.05×" in text
+    # minute 0: 20 of 60 seconds fast (t divisible by 3); minute 1: 10 of 30; the midpoint is 0.70
+    assert "| 0 | 60 | 0.40 | 0.40–1.00 | 33% | 0.200 |" in text and "| 1 | 30 |" in text and "(0.70 TFLOP/s)" in text
