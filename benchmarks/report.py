@@ -626,6 +626,11 @@ make bench       # = the two lines below (after creating .venv and building the 
 .venv/bin/python benchmarks/bench_dfc.py --threads 1        # DFC, interleaved
 .venv/bin/python benchmarks/sweep.py --threads 1            # scaling sweep + PNG plots
 .venv/bin/python benchmarks/bench_model.py --threads 1      # training step per backend, per-stage breakdown
+.venv/bin/python benchmarks/bench_precision.py --compiled   # fp32 vs bf16 step (report.py --only precision)
+.venv/bin/python benchmarks/bench_precision.py --widths \
+    --out benchmarks/results/precision_series/$(date +%FT%H-%M-%S).json   # one more run for the range
+.venv/bin/python benchmarks/bench_precision.py --threads 2 --sample-units 600 \
+    --out benchmarks/results/units.json                    # the matrix units' speed, once a second
 .venv/bin/python benchmarks/report.py --no-run              # re-render from benchmarks/results/*.json
 
 # CI smoke (tiny sizes, every benchmark body once, < 90 s on 2 cores)
