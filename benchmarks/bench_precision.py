@@ -20,7 +20,7 @@ the thread counts and widths run one after the other (``torch.set_num_threads``)
 The matrix units' speed at the time: a 1024² product in bf16 (8 of them per turn) and one in fp32 take the
 same turns as the steps (``bf16_gemm_tflops``, ``fp32_gemm_tflops``), so that each ratio comes with the speed
 the CPU's bf16 units and fp32 vector units ran at while it was measured (on a shared VM the bf16 units' speed
-changes from minute to minute, and the bf16 step with it).
+changes from second to second, and the bf16 step with it; ``--sample-units`` records it alone).
 With two or more thread counts, the projections' product (the step's largest) in bf16 and in fp32 at each
 thread count, all taking turns (``product_scaling``): what a second thread adds to the matrix units and to
 the vector units at the same moments.
@@ -186,6 +186,8 @@ def main(argv=None) -> int:
                    help="only sample the square products' speeds every second for SECONDS at the last thread count")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.reps < 1 or args.sample_units < 0:
+        p.error(f"--reps must be >= 1 (got {args.reps}) and --sample-units >= 0 (got {args.sample_units})")
     if args.sample_units:
         _timing.set_threads(args.threads[-1] if args.threads else None)
         samples = sample_units(args.sample_units, 64 if args.quick else 1024)

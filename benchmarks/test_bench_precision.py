@@ -131,3 +131,13 @@ def test_report_renders_the_series_and_the_units(tmp_path):
     assert "over the 3 earlier runs in `results/precision_series/`: 1 thread 1.80–2.40×, 2 threads 1.70–2.05×" in text
     # minute 0: 20 of 60 seconds fast (t divisible by 3); minute 1: 10 of 30; the midpoint is 0.70
     assert "| 0 | 60 | 0.40 | 0.40–1.00 | 33% | 0.200 |" in text and "| 1 | 30 |" in text and "(0.70 TFLOP/s)" in text
+
+
+def test_bad_arguments_are_refused(capsys):
+    import pytest
+
+    for argv in (["--reps", "0"], ["--sample-units", "-1"]):
+        with pytest.raises(SystemExit) as e:
+            bench_precision.main(["--quick", *argv])
+        assert e.value.code == 2
+        assert argv[0] in capsys.readouterr().err
