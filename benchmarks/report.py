@@ -496,7 +496,8 @@ def precision_section(prec, results: Path = RESULTS) -> str:
             "turns' own ratios); with the "
             f"default kernels (C++ SAWA, DFC, GCPU in bf16). CPU bf16 units: `{prec.get('bf16_units')}`. Paper "
             f"config, batch {prec['batch']}. On the 2-core VM these were measured on, the matrix units' speed "
-            "jumps from second to second between two levels (table below the next), and the bf16 step, about 40% "
+            "jumps from second to second between two levels (the per-second samples further down), and the bf16 "
+            "step, about 40% "
             "of it in matrix products, moves with it; hence means over the turns, and still the ratios move "
             "between runs" + _series_text(series)
             + ("; the *product* columns give the speed a square product in bf16 and in fp32 ran at, taking "
