@@ -92,6 +92,11 @@ def gemm_probe(dtype: torch.dtype, n: int = 1024):
     return fn, 2 * n**3 * calls
 
 
+def gemm_probes(n: int) -> dict:
+    """``{"bf16": (fn, flop), "fp32": (fn, flop)}``: the two ``gemm_probe`` s of size n."""
+    return {name: gemm_probe(dtype, n) for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
+
+
 def measure(cfg: MFDRConfig, batch: int, reps: int, compiled: bool = False, probe: int = 0) -> dict:
     """Mean step times (ms) and ``speedup`` = fp32 / bf16 (see ``speedup``); with ``compiled`` also
     ``fp32_compiled_ms``, ``bf16_compiled_ms``, their ``compiled_speedup`` and ``compile_gain`` (bf16 eager /
@@ -100,8 +105,7 @@ def measure(cfg: MFDRConfig, batch: int, reps: int, compiled: bool = False, prob
     steps = {name: make_step(cfg, batch, name) for name in ("fp32", "bf16")}
     if compiled:
         steps.update({f"{name}_compiled": make_step(cfg, batch, name, compiled=True) for name in ("fp32", "bf16")})
-    probes = {f"{name}_gemm": gemm_probe(dtype, probe)
-              for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)) if probe}
+    probes = {f"{name}_gemm": p for name, p in gemm_probes(probe).items()} if probe else {}
     fns = {**steps, **{name: fn for name, (fn, _) in probes.items()}}
     t = _timing.interleaved(fns, reps=reps, target_s=0.0, warmup=2)
     mean = {name: statistics.fmean(v["times"]) for name, v in t.items()}
@@ -157,7 +161,7 @@ def sample_units(seconds: float, n: int = 1024, every: float = 1.0) -> list[dict
     """The square products' speeds (``gemm_probe``) once every ``every`` seconds for ``seconds``, at the current
     thread count: ``[{"t", "bf16_tflops", "fp32_tflops"}]``, ``t`` seconds from the start. What a shared machine
     does to its matrix units between the turns of a run."""
-    probes = {name: gemm_probe(dtype, n) for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
+    probes = gemm_probes(n)
     for fn, _ in probes.values():
         fn()
     samples, start = [], time.perf_counter()
@@ -191,10 +195,8 @@ def main(argv=None) -> int:
     if args.sample_units:
         _timing.set_threads(args.threads[-1] if args.threads else None)
         samples = sample_units(args.sample_units, 64 if args.quick else 1024)
-        for minute in range(int(samples[-1]["t"] // 60) + 1):
-            bf = sorted(r["bf16_tflops"] for r in samples if minute * 60 <= r["t"] < minute * 60 + 60)
-            print(f"minute {minute}: bf16 TFLOP/s median {statistics.median(bf):.2f}, range {bf[0]:.2f}-{bf[-1]:.2f}"
-                  f" ({len(bf)} samples)")
+        bf = sorted(r["bf16_tflops"] for r in samples)  # (report.py tabulates them minute by minute)
+        print(f"{len(bf)} samples: bf16 TFLOP/s median {statistics.median(bf):.2f}, range {bf[0]:.2f}-{bf[-1]:.2f}")
         _timing.write_json(_timing.results_path(args.out, args.quick, "units.json"),
                            {"machine": _timing.machine(), "threads": torch.get_num_threads(), "samples": samples})
         return 0
